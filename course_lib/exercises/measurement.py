@@ -1,0 +1,232 @@
+"""How chapter 00's exercises are graded (inputs, comparisons); references live in course_lib.measurement.
+
+The hidden inputs are chosen to separate a right answer from the wrong ones learners write:
+shared (tied) weights and a module used twice (counted once), frozen layers (``trainable_only``),
+buffers of other dtypes (BatchNorm's int64 counter, a non-persistent buffer), float16/float64
+layers, grouped and depthwise convolutions, non-square kernels, even-length timing lists.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._compare import close_float, exact_int, is_int_like, type_name
+
+CHAPTER = "00_measurement"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64,
+           "bfloat16": torch.bfloat16}
+
+
+# --------------------------------------------------------------------------- models from specs
+class _WithBuffer(nn.Module):
+    """A module holding only a buffer (e.g. a running statistic, or a cached mask)."""
+
+    def __init__(self, size: int, dtype: str, persistent: bool):
+        super().__init__()
+        self.register_buffer("stat", torch.zeros(size, dtype=_DTYPES.get(dtype, torch.int64)),
+                             persistent=persistent)
+
+    def extra_repr(self) -> str:
+        return f"buffer {tuple(self.stat.shape)} {self.stat.dtype}, persistent={'stat' in self.state_dict()}"
+
+
+def _layer(kind: str, *a) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(a[0], a[1], bias=bool(a[2]))
+    if kind == "conv":
+        return nn.Conv2d(a[0], a[1], a[2], groups=a[3], bias=bool(a[4]))
+    if kind == "bn":
+        return nn.BatchNorm2d(a[0])
+    if kind == "embedding":
+        return nn.Embedding(a[0], a[1])
+    if kind == "layernorm":
+        return nn.LayerNorm(a[0])
+    if kind == "relu":
+        return nn.ReLU()
+    if kind == "buffer":
+        return _WithBuffer(a[0], a[1], bool(a[2]))
+    raise ValueError(f"unknown layer kind {kind!r}")
+
+
+def build_model(spec: dict) -> nn.Module:
+    """Build the ``nn.Sequential`` a model spec describes (deterministic for the spec)."""
+    torch.manual_seed(spec.get("seed", 0))
+    layers = [_layer(*entry) for entry in spec["layers"]]
+    for i, dtype in spec.get("dtype", {}).items():
+        layers[int(i)].to(_DTYPES[dtype])
+    for src, dst in spec.get("tie", []):          # dst.weight is the same Parameter as src.weight
+        layers[dst].weight = layers[src].weight
+    for src, dst in spec.get("repeat", []):       # the same module object at two positions
+        layers[dst] = layers[src]
+    for i in spec.get("freeze", []):
+        for p in layers[i].parameters():
+            p.requires_grad_(False)
+    return nn.Sequential(*layers)
+
+
+def describe_model(spec: dict) -> str:
+    model = build_model(spec)
+    notes = [f"layer {d}.weight is layer {s}.weight (tied)" for s, d in spec.get("tie", [])]
+    notes += [f"layer {d} is the same module object as layer {s}" for s, d in spec.get("repeat", [])]
+    notes += [f"layer {i} frozen (requires_grad=False)" for i in spec.get("freeze", [])]
+    text = repr(model)
+    return text + ("\n  # " + "; ".join(notes) if notes else "")
+
+
+def _random_model_spec(rng: np.random.Generator) -> dict:
+    layers: list[list] = []
+    for _ in range(int(rng.integers(1, 5))):
+        kind = str(rng.choice(["linear", "conv", "bn", "embedding", "layernorm", "relu", "buffer"]))
+        if kind == "linear":
+            layers.append(["linear", int(rng.integers(1, 9)), int(rng.integers(1, 9)), int(rng.integers(0, 2))])
+        elif kind == "conv":
+            g = int(rng.choice([1, 2]))
+            layers.append(["conv", g * int(rng.integers(1, 4)), g * int(rng.integers(1, 4)),
+                           int(rng.choice([1, 3])), g, int(rng.integers(0, 2))])
+        elif kind in ("bn", "layernorm"):
+            layers.append([kind, int(rng.integers(1, 7))])
+        elif kind == "embedding":
+            layers.append(["embedding", int(rng.integers(2, 10)), int(rng.integers(1, 5))])
+        elif kind == "buffer":
+            layers.append(["buffer", int(rng.integers(1, 6)), str(rng.choice(["float32", "int64", "float16"])),
+                           int(rng.integers(0, 2))])
+        else:
+            layers.append(["relu"])
+    spec: dict = {"layers": layers, "seed": int(rng.integers(0, 2**31))}
+    with_params = [i for i, layer in enumerate(layers) if layer[0] not in ("relu", "buffer")]
+    if with_params and rng.random() < 0.5:
+        spec["freeze"] = sorted({int(i) for i in rng.choice(with_params, size=1)})
+    if with_params and rng.random() < 0.5:
+        spec["dtype"] = {str(int(rng.choice(with_params))): str(rng.choice(["float16", "float64", "bfloat16"]))}
+    if rng.random() < 0.4:                         # append a tied copy of a fresh Linear
+        n_in, n_out = int(rng.integers(2, 6)), int(rng.integers(2, 6))
+        layers += [["linear", n_in, n_out, 1], ["linear", n_in, n_out, 0]]
+        spec["tie"] = [[len(layers) - 2, len(layers) - 1]]
+    return spec
+
+
+_FIXED_MODELS: list[dict] = [
+    {"layers": [["linear", 3, 2, 1]]},
+    {"layers": []},
+    {"layers": [["linear", 4, 5, 1], ["relu"], ["linear", 4, 5, 0]], "tie": [[0, 2]]},
+    {"layers": [["linear", 3, 3, 1], ["relu"], ["linear", 3, 3, 1]], "repeat": [[0, 2]]},
+    {"layers": [["conv", 2, 4, 3, 1, 1], ["bn", 4], ["relu"], ["linear", 6, 2, 1]], "freeze": [0]},
+    {"layers": [["linear", 6, 4, 1], ["layernorm", 4], ["linear", 4, 3, 1]], "freeze": [0, 1]},
+    {"layers": [["linear", 5, 4, 1], ["linear", 4, 2, 1]], "dtype": {"0": "float16", "1": "float64"}},
+    {"layers": [["embedding", 10, 3], ["buffer", 7, "float32", 0], ["buffer", 3, "int64", 1]]},
+]
+
+
+# --------------------------------------------------------------------------- count_parameters
+def _count_cases(rng: np.random.Generator) -> list[dict]:
+    cases = [{"model": m, "trainable_only": t} for m in _FIXED_MODELS for t in (False, True)]
+    cases += [{"model": _random_model_spec(rng), "trainable_only": bool(rng.integers(0, 2))} for _ in range(12)]
+    return cases
+
+
+def _count_build(case: dict) -> tuple[tuple, dict]:
+    return (build_model(case["model"]),), {"trainable_only": case["trainable_only"]}
+
+
+def _count_describe(case: dict) -> str:
+    return f"model = {describe_model(case['model'])}\ntrainable_only = {case['trainable_only']}"
+
+
+# --------------------------------------------------------------------------- model_size_bytes
+def _size_cases(rng: np.random.Generator) -> list[dict]:
+    return [{"model": m} for m in _FIXED_MODELS] + [{"model": _random_model_spec(rng)} for _ in range(12)]
+
+
+def _size_build(case: dict) -> tuple[tuple, dict]:
+    return (build_model(case["model"]),), {}
+
+
+def _size_describe(case: dict) -> str:
+    return f"model = {describe_model(case['model'])}"
+
+
+# --------------------------------------------------------------------------- conv2d_macs
+_MACS_ARGS = ("in_channels", "out_channels", "kernel_size", "out_h", "out_w", "groups")
+
+
+def _macs_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        [3, 16, 3, 32, 32, 1],
+        [4, 8, [3, 1], 5, 7, 1],         # non-square kernel given as a pair
+        [8, 8, 3, 4, 4, 8],              # depthwise: groups == channels
+        [6, 12, [1, 5], 3, 2, 3],
+        [4, 6, 3, 5, 5, 4],              # groups does not divide out_channels -> ValueError
+        [4, 8, 3, 0, 5, 1],              # empty output -> ValueError
+    ]
+    cases = [dict(zip(_MACS_ARGS, args)) for args in fixed]
+    for _ in range(10):
+        g = int(rng.choice([1, 1, 2, 4]))
+        k = int(rng.integers(1, 8)) if rng.random() < 0.5 else [int(rng.integers(1, 8)), int(rng.integers(1, 8))]
+        cases.append(dict(zip(_MACS_ARGS, [g * int(rng.integers(1, 9)), g * int(rng.integers(1, 9)), k,
+                                           int(rng.integers(1, 40)), int(rng.integers(1, 40)), g])))
+    return cases
+
+
+def _macs_build(case: dict) -> tuple[tuple, dict]:
+    k = case["kernel_size"]
+    args = [case[a] for a in _MACS_ARGS[:5]]
+    args[2] = tuple(k) if isinstance(k, list) else k
+    return tuple(args), {"groups": case["groups"]}
+
+
+def _macs_describe(case: dict) -> str:
+    args, kwargs = _macs_build(case)
+    return "conv2d_macs(" + ", ".join(f"{a}={v!r}" for a, v in zip(_MACS_ARGS, [*args, kwargs["groups"]])) + ")"
+
+
+# --------------------------------------------------------------------------- summarize_timings
+def _timing_cases(rng: np.random.Generator) -> list[dict]:
+    cases = [{"samples": s, "as": "list"} for s in (
+        [1.0, 2.0, 3.0, 10.0], [5.0], [2.0, 1.0], [3.0, 1.0, 2.0, 100.0, 4.0], [0.0, 0.0, 7.5],
+        [], [1.0, -0.5, 2.0], [1.0, float("nan")], [float("inf"), 1.0])]
+    for _ in range(8):
+        n = int(rng.integers(2, 40))
+        samples = np.round(rng.lognormal(mean=0.0, sigma=0.6, size=n) * 3, 4).tolist()
+        cases.append({"samples": samples, "as": str(rng.choice(["list", "numpy"]))})
+    return cases
+
+
+def _timing_build(case: dict) -> tuple[tuple, dict]:
+    samples = case["samples"]
+    return ((np.array(samples, dtype=np.float64) if case["as"] == "numpy" else list(samples)),), {}
+
+
+def _timing_describe(case: dict) -> str:
+    (samples,), _ = _timing_build(case)
+    return f"samples_ms = {samples!r}"
+
+
+def _timing_compare(expected: dict, got) -> str | None:
+    if not isinstance(got, dict):
+        return f"expected a dict, got a {type_name(got)}"
+    if set(got) != set(expected):
+        return f"expected the keys {sorted(expected)}, got {sorted(map(str, got))}"
+    if not is_int_like(got["n"]) or int(got["n"]) != expected["n"]:
+        return f"n: expected the int {expected['n']}, got {got['n']!r}"
+    for key in ("median", "iqr", "min", "max"):
+        reason = close_float(expected[key], got[key], what=key)
+        if reason:
+            return reason
+    return None
+
+
+# --------------------------------------------------------------------------- the exercises
+def _exercise(name, make_cases, build, describe, compare, forbidden=()):
+    from . import Exercise
+    return Exercise(name=name, chapter=CHAPTER, topic="measurement", make_cases=make_cases, build=build,
+                    describe=describe, compare=compare, forbidden=tuple(forbidden))
+
+
+EXERCISES = [
+    _exercise("count_parameters", _count_cases, _count_build, _count_describe, exact_int),
+    _exercise("model_size_bytes", _size_cases, _size_build, _size_describe, exact_int),
+    _exercise("conv2d_macs", _macs_cases, _macs_build, _macs_describe, exact_int,
+              forbidden=["torch.utils.flop_counter.FlopCounterMode"]),
+    _exercise("summarize_timings", _timing_cases, _timing_build, _timing_describe, _timing_compare),
+]

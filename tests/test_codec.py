@@ -1,0 +1,48 @@
+"""The JSON codec carries answers faithfully and refuses what it did not write."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from course_lib import codec
+
+
+@pytest.mark.parametrize("value", [None, True, 3, 2**70, 1.5, "text", [1, 2.0], (1, "a"), {"a": [1, {"b": None}]},
+                                   np.int64(7), np.float32(0.5)])
+def test_roundtrip_plain_values(value):
+    back = codec.loads(codec.dumps(value))
+    assert back == value and type(back) is type(value)
+
+
+def test_roundtrip_nan_inf_and_arrays():
+    back = codec.loads(codec.dumps([float("nan"), float("-inf")]))
+    assert np.isnan(back[0]) and back[1] == float("-inf")
+    array = np.arange(6, dtype=np.int16).reshape(2, 3)
+    assert np.array_equal(codec.loads(codec.dumps(array)), array) and codec.loads(codec.dumps(array)).dtype == np.int16
+    tensor = torch.randn(2, 3, requires_grad=True)
+    back = codec.loads(codec.dumps(tensor))
+    assert isinstance(back, torch.Tensor) and torch.equal(back, tensor.detach())
+    assert codec.loads(codec.dumps(torch.ones(2, dtype=torch.bfloat16))).dtype == torch.bfloat16
+
+
+def test_unsupported_objects_become_placeholders():
+    assert codec.loads(codec.dumps(nn.Linear(2, 2))) == codec.Unsupported("Linear")
+
+
+@pytest.mark.parametrize("text", ['{"__pickle__": "x"}', "not json", '{"__ndarray__": "@@@"}', '{}',
+                                  json.dumps({"__ndarray__": "gASVAAAAAAAAAAA="})])
+def test_malformed_data_is_a_decode_error(text):
+    with pytest.raises(codec.DecodeError):
+        codec.loads(text)
+
+
+def test_object_arrays_are_never_unpickled():
+    import base64, io, pickle  # noqa: E401
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    payload = json.dumps({"__ndarray__": base64.b64encode(buffer.getvalue()).decode()})
+    with pytest.raises(codec.DecodeError):
+        codec.loads(payload)
+    assert pickle  # the module the codec never uses

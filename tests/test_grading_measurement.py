@@ -1,0 +1,238 @@
+"""Chapter 00's graders accept the reference and reject the stub and the wrong answers learners write."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from course_lib import grading, measurement
+
+SEEDS = [0, 1, 2]
+
+
+def grade(name, fn, seed):
+    cases = grading.make_cases(name, seed)
+    return grading.judge(name, cases, grading.expected_outcomes(name, cases), grading.run_cases(fn, name, cases))
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- count_parameters
+def count_tensors(model, trainable_only=False):            # counts parameter tensors, not scalars
+    return len([p for p in model.parameters() if p.requires_grad or not trainable_only])
+
+
+def count_ignoring_trainable(model, trainable_only=False):
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_state_dict(model, trainable_only=False):          # buffers counted, tied weights twice
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+def count_named_with_duplicates(model, trainable_only=False):
+    return sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False)
+               if p.requires_grad or not trainable_only)
+
+
+def count_weights_only(model, trainable_only=False):
+    return sum(m.weight.numel() for m in model.modules() if getattr(m, "weight", None) is not None)
+
+
+def count_as_float(model, trainable_only=False):
+    return float(measurement.count_parameters(model, trainable_only))
+
+
+# ----------------------------------------------------------------------------- model_size_bytes
+def size_assuming_float32(model):
+    return 4 * sum(p.numel() for p in model.parameters())
+
+
+def size_parameters_only(model):
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def size_state_dict(model):                                 # tied weights twice, non-persistent missed
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def size_without_dedup(model):
+    tensors = [p for _, p in model.named_parameters(remove_duplicate=False)]
+    tensors += [b for _, b in model.named_buffers(remove_duplicate=False)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# ----------------------------------------------------------------------------- conv2d_macs
+def _pair(k):
+    return (k, k) if isinstance(k, int) else tuple(k)
+
+
+def _valid(in_channels, out_channels, kh, kw, out_h, out_w, groups):
+    if min(in_channels, out_channels, kh, kw, out_h, out_w, groups) < 1 or in_channels % groups or out_channels % groups:
+        raise ValueError("bad conv")
+
+
+def macs_ignoring_groups(in_channels, out_channels, kernel_size, out_h, out_w, groups=1):
+    kh, kw = _pair(kernel_size)
+    _valid(in_channels, out_channels, kh, kw, out_h, out_w, groups)
+    return out_channels * out_h * out_w * in_channels * kh * kw
+
+
+def macs_as_flops(in_channels, out_channels, kernel_size, out_h, out_w, groups=1):
+    return 2 * measurement.conv2d_macs(in_channels, out_channels, kernel_size, out_h, out_w, groups)
+
+
+def macs_square_kernel_only(in_channels, out_channels, kernel_size, out_h, out_w, groups=1):
+    k = kernel_size if isinstance(kernel_size, int) else kernel_size[0]
+    _valid(in_channels, out_channels, k, k, out_h, out_w, groups)
+    return out_channels * out_h * out_w * in_channels // groups * k * k
+
+
+def macs_groups_twice(in_channels, out_channels, kernel_size, out_h, out_w, groups=1):
+    kh, kw = _pair(kernel_size)
+    _valid(in_channels, out_channels, kh, kw, out_h, out_w, groups)
+    return out_channels // groups * out_h * out_w * in_channels // groups * kh * kw
+
+
+def macs_no_validation(in_channels, out_channels, kernel_size, out_h, out_w, groups=1):
+    kh, kw = _pair(kernel_size)
+    return out_channels * out_h * out_w * (in_channels // groups) * kh * kw
+
+
+# ----------------------------------------------------------------------------- summarize_timings
+def _checked(samples_ms):
+    s = np.asarray(samples_ms, dtype=float)
+    if s.size == 0 or not np.isfinite(s).all() or (s < 0).any():
+        raise ValueError("samples_ms must be non-empty, finite, non-negative")
+    return s
+
+
+def summary_with_mean(samples_ms):
+    s = _checked(samples_ms)
+    q1, q3 = np.percentile(s, [25, 75])
+    return {"median": float(s.mean()), "iqr": float(q3 - q1), "min": float(s.min()), "max": float(s.max()), "n": s.size}
+
+
+def summary_upper_middle(samples_ms):                     # median = sorted[n // 2], wrong for even n
+    s = np.sort(_checked(samples_ms))
+    q1, q3 = np.percentile(s, [25, 75])
+    return {"median": float(s[len(s) // 2]), "iqr": float(q3 - q1), "min": float(s[0]), "max": float(s[-1]), "n": len(s)}
+
+
+def summary_exclusive_quartiles(samples_ms):              # statistics.quantiles' default method
+    import statistics
+    s = _checked(samples_ms)
+    if s.size < 2:
+        return {"median": float(s[0]), "iqr": 0.0, "min": float(s[0]), "max": float(s[0]), "n": 1}
+    q1, _, q3 = statistics.quantiles(s.tolist(), n=4)
+    return {"median": float(np.median(s)), "iqr": q3 - q1, "min": float(s.min()), "max": float(s.max()), "n": s.size}
+
+
+def summary_std(samples_ms):
+    s = _checked(samples_ms)
+    return {"median": float(np.median(s)), "iqr": float(s.std()), "min": float(s.min()), "max": float(s.max()), "n": s.size}
+
+
+def summary_no_validation(samples_ms):
+    s = np.asarray(samples_ms, dtype=float)
+    if s.size == 0:
+        raise ValueError("empty")
+    q1, m, q3 = np.percentile(s, [25, 50, 75])
+    return {"median": float(m), "iqr": float(q3 - q1), "min": float(s.min()), "max": float(s.max()), "n": s.size}
+
+
+WRONG = {
+    "count_parameters": [count_tensors, count_ignoring_trainable, count_state_dict, count_named_with_duplicates,
+                         count_weights_only, count_as_float],
+    "model_size_bytes": [size_assuming_float32, size_parameters_only, size_state_dict, size_without_dedup],
+    "conv2d_macs": [macs_ignoring_groups, macs_as_flops, macs_square_kernel_only, macs_groups_twice,
+                    macs_no_validation],
+    "summarize_timings": [summary_with_mean, summary_upper_middle, summary_exclusive_quartiles, summary_std,
+                          summary_no_validation],
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG))
+@pytest.mark.parametrize("seed", SEEDS)
+def test_grader_accepts_reference(name, seed):
+    passed, message = grade(name, grading.reference(name), seed)
+    assert passed, message
+
+
+@pytest.mark.parametrize("name", list(WRONG))
+def test_grader_rejects_stub(name):
+    passed, message = grade(name, stub, 0)
+    assert not passed and message.startswith("not implemented")
+
+
+@pytest.mark.parametrize("name,wrong", [(n, w) for n, ws in WRONG.items() for w in ws],
+                         ids=lambda v: getattr(v, "__name__", v))
+@pytest.mark.parametrize("seed", SEEDS)
+def test_grader_rejects_wrong_answer(name, wrong, seed):
+    passed, message = grade(name, wrong, seed)
+    assert not passed
+    assert "case" in message and "expected" in message     # a counterexample, not a crash
+
+
+def test_grader_accepts_independent_correct_versions():
+    """Two correct implementations written from the instructions both pass (not only the reference)."""
+    def count(model, trainable_only=False):
+        seen, total = set(), 0
+        for module in model.modules():
+            for p in module.parameters(recurse=False):
+                if id(p) not in seen and (p.requires_grad or not trainable_only):
+                    seen.add(id(p))
+                    total += p.numel()
+        return total
+
+    def macs(in_channels, out_channels, kernel_size, out_h, out_w, groups=1):
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        for v in (in_channels, out_channels, kh, kw, out_h, out_w, groups):
+            if v <= 0:
+                raise ValueError(f"sizes must be positive, got {v}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError("groups must divide both channel counts")
+        return np.int64(out_channels) * out_h * out_w * (in_channels // groups) * kh * kw
+
+    def summary(samples_ms):
+        import statistics
+        s = sorted(float(v) for v in samples_ms)
+        if not s or any(not math.isfinite(v) or v < 0 for v in s):
+            raise ValueError("samples_ms must be non-empty, finite and non-negative")
+        q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0]] * 3
+        return {"median": statistics.median(s), "iqr": q[2] - q[0], "min": s[0], "max": s[-1], "n": len(s)}
+
+    for name, fn in [("count_parameters", count), ("conv2d_macs", macs), ("summarize_timings", summary)]:
+        passed, message = grade(name, fn, 7)
+        assert passed, f"{name}: {message}"
+
+
+def test_check_returns_learner_function_on_pass_and_reference_on_fail(capsys):
+    def mine(model, trainable_only=False):
+        return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+    assert grading.check("count_parameters", mine, seed=3) is mine
+    assert "PASS" in capsys.readouterr().out
+    assert grading.check("count_parameters", count_tensors, seed=3) is measurement.count_parameters
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "inputs:" in out and "expected:" in out and "got:" in out
+
+
+def test_check_reports_stub_as_not_implemented(capsys):
+    assert grading.check("conv2d_macs", stub) is measurement.conv2d_macs
+    assert "not implemented yet" in capsys.readouterr().out
+
+
+def test_check_draws_fresh_inputs_each_call():
+    import json
+    cases = lambda seed: json.dumps(grading.make_cases("summarize_timings", seed))  # noqa: E731 (nan-safe)
+    assert cases(1) != cases(2)
+    assert cases(1) == cases(1)
+
+
+def test_check_unknown_exercise_lists_names():
+    with pytest.raises(ValueError, match="exercise must be one of .*count_parameters"):
+        grading.check("count_params", count_tensors)
