@@ -17,6 +17,7 @@ import torch
 from sklearn import datasets as _skd
 from sklearn.model_selection import train_test_split
 from torch import Tensor
+from .validation import check_bool, check_float, check_int
 
 __all__ = [
     "Split",
@@ -92,33 +93,10 @@ class Split:
 
 # ---------------------------------------------------------------- validation
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_float(name: str, value: object, low: float, high: float) -> float:
-    allowed = f"a float in [{low}, {high}]"
-    if isinstance(value, bool) or not isinstance(
-        value, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(f"{name} must be {allowed}, got {value!r}")
-    if not low <= value <= high:  # also rejects nan
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return float(value)
-
-
 def _check_seed(seed: object) -> int:
-    return _check_int("seed", seed, 0)
+    return check_int("seed", seed, 0)
 
 
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
 
 
 # ------------------------------------------------------------------- helpers
@@ -191,7 +169,7 @@ def digits(seed: int = 0, as_images: bool = True) -> Split:
     ((1077, 1, 8, 8), torch.float32)
     """
     seed = _check_seed(seed)
-    as_images = _check_bool("as_images", as_images)
+    as_images = check_bool("as_images", as_images)
     bunch = _skd.load_digits()
     X = bunch.data.astype(np.float32) / 16.0  # (N, 64)
     if as_images:
@@ -262,10 +240,10 @@ def _render(
 
 def _check_shapes_args(n: object, size: object, seed: object, noise: object):
     return (
-        _check_int("n", n, 15),
-        _check_int("size", size, 8),
+        check_int("n", n, 15),
+        check_int("size", size, 8),
         _check_seed(seed),
-        _check_float("noise", noise, 0.0, 1.0),
+        check_float("noise", noise, 0.0, 1.0),
     )
 
 
@@ -395,8 +373,8 @@ def shapes_watermark(
     True
     """
     n, size, seed, noise = _check_shapes_args(n, size, seed, noise)
-    p = _check_float("p_watermark", p_watermark, 0.0, 1.0)
-    test_watermark = _check_bool("test_watermark", test_watermark)
+    p = check_float("p_watermark", p_watermark, 0.0, 1.0)
+    test_watermark = check_bool("test_watermark", test_watermark)
     X, masks, labels, parts = _generate_shapes(n, size, seed, noise)
     rng = np.random.default_rng([seed, 1])  # own stream: images stay shapes()'s
     stamped = _stamp_watermarks(X, labels, p, rng)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .validation import check_int, check_module
+
 __all__ = ["count_parameters", "model_size_bytes", "conv2d_macs", "summarize_timings"]
 
 
@@ -51,8 +53,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
     Taught in: 00_measurement, section 1.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module("model", model)
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only))
 
 
@@ -75,8 +76,7 @@ def model_size_bytes(model: nn.Module) -> int:
 
     Taught in: 00_measurement, section 1.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module("model", model)
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}  # each tensor object once
     return int(sum(t.numel() * t.element_size() for t in tensors.values()))
 
@@ -125,10 +125,7 @@ def conv2d_macs(in_channels: int, out_channels: int, kernel_size: int | tuple[in
     sizes = dict(in_channels=in_channels, out_channels=out_channels, out_h=out_h, out_w=out_w,
                  groups=groups, k_h=k_h, k_w=k_w)
     for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(name, value, 1)
     if in_channels % groups or out_channels % groups:
         raise ValueError(f"groups must divide in_channels ({in_channels}) and out_channels "
                          f"({out_channels}), got groups={groups}")

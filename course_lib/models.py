@@ -18,18 +18,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .validation import check_int
+
 __all__ = ["MLP", "SmallCNN", "train", "evaluate", "predict_proba", "set_seed"]
 
 
 # ---------------------------------------------------------------- validation
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
 
 def _check_nonneg_float(name: str, value: object, positive: bool) -> float:
     allowed = "a float > 0" if positive else "a float >= 0"
@@ -43,7 +37,7 @@ def _check_nonneg_float(name: str, value: object, positive: bool) -> float:
 def _check_widths(name: str, value: object) -> tuple[int, ...]:
     if not isinstance(value, Sequence) or isinstance(value, str):
         raise TypeError(f"{name} must be a tuple of ints >= 1, got {value!r}")
-    return tuple(_check_int(f"{name}[{i}]", v, 1) for i, v in enumerate(value))
+    return tuple(check_int(f"{name}[{i}]", v, 1) for i, v in enumerate(value))
 
 
 def _check_data(X: object, y: object, prefix: str = "") -> None:
@@ -93,9 +87,9 @@ class MLP(nn.Sequential):
         hidden: Sequence[int] = (128, 64),
         n_classes: int = 10,
     ) -> None:
-        in_features = _check_int("in_features", in_features, 1)
+        in_features = check_int("in_features", in_features, 1)
         hidden = _check_widths("hidden", hidden)
-        n_classes = _check_int("n_classes", n_classes, 1)
+        n_classes = check_int("n_classes", n_classes, 1)
         layers: list[nn.Module] = [nn.Flatten()]
         widths = (in_features, *hidden)
         for d_in, d_out in zip(widths[:-1], widths[1:]):
@@ -144,12 +138,12 @@ class SmallCNN(nn.Module):
         image_size: int = 8,
     ) -> None:
         super().__init__()
-        in_channels = _check_int("in_channels", in_channels, 1)
-        n_classes = _check_int("n_classes", n_classes, 1)
+        in_channels = check_int("in_channels", in_channels, 1)
+        n_classes = check_int("n_classes", n_classes, 1)
         channels = _check_widths("channels", channels)
         if len(channels) != 2:
             raise ValueError(f"channels must be a tuple of 2 ints, got {channels!r}")
-        image_size = _check_int("image_size", image_size, 2)
+        image_size = check_int("image_size", image_size, 2)
         if image_size % 2:
             raise ValueError(f"image_size must be an even int, got {image_size!r}")
         c1, c2 = channels
@@ -186,7 +180,7 @@ def set_seed(seed: int) -> None:
     seed : int
         A non-negative int.
     """
-    seed = _check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -282,11 +276,11 @@ def train(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model)!r}")
     _check_data(X, y)
-    epochs = _check_int("epochs", epochs, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    epochs = check_int("epochs", epochs, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     lr = _check_nonneg_float("lr", lr, positive=True)
     weight_decay = _check_nonneg_float("weight_decay", weight_decay, positive=False)
-    seed = _check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
     if (X_val is None) != (y_val is None):
         raise ValueError("X_val and y_val must be given together, got one of them")
     if X_val is not None:
@@ -333,7 +327,7 @@ def _logits(model: nn.Module, X: Tensor, batch_size: int) -> Tensor:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model)!r}")
     if not isinstance(X, Tensor):
         raise TypeError(f"X must be a torch.Tensor, got {type(X)!r}")
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     was_training = model.training
     model.eval()
     try:

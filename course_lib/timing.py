@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .measurement import summarize_timings
+from .validation import check_int, check_module
 
 __all__ = ["Timing", "benchmark", "default_device", "num_threads", "count_flops",
            "latency_vs_batch", "host_clock_ms"]
@@ -58,11 +59,6 @@ class Timing:
                 f"(IQR {self.iqr:.3f} ms, n={self.n}, {self.device}, {self.threads} threads)")
 
 
-def _check_count(value: int, name: str, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def benchmark(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 20,
               device: str | torch.device | None = None, label: str = "",
               min_time_s: float = 0.0) -> Timing:
@@ -95,8 +91,8 @@ def benchmark(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 20,
     """
     if not callable(fn):
         raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
-    _check_count(warmup, "warmup", 0)
-    _check_count(repeats, "repeats", 1)
+    check_int("warmup", warmup, 0)
+    check_int("repeats", repeats, 1)
     dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device must be 'cpu' on this machine (no CUDA GPU), got 'cuda'")
@@ -155,7 +151,7 @@ def host_clock_ms(fn: Callable[[], object], *, synchronize: bool) -> float:
 @contextlib.contextmanager
 def num_threads(n: int) -> Iterator[None]:
     """Temporarily run torch's CPU kernels on ``n`` threads (restored on exit)."""
-    _check_count(n, "n", 1)
+    check_int("n", n, 1)
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -170,8 +166,7 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     The counter counts matrix multiplies and convolutions only (2 FLOPs per multiply-accumulate);
     element-wise ops such as ReLU, pooling and bias additions are not counted.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module("model", model)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return int(counter.get_total_flops())
@@ -191,7 +186,7 @@ def latency_vs_batch(model: nn.Module, example: torch.Tensor, batch_sizes: Seque
     model = model.to(dev).eval()
     rows = []
     for batch in tqdm(list(batch_sizes), desc="batch sizes", disable=not progress):
-        _check_count(batch, "batch size", 1)
+        check_int("batch size", batch, 1)
         x = example.unsqueeze(0).expand(batch, *example.shape).contiguous().to(dev)
         t = benchmark(lambda: model(x), warmup=warmup, repeats=repeats, device=dev)
         rows.append({"batch": batch, "median_ms": t.median, "iqr_ms": t.iqr,

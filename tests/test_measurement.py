@@ -59,8 +59,8 @@ def test_conv2d_macs_matches_torch_flop_counter(cin, cout, k, groups, h):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(groups=3), "groups must divide"),
-    (dict(out_h=0), "out_h must be a positive int"),
-    (dict(in_channels=-1), "in_channels must be a positive int"),
+    (dict(out_h=0), "out_h must be an int >= 1"),
+    (dict(in_channels=-1), "in_channels must be an int >= 1"),
 ])
 def test_conv2d_macs_rejects_bad_sizes(kwargs, match):
     args = dict(in_channels=4, out_channels=8, kernel_size=3, out_h=5, out_w=5) | kwargs
@@ -69,7 +69,7 @@ def test_conv2d_macs_rejects_bad_sizes(kwargs, match):
 
 
 def test_conv2d_macs_rejects_bool_and_float():
-    with pytest.raises(TypeError, match="in_channels must be an int"):
+    with pytest.raises(TypeError, match="in_channels must be an int >= 1"):
         conv2d_macs(True, 8, 3, 5, 5)
     with pytest.raises(TypeError, match="kernel_size must be an int or a pair"):
         conv2d_macs(4, 8, 3.0, 5, 5)

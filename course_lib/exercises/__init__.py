@@ -85,6 +85,18 @@ def case_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-from . import measurement as _measurement  # noqa: E402  (registers chapter 00)
+# One spec module per chapter module, named like it; each defines EXERCISES. Listed in course order.
+_CHAPTER_SPECS = ("measurement", "pruning", "quantization", "lowrank", "distillation", "local_explanation",
+                  "global_explanation", "compress_explain")
 
-_register(*_measurement.EXERCISES)
+
+def _load_specs() -> None:
+    import importlib
+    import importlib.util
+
+    for topic in _CHAPTER_SPECS:
+        if importlib.util.find_spec(f"{__name__}.{topic}") is not None:
+            _register(*importlib.import_module(f"{__name__}.{topic}").EXERCISES)
+
+
+_load_specs()
