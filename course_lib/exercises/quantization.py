@@ -1,0 +1,415 @@
+"""How chapter 02's exercises are graded (inputs, comparisons); references live in course_lib.quantization.
+
+The hidden inputs separate a right answer from the usual wrong ones: exact ties at power-of-two
+scales (round half to even, not floor/half-up/trunc), values beyond the code range (clamp), ranges
+that do not contain 0 (all-positive, all-negative), all-zero tensors and channels (the eps floor),
+``uint8`` codes (``q - 128`` wraps), channel axes other than 0, ``sign(0)``, codes that round onto the
+last code from outside the real range (the straight-through mask). Random values keep a margin from
+ties, so float32 and float64 arithmetic give the same codes.
+
+``fake_quantize`` is graded on its value *and* its gradient without changing its signature: ``x`` is
+built as a :class:`_GradProbe`, a tensor subclass that behaves like any float tensor inside the
+learner's function; when the grader encodes the returned tensor (``codec.encode``), the probe
+backpropagates the case's fixed upstream gradient and hands back ``torch.stack([value, x.grad])``.
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import torch
+
+from .. import codec
+from ._compare import close_float, exact_int, is_int_like, type_name
+
+CHAPTER = "02_quantization"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
+           "uint8": torch.uint8, "int8": torch.int8}
+
+
+# --------------------------------------------------------------------------- tensors from specs
+def _tensor(spec: dict) -> torch.Tensor:
+    """``{"values": nested list, "dtype": ...}`` or ``{"seed", "shape", "loc", "std", "dtype"}`` (normal)."""
+    dtype = _DTYPES[spec.get("dtype", "float32")]
+    if "values" in spec:
+        return torch.tensor(spec["values"], dtype=torch.float64).to(dtype)
+    gen = torch.Generator().manual_seed(spec["seed"])
+    x = torch.randn(*spec["shape"], generator=gen, dtype=torch.float64) * spec.get("std", 1.0) + spec.get("loc", 0.0)
+    return x.to(dtype)
+
+
+def _show(t: torch.Tensor) -> str:
+    """A tensor as the learner would type it (small), or its shape and range (large)."""
+    if t.numel() > 24:
+        return (f"a {t.dtype} tensor of shape {tuple(t.shape)}, min {float(t.min()):.6g}, max {float(t.max()):.6g}, "
+                f"first values {t.flatten()[:6].tolist()}")
+    dtype = "" if t.dtype == torch.float32 else f", dtype={t.dtype}"
+    return f"torch.tensor({t.tolist()}{dtype})"
+
+
+def _values_away_from_ties(rng: np.random.Generator, n: int, scale: float, lo_code: int, hi_code: int) -> list[float]:
+    """``n`` reals ``scale * (k + f)`` with integer k in [lo_code, hi_code] and |f| in [0.05, 0.45]."""
+    k = rng.integers(lo_code, hi_code + 1, size=n)
+    f = rng.uniform(0.05, 0.45, size=n) * rng.choice([-1, 1], size=n)
+    return [float(np.float32(v)) for v in scale * (k + f)]
+
+
+def _pow2_scale(rng: np.random.Generator) -> float:
+    return float(2.0 ** int(rng.integers(-8, 3)))
+
+
+def _random_scale(rng: np.random.Generator) -> float:
+    return _pow2_scale(rng) if rng.random() < 0.3 else float(np.float32(10 ** rng.uniform(-3, 0.5)))
+
+
+# --------------------------------------------------------------------------- comparisons
+def _tensor_reason(expected: torch.Tensor, got, what: str, *, exact: bool = False, rtol: float = 1e-6,
+                   atol: float = 1e-7) -> str | None:
+    if not isinstance(got, torch.Tensor):
+        return f"{what}: expected a torch.Tensor, got a {type_name(got)}"
+    if tuple(got.shape) != tuple(expected.shape):
+        return f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
+    if got.dtype != expected.dtype:
+        return f"{what}: expected dtype {expected.dtype}, got {got.dtype}"
+    e, g = expected.double(), got.double()
+    same_nan = torch.isnan(e) == torch.isnan(g)
+    close = (e == g) if exact else torch.isclose(e, g, rtol=rtol, atol=atol)
+    bad = ~((close | (torch.isnan(e) & torch.isnan(g))) & same_nan)
+    if bad.any():
+        i = tuple(int(v) for v in bad.nonzero()[0])
+        where = f"[{', '.join(map(str, i))}]" if i else ""
+        return f"{what}{where}: expected {e[i].item()!r}, got {g[i].item()!r} ({int(bad.sum())} of {e.numel()} differ)"
+    return None
+
+
+def _pair(got, what: str) -> str | None:
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return f"expected a tuple ({what}), got {type_name(got)}" + (f" of length {len(got)}" if
+                                                                     isinstance(got, (tuple, list)) else "")
+    return None
+
+
+def _qparams_compare(expected: tuple, got) -> str | None:
+    reason = _pair(got, "scale, zero_point")
+    if reason:
+        return reason
+    scale, zero_point = got
+    if isinstance(scale, torch.Tensor) or isinstance(zero_point, torch.Tensor):
+        return "expected a Python float and a Python int, got a tensor: convert with float(...) and int(...)"
+    return close_float(expected[0], scale, rtol=1e-6, atol=0.0, what="scale") or \
+        _named(exact_int(expected[1], zero_point), "zero_point")
+
+
+def _named(reason: str | None, what: str) -> str | None:
+    return None if reason is None else f"{what}: {reason}"
+
+
+def _codes_compare(expected: torch.Tensor, got) -> str | None:
+    return _tensor_reason(expected, got, "code", exact=True)
+
+
+def _dequant_compare(expected: torch.Tensor, got) -> str | None:
+    return _tensor_reason(expected, got, "value")
+
+
+def _per_channel_compare(expected: tuple, got) -> str | None:
+    return _pair(got, "scales, zero_points") or _tensor_reason(expected[0], got[0], "scales") or \
+        _tensor_reason(expected[1], got[1], "zero_points", exact=True)
+
+
+def _fake_quant_compare(expected: torch.Tensor, got) -> str | None:
+    if isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(expected.shape[1:]):
+        return ("the result is not attached to x's autograd graph, so no gradient can flow back: "
+                "compute it from x with torch operations (not numpy, .item() or torch.tensor(...))")
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(expected.shape):
+        return _tensor_reason(expected[0], got, "value")
+    reason = _tensor_reason(expected[0], got[0], "value", rtol=1e-5, atol=1e-6)
+    if reason:
+        return reason
+    if torch.isnan(got[1]).all() and not torch.isnan(expected[1]).all():
+        return "no gradient reaches x: the result does not require grad (a detach(), .data or no_grad() inside?)"
+    return _tensor_reason(expected[1], got[1], "x.grad", rtol=1e-6, atol=1e-7)
+
+
+def _binarize_compare(expected: tuple, got) -> str | None:
+    return _pair(got, "alpha, b") or _tensor_reason(expected[0], got[0], "alpha") or \
+        _tensor_reason(expected[1], got[1], "b", exact=True)
+
+
+# --------------------------------------------------------------------------- minmax_qparams
+def _minmax_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        ([-1.0, 0.0, 3.0], 8, False),                 # scale 4/255, zero_point round(63.75) = 64
+        ([-2.5, 252.5], 8, False),                    # min/scale = -2.5 exactly: half to even -> 2
+        ([0.5, 2.0, 3.0], 8, False),                  # all positive: the range still starts at 0
+        ([-3.0, -1.0, -2.0], 8, False),               # all negative: zero point at the top code
+        ([[-1.0, 0.5], [0.25, 0.75]], 8, True),       # symmetric: 1 / 127.5
+        ([0.0, 0.0, 0.0], 8, False),                  # all zero: eps floor, no division by zero
+        ([0.0, 0.0], 8, True),
+        ([-0.3, 1.2], 4, False),                      # 1.5 / 15 = 0.1, zero point 3
+        ([0.2, 1.7], 4, True),                        # 1.7 / 7.5
+        ([-0.7, 0.1, 0.4], 2, False),
+        ([-4.5, 0.5], 3, False),                      # -4.5 / (5/7) = -6.3 -> 6
+        ([-1.0, 3.0], 16, False),                     # 4 / 65535, zero point round(16383.75) = 16384
+        ([1.0, 2.0], 1, False),                       # num_bits < 2 -> ValueError
+        ([1.0, 2.0], 17, True),                       # num_bits > 16 -> ValueError
+        ([], 8, False),                               # empty -> ValueError
+    ]
+    cases = [{"x": {"values": v}, "num_bits": b, "symmetric": s} for v, b, s in fixed]
+    for _ in range(10):
+        shape = [int(d) for d in rng.integers(1, 6, size=int(rng.integers(1, 4)))]
+        spec = {"seed": int(rng.integers(0, 2**31)), "shape": shape, "loc": float(rng.normal(0, 2)),
+                "std": float(10 ** rng.uniform(-2, 1))}
+        cases.append({"x": spec, "num_bits": int(rng.choice([2, 3, 4, 5, 8, 8, 8])),    # float32 and float64 agree
+                      "symmetric": bool(rng.integers(0, 2))})
+    return cases
+
+
+def _minmax_build(case: dict) -> tuple[tuple, dict]:
+    return (_tensor(case["x"]),), {"num_bits": case["num_bits"], "symmetric": case["symmetric"]}
+
+
+def _minmax_describe(case: dict) -> str:
+    (x,), kw = _minmax_build(case)
+    return f"x = {_show(x)}, num_bits={kw['num_bits']}, symmetric={kw['symmetric']}"
+
+
+# --------------------------------------------------------------------------- quantize_affine
+def _quantize_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        ([0.25, 0.75, 1.25, -0.25, -0.75, -1.25, 1.0], 0.5, 10, 8, False),   # ties: half to even
+        ([-10.0, 0.0, 200.0, 300.0], 1.0, 0, 8, False),                      # clamp to [0, 255]
+        ([0.0, 0.04, 0.3], 0.1, 128, 8, False),                               # the zero point is added
+        ([-3.0, -1.0, -0.125, 0.0, 1.0, 3.0], 0.25, 0, 4, True),              # signed codes [-8, 7]
+        ([[2.5, 3.5], [-2.5, -3.5]], 1.0, 0, 8, True),                        # ties, signed, 2-D
+        ([-1.0, 0.0, 1.0], 0.5, 1, 2, False),                                 # 2 bits: codes [0, 3]
+        ([float("inf"), float("-inf"), 0.5], 0.25, 3, 3, False),              # inf clamps to the ends
+        ([1.0], 0.0, 0, 8, False),                                            # scale 0 -> ValueError
+        ([1.0], -0.5, 0, 8, False),                                           # scale < 0 -> ValueError
+        ([1.0], 0.1, 256, 8, False),                                          # zero point outside codes
+        ([1.0], 0.1, -129, 8, True),
+        ([1.0], 0.1, 0, 1, False),                                            # num_bits < 2
+    ]
+    cases = [{"x": {"values": v}, "scale": s, "zero_point": z, "num_bits": b, "signed": sg}
+             for v, s, z, b, sg in fixed]
+    for i in range(10):
+        bits = int(rng.choice([2, 3, 4, 8, 8, 12, 16]))
+        signed = bool(rng.integers(0, 2))
+        qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+        zp = 0 if signed and rng.random() < 0.6 else int(rng.integers(qmin, qmax + 1))
+        ties = i % 3 == 0                                       # some exact ties at a power-of-two scale
+        scale = _pow2_scale(rng) if ties else _random_scale(rng)
+        values = _values_away_from_ties(rng, int(rng.integers(1, 30)), scale, qmin - zp - 3, qmax - zp + 3)
+        if ties:
+            values += [scale * (k + 0.5) for k in rng.integers(qmin - zp, qmax - zp, size=4).tolist()]
+        cases.append({"x": {"values": values}, "scale": scale, "zero_point": zp, "num_bits": bits, "signed": signed})
+    return cases
+
+
+def _quantize_build(case: dict) -> tuple[tuple, dict]:
+    return (_tensor(case["x"]), case["scale"], case["zero_point"]), \
+        {"num_bits": case["num_bits"], "signed": case["signed"]}
+
+
+def _quantize_describe(case: dict) -> str:
+    (x, s, z), kw = _quantize_build(case)
+    return f"x = {_show(x)}, scale={s!r}, zero_point={z}, num_bits={kw['num_bits']}, signed={kw['signed']}"
+
+
+# --------------------------------------------------------------------------- dequantize_affine
+def _dequant_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        ([10, 12, 15], "int64", 0.5, 10),
+        ([-8, 0, 7], "int64", 0.25, 0),
+        ([0, 128, 255], "uint8", 0.1, 128),          # uint8 codes (torch's int_repr): q - 128 must not wrap
+        ([-128, -1, 127], "int8", 0.02, -3),
+        ([[3, 4], [5, 6]], "int32", 1.5, 4),
+        ([1, 2], "int64", 0.0, 0),                  # scale 0 -> ValueError
+        ([1, 2], "int64", float("nan"), 0),         # scale nan -> ValueError
+    ]
+    cases = [{"q": {"values": v, "dtype": d}, "scale": s, "zero_point": z} for v, d, s, z in fixed]
+    for _ in range(8):
+        dtype = str(rng.choice(["int64", "uint8", "int8", "int32"]))
+        lo, hi = {"uint8": (0, 255), "int8": (-128, 127)}.get(dtype, (-40000, 40000))
+        q = rng.integers(lo, hi + 1, size=[int(d) for d in rng.integers(1, 5, size=int(rng.integers(1, 3)))])
+        cases.append({"q": {"values": q.tolist(), "dtype": dtype}, "scale": _random_scale(rng),
+                      "zero_point": int(rng.integers(lo, hi + 1))})
+    return cases
+
+
+def _dequant_build(case: dict) -> tuple[tuple, dict]:
+    return (_tensor(case["q"]), case["scale"], case["zero_point"]), {}
+
+
+def _dequant_describe(case: dict) -> str:
+    (q, s, z), _ = _dequant_build(case)
+    return f"q = {_show(q)}, scale={s!r}, zero_point={z}"
+
+
+# --------------------------------------------------------------------------- per_channel_qparams
+def _per_channel_cases(rng: np.random.Generator) -> list[dict]:
+    w0 = [[1.0, -2.55], [0.0, 0.0], [0.5, 0.25]]
+    fixed = [
+        ({"values": w0}, 0, 8, True),                                # one scale per row; a zero row -> eps
+        ({"values": w0}, 1, 8, True),                                # channels along dim 1
+        ({"values": [[0.5, 2.0], [-3.0, -1.0], [-1.0, 3.0]]}, 0, 8, False),   # positive / negative rows
+        ({"values": w0}, -1, 4, True),                               # negative axis
+        ({"values": [0.3, -0.6, 0.0]}, 0, 8, False),                 # 1-D: every entry is a channel
+        ({"values": [[-1.0, 3.0], [0.5, 0.25]]}, 0, 16, False),      # 16 bits
+        ({"seed": 5, "shape": [4, 2, 3, 3], "std": 0.2}, 0, 8, True),
+        ({"seed": 6, "shape": [4, 2, 3, 3], "std": 0.2, "loc": 0.1}, 1, 4, False),
+        ({"values": w0}, 2, 8, True),                                # axis out of range -> ValueError
+        ({"values": w0}, 0, 1, True),                                # num_bits < 2 -> ValueError
+    ]
+    cases = [{"w": w, "axis": a, "num_bits": b, "symmetric": s} for w, a, b, s in fixed]
+    for _ in range(8):
+        shape = [int(d) for d in rng.integers(1, 6, size=int(rng.integers(1, 5)))]
+        spec = {"seed": int(rng.integers(0, 2**31)), "shape": shape, "loc": float(rng.normal(0, 0.5)),
+                "std": float(10 ** rng.uniform(-2, 0.5))}
+        cases.append({"w": spec, "axis": int(rng.integers(-len(shape), len(shape))),
+                      "num_bits": int(rng.choice([2, 4, 8, 8])), "symmetric": bool(rng.integers(0, 2))})
+    return cases
+
+
+def _per_channel_build(case: dict) -> tuple[tuple, dict]:
+    return (_tensor(case["w"]),), {"axis": case["axis"], "num_bits": case["num_bits"], "symmetric": case["symmetric"]}
+
+
+def _per_channel_describe(case: dict) -> str:
+    (w,), kw = _per_channel_build(case)
+    return f"w = {_show(w)}, axis={kw['axis']}, num_bits={kw['num_bits']}, symmetric={kw['symmetric']}"
+
+
+# --------------------------------------------------------------------------- fake_quantize
+class _GradProbe(torch.Tensor):
+    """A float tensor that, when the grader encodes a result computed from it, also reports ``x.grad``.
+
+    Subclasses made by :func:`_probe` carry the leaf ``x`` and the upstream gradient. Inside the
+    learner's function it is an ordinary tensor (torch functions return probes). Only the
+    ``detach()`` that :func:`course_lib.codec.encode` calls on the returned value is intercepted:
+    it backpropagates the upstream gradient to ``x`` and returns ``torch.stack([value, x.grad])``
+    (``x.grad`` all nan when no gradient reaches ``x``).
+    """
+
+    leaf: torch.Tensor | None = None
+    upstream: torch.Tensor | None = None
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.detach and sys._getframe(1).f_code is codec.encode.__code__:
+            return cls._value_and_grad(args[0])
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+    @classmethod
+    def _value_and_grad(cls, y: torch.Tensor) -> torch.Tensor:
+        with torch._C.DisableTorchFunctionSubclass():
+            value = y.detach()
+            if tuple(y.shape) != tuple(cls.leaf.shape):
+                return value
+            grad = None
+            if y.requires_grad:
+                grad, = torch.autograd.grad(y, cls.leaf, cls.upstream.to(y.dtype), allow_unused=True)
+            grad = torch.full_like(value, math.nan) if grad is None else grad.detach().to(value.dtype)
+            return torch.stack([value, grad])
+
+
+def _probe(x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
+    cls = type("GradProbe", (_GradProbe,), {})
+    probe = x.detach().clone().as_subclass(cls).requires_grad_(True)
+    cls.leaf, cls.upstream = probe, upstream
+    return probe
+
+
+def _fake_quant_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        # codes: 1, 3, 4, 5, 13 | 257.4 -> 255 (inside), 258 -> clamped (no gradient), below 0 (no gradient)
+        ([-1.0, 0.0, 0.26, 0.75, 5.0, 126.2, 127.6, -1.6, -2.0], 0.5, 3, 8),
+        ([0.25, 0.75, 1.25, -0.25, 2.5, 3.5], 0.5, 2, 4),                      # ties: half to even
+        ([[-1.1, -0.5, 0.0], [0.45, 0.9, 2.0]], 0.125, 8, 4),                 # symmetric 4-bit (z = 2^3)
+        ([0.0, 1.0, 2.0, 3.0, 3.4, 3.6, 4.0], 1.0, 0, 2),                      # 2 bits: codes [0, 3]
+        ([1.0], 0.0, 0, 8),                                                   # scale 0 -> ValueError
+        ([1.0], 0.1, 256, 8),                                                 # zero point outside -> ValueError
+        ([1.0], 0.1, 0, 1),                                                   # num_bits < 2 -> ValueError
+    ]
+    cases = [{"x": {"values": v}, "scale": s, "zero_point": z, "num_bits": b, "seed": i}
+             for i, (v, s, z, b) in enumerate(fixed)]
+    for _ in range(8):
+        bits = int(rng.choice([2, 3, 4, 8, 8]))
+        zp = int(rng.integers(0, 2 ** bits))
+        scale = _random_scale(rng)
+        n = int(rng.integers(2, 30))
+        values = _values_away_from_ties(rng, n, scale, -zp - 3, 2 ** bits - 1 - zp + 3)
+        cases.append({"x": {"values": values}, "scale": scale, "zero_point": zp, "num_bits": bits,
+                      "seed": int(rng.integers(0, 2**31))})
+    return cases
+
+
+def _upstream(case: dict, x: torch.Tensor) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(case["seed"])
+    return torch.randn(x.shape, generator=gen).round(decimals=2)
+
+
+def _fake_quant_build(case: dict) -> tuple[tuple, dict]:
+    x = _tensor(case["x"])
+    return (_probe(x, _upstream(case, x)), case["scale"], case["zero_point"]), {"num_bits": case["num_bits"]}
+
+
+def _fake_quant_describe(case: dict) -> str:
+    x = _tensor(case["x"])
+    return (f"x = {_show(x)} (requires_grad=True), scale={case['scale']!r}, zero_point={case['zero_point']}, "
+            f"num_bits={case['num_bits']}; the grader backpropagates g = {_show(_upstream(case, x))} and shows "
+            "torch.stack([fake_quantize(x, ...), x.grad])")
+
+
+# --------------------------------------------------------------------------- binarize
+def _binarize_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        {"values": [[0.5, -1.5], [0.0, -2.0]]},                  # sign(0) = +1
+        {"values": [[-0.0, 1.0], [2.0, -4.0]]},                  # -0.0 too
+        {"values": [[1.0, -2.0, 3.0, -4.0, 0.5], [0.1, 0.2, -0.3, 0.0, 0.4]]},   # (2, 5): mean over dim 1
+        {"values": [[1.0, -3.0], [2.0, 2.0], [-0.5, 0.5], [4.0, 0.0], [1.0, 1.0]]},  # (5, 2)
+        {"seed": 3, "shape": [3, 2, 3, 3], "std": 0.3},           # conv weight: alpha (3, 1, 1, 1)
+        {"seed": 4, "shape": [2, 3, 4], "std": 1.0, "dtype": "float64"},
+        {"values": [1.0, -2.0]},                                 # 1-D -> ValueError
+        {"values": [[]]},                                        # empty -> ValueError
+    ]
+    cases = [{"w": w} for w in fixed]
+    for _ in range(6):
+        shape = [int(d) for d in rng.integers(1, 6, size=int(rng.integers(2, 5)))]
+        cases.append({"w": {"seed": int(rng.integers(0, 2**31)), "shape": shape, "loc": float(rng.normal(0, 0.2)),
+                            "std": float(10 ** rng.uniform(-2, 0.5))}})
+    return cases
+
+
+def _binarize_build(case: dict) -> tuple[tuple, dict]:
+    return (_tensor(case["w"]),), {}
+
+
+def _binarize_describe(case: dict) -> str:
+    return f"w = {_show(_tensor(case['w']))}"
+
+
+# --------------------------------------------------------------------------- the exercises
+def _exercise(name, make_cases, build, describe, compare, forbidden=()):
+    from . import Exercise
+    return Exercise(name=name, chapter=CHAPTER, topic="quantization", make_cases=make_cases, build=build,
+                    describe=describe, compare=compare, forbidden=tuple(forbidden))
+
+
+_OBSERVERS = ("torch.ao.quantization.MinMaxObserver", "torch.ao.quantization.observer.MinMaxObserver",
+              "torch.ao.quantization.PerChannelMinMaxObserver",
+              "torch.ao.quantization.observer.PerChannelMinMaxObserver")
+_TORCH_QUANT = ("torch.quantize_per_tensor", "torch.quantize_per_channel", "torch.fake_quantize_per_tensor_affine",
+                "torch.fake_quantize_per_channel_affine", "torch._make_per_tensor_quantized_tensor")
+
+EXERCISES = [
+    _exercise("minmax_qparams", _minmax_cases, _minmax_build, _minmax_describe, _qparams_compare, _OBSERVERS),
+    _exercise("quantize_affine", _quantize_cases, _quantize_build, _quantize_describe, _codes_compare, _TORCH_QUANT),
+    _exercise("dequantize_affine", _dequant_cases, _dequant_build, _dequant_describe, _dequant_compare, _TORCH_QUANT),
+    _exercise("per_channel_qparams", _per_channel_cases, _per_channel_build, _per_channel_describe,
+              _per_channel_compare, _OBSERVERS),
+    _exercise("fake_quantize", _fake_quant_cases, _fake_quant_build, _fake_quant_describe, _fake_quant_compare,
+              _TORCH_QUANT),
+    _exercise("binarize", _binarize_cases, _binarize_build, _binarize_describe, _binarize_compare),
+]

@@ -1,0 +1,647 @@
+"""Chapter 02 -- quantization: affine quantizers by hand, real int8 kernels, QAT with an STE.
+
+A uniform affine quantizer maps a real ``x`` to an integer code and back:
+
+.. math::  q = \\mathrm{clamp}(\\mathrm{round}(x / s) + z,\\ q_{min},\\ q_{max}), \\qquad
+           \\hat x = s\\,(q - z)
+
+with a **scale** ``s > 0`` (the grid step) and an integer **zero point** ``z`` (the code of the
+real 0, so 0 is represented exactly). The first six functions are the references of the chapter's
+exercises; the rest are the helpers the notebook calls (simulated quantization of whole models,
+calibration, quantization-aware training, int8 and bf16 measurements, plots).
+
+References
+----------
+Jacob, B. et al. (2018). Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference. CVPR.
+Krishnamoorthi, R. (2018). Quantizing deep convolutional networks for efficient inference:
+A whitepaper. arXiv:1806.08342.
+Nagel, M. et al. (2021). A White Paper on Neural Network Quantization. arXiv:2106.08295.
+
+Taught in: 02_quantization.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import models, timing
+from .validation import check_int, check_tensor
+
+__all__ = ["EPS", "minmax_qparams", "quantize_affine", "dequantize_affine", "per_channel_qparams",
+           "fake_quantize", "binarize", "code_range", "FakeQuantLayer", "prepare_fake_quant", "calibrate",
+           "activation_range", "quantize_weights", "weight_size_bytes", "state_dict_bytes", "rescale_channel",
+           "bit_width_sweep", "qat_finetune", "dynamic_int8", "int8_vs_fp32", "bf16_vs_fp32",
+           "binary_storage_bytes", "matmul_formats", "plot_bit_sweep", "plot_quantization_grid",
+           "plot_round_trip_error"]
+
+EPS = 2.0 ** -23          # torch.finfo(torch.float32).eps: the observers' smallest scale
+
+
+# --------------------------------------------------------------------------- argument checks
+def code_range(num_bits: int, signed: bool = False) -> tuple[int, int]:
+    """The integer codes of ``num_bits`` bits: ``[0, 2^b - 1]``, or ``[-2^(b-1), 2^(b-1) - 1]`` if signed."""
+    check_int("num_bits", num_bits, 2)
+    if num_bits > 16:
+        raise ValueError(f"num_bits must be an int in [2, 16], got {num_bits!r}")
+    return (-(2 ** (num_bits - 1)), 2 ** (num_bits - 1) - 1) if signed else (0, 2 ** num_bits - 1)
+
+
+def _check_float_tensor(name: str, x: object, min_ndim: int = 0) -> torch.Tensor:
+    check_tensor(name, x)
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.numel() == 0 or x.ndim < min_ndim:
+        raise ValueError(f"{name} must be a non-empty tensor with at least {min_ndim} dims, "
+                         f"got shape {tuple(x.shape)}")
+    if torch.isnan(x).any():
+        raise ValueError(f"{name} must not contain nan, got a nan value")
+    return x
+
+
+def _check_scale(scale: object) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
+        raise TypeError(f"scale must be a float > 0, got {scale!r}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite float > 0, got {scale!r}")
+    return float(scale)
+
+
+def _check_zero_point(zero_point: object, qmin: int, qmax: int) -> int:
+    if isinstance(zero_point, (bool, np.bool_)) or not isinstance(zero_point, (int, np.integer)):
+        raise TypeError(f"zero_point must be an int in [{qmin}, {qmax}], got {zero_point!r}")
+    if not qmin <= zero_point <= qmax:
+        raise ValueError(f"zero_point must be an int in [{qmin}, {qmax}], got {zero_point!r}")
+    return int(zero_point)
+
+
+# --------------------------------------------------------------------------- exercises
+def minmax_qparams(x: torch.Tensor, num_bits: int = 8, symmetric: bool = False) -> tuple[float, int]:
+    """Scale and zero point that map the range of ``x`` (0 included) onto ``num_bits``-bit codes.
+
+    .. math::  \\text{asymmetric: } s = \\frac{\\max(x_{max}, 0) - \\min(x_{min}, 0)}{2^b - 1},\\;
+               z = \\mathrm{clamp}(-\\mathrm{round}(\\min(x_{min}, 0)/s),\\ 0,\\ 2^b - 1)
+
+    .. math::  \\text{symmetric: } s = \\frac{\\max |x|}{(2^b - 1)/2},\\; z = 0
+               \\text{ (signed codes } [-2^{b-1}, 2^{b-1} - 1])
+
+    Parameters
+    ----------
+    x : Tensor, float, any shape, non-empty, no nan
+    num_bits : int in [2, 16], default=8
+    symmetric : bool, default=False
+
+    Returns
+    -------
+    (float, int)
+        ``scale`` (a Python float, at least :data:`EPS`) and ``zero_point`` (a Python int).
+
+    Rules
+    -----
+    The range always contains 0, so the real 0 (ReLU outputs, zero padding) has an exact code.
+    ``scale`` is floored at ``EPS = 2^-23`` so an all-zero tensor gives ``(2^-23, 0)``, never a
+    division by zero. ``round`` is half to even. For ``b = 8`` this is
+    ``torch.ao.quantization.MinMaxObserver`` (``quint8`` affine; ``qint8`` symmetric), which
+    returns the same numbers as 1-element tensors (scale float32, zero point int32/int64).
+
+    Examples
+    --------
+    >>> minmax_qparams(torch.tensor([-2.5, 252.5]))      # s = 255/255, z = -round(-2.5) = 2 (half to even)
+    (1.0, 2)
+
+    Taught in: 02_quantization, section 1.
+    """
+    _check_float_tensor("x", x)
+    qmin, qmax = code_range(num_bits, signed=symmetric)
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    if symmetric:
+        return max(max(-lo, hi) / ((qmax - qmin) / 2), EPS), 0
+    scale = max((hi - lo) / (qmax - qmin), EPS)
+    return scale, min(max(qmin - round(lo / scale), qmin), qmax)
+
+
+def quantize_affine(x: torch.Tensor, scale: float, zero_point: int, num_bits: int = 8,
+                    signed: bool = False) -> torch.Tensor:
+    """Integer codes ``clamp(round(x / scale) + zero_point, q_min, q_max)`` as int64.
+
+    Parameters
+    ----------
+    x : Tensor, float, any shape, no nan (+-inf clamp to the ends of the code range)
+    scale : float, finite, > 0
+    zero_point : int in the code range
+    num_bits : int in [2, 16], default=8
+    signed : bool, default=False
+        Codes ``[-2^(b-1), 2^(b-1) - 1]`` if True, else ``[0, 2^b - 1]``.
+
+    Returns
+    -------
+    Tensor of int64, shape of ``x``
+
+    Rules
+    -----
+    ``round`` is half to even (``torch.round``): 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -0.5 -> 0.
+    ``torch.quantize_per_tensor`` rounds ``fma(x, 1/scale, zero_point)`` in float32 instead, so on
+    rare inputs within ~1e-5 of a tie it can differ by one code (shown in the chapter).
+
+    Examples
+    --------
+    >>> quantize_affine(torch.tensor([0.25, 0.75, 1.25, 9.0]), 0.5, 10, num_bits=4)
+    tensor([10, 12, 12, 15])
+
+    Taught in: 02_quantization, section 1.
+    """
+    _check_float_tensor("x", x)
+    qmin, qmax = code_range(num_bits, signed)
+    scale, zero_point = _check_scale(scale), _check_zero_point(zero_point, qmin, qmax)
+    code = torch.round(x / scale) + zero_point              # unclamped code, float
+    return code.clamp(qmin, qmax).to(torch.int64)
+
+
+def dequantize_affine(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """Real values ``scale * (q - zero_point)`` of integer codes, as float32.
+
+    Parameters
+    ----------
+    q : Tensor of any integer dtype (int64, int32, int8, uint8 as from ``int_repr()``), any shape
+    scale : float, finite, > 0
+    zero_point : int
+
+    Rules
+    -----
+    ``q`` is widened to int64 before subtracting: in uint8, ``q - 128`` would wrap around.
+
+    Examples
+    --------
+    >>> dequantize_affine(torch.tensor([10, 12, 15]), 0.5, 10)
+    tensor([0.0000, 1.0000, 2.5000])
+
+    Taught in: 02_quantization, section 1.
+    """
+    check_tensor("q", q)
+    if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
+        raise TypeError(f"q must be an integer tensor, got dtype {q.dtype}")
+    scale = _check_scale(scale)
+    check_int("zero_point", zero_point, -(2 ** 31))
+    return (q.to(torch.int64) - zero_point).to(torch.float32) * scale     # int64 first: uint8 - 128 would wrap
+
+
+def per_channel_qparams(w: torch.Tensor, axis: int = 0, num_bits: int = 8,
+                        symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`minmax_qparams` for each slice ``w.select(axis, c)``: one scale and zero point per channel.
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        ``scales``: float32 of shape ``(w.shape[axis],)``; ``zero_points``: int64, same shape.
+
+    Rules
+    -----
+    The min and max of channel ``c`` are taken over every dim except ``axis`` (negative ``axis``
+    counts from the end). Each channel follows :func:`minmax_qparams`; computed in float32 as
+    ``torch.ao.quantization.PerChannelMinMaxObserver`` does, which it matches exactly for b = 8
+    (``qint8`` per_channel_symmetric; ``quint8`` per_channel_affine).
+
+    Examples
+    --------
+    >>> per_channel_qparams(torch.tensor([[1.0, -2.55], [0.0, 0.0]]), num_bits=8)[1]
+    tensor([0, 0])
+
+    Taught in: 02_quantization, section 3.
+    """
+    _check_float_tensor("w", w, min_ndim=1)
+    check_int("axis", axis, -w.ndim)
+    if axis >= w.ndim:
+        raise ValueError(f"axis must be an int in [{-w.ndim}, {w.ndim - 1}], got {axis!r}")
+    qmin, qmax = code_range(num_bits, signed=symmetric)
+    rows = w.detach().float().movedim(axis, 0).reshape(w.shape[axis], -1)   # (C, rest)
+    lo = rows.amin(dim=1).clamp(max=0.0)                                     # (C,)
+    hi = rows.amax(dim=1).clamp(min=0.0)
+    if symmetric:
+        scales = torch.maximum(-lo, hi) / ((qmax - qmin) / 2)
+        return scales.clamp(min=EPS), torch.zeros_like(scales, dtype=torch.int64)
+    scales = ((hi - lo) / (qmax - qmin)).clamp(min=EPS)
+    return scales, (qmin - torch.round(lo / scales)).clamp(qmin, qmax).to(torch.int64)
+
+
+class _FakeQuantizeSTE(torch.autograd.Function):
+    """dequantize(quantize(x)) forward; the straight-through estimator backward."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):
+        code = torch.round(x / scale) + zero_point                   # unclamped code
+        ctx.save_for_backward((code >= qmin) & (code <= qmax))       # inside the code range
+        return (code.clamp(qmin, qmax) - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (inside,) = ctx.saved_tensors
+        return grad_out * inside, None, None, None, None              # d x_hat / d x = 1 inside, 0 clipped
+
+
+def fake_quantize(x: torch.Tensor, scale: float, zero_point: int, num_bits: int = 8) -> torch.Tensor:
+    """Quantize then dequantize ``x`` (codes ``[0, 2^b - 1]``), differentiably, with a straight-through estimator.
+
+    .. math::  \\hat x = s\\,(\\mathrm{clamp}(c, 0, 2^b - 1) - z), \\quad c = \\mathrm{round}(x/s) + z,
+               \\qquad \\frac{\\partial L}{\\partial x} = \\frac{\\partial L}{\\partial \\hat x}\\,
+               [0 \\le c \\le 2^b - 1]
+
+    ``round`` has zero derivative almost everywhere, so training through it would stop; the
+    straight-through estimator (Bengio et al., 2013) treats it as the identity in the backward
+    pass, and keeps the clamp's zero gradient outside the range.
+
+    Returns
+    -------
+    Tensor, shape and dtype of ``x``, attached to ``x``'s autograd graph.
+
+    Rules
+    -----
+    Symmetric (signed) quantization is the case ``zero_point = 2^(b-1)``. Forward and gradient
+    equal ``torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 2**b - 1)``, which
+    rounds ``x * (1/scale)``: on rare near-ties the forward values differ by one step.
+
+    Examples
+    --------
+    >>> x = torch.tensor([0.3, 9.0], requires_grad=True)
+    >>> fake_quantize(x, 0.5, 0, num_bits=4).sum().backward(); x.grad
+    tensor([1., 0.])
+
+    Taught in: 02_quantization, section 6.
+    """
+    _check_float_tensor("x", x)
+    qmin, qmax = code_range(num_bits)
+    scale, zero_point = _check_scale(scale), _check_zero_point(zero_point, qmin, qmax)
+    return _FakeQuantizeSTE.apply(x, scale, zero_point, qmin, qmax)
+
+
+def binarize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """XNOR-Net binary weights: ``w ~ alpha * b`` with ``b = sign(w)`` and one ``alpha`` per output channel.
+
+    .. math::  b = \\mathrm{sign}(w) \\in \\{-1, +1\\}, \\qquad
+               \\alpha_c = \\frac{1}{n}\\sum_{i} |w_{c,i}| = \\arg\\min_{\\alpha} \\|w_c - \\alpha b_c\\|^2
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        ``alpha`` of shape ``(C_out, 1, ..., 1)`` (``w.ndim`` dims, so ``alpha * b`` broadcasts to
+        ``w``'s shape) and ``b`` shaped like ``w``; both of ``w``'s dtype.
+
+    Rules
+    -----
+    ``sign(0) = +1`` (also for -0.0): b is never 0. ``w`` needs at least 2 dims (dim 0 = output channels).
+
+    References
+    ----------
+    Rastegari, M., Ordonez, V., Redmon, J. and Farhadi, A. (2016). XNOR-Net. ECCV.
+
+    Examples
+    --------
+    >>> alpha, b = binarize(torch.tensor([[0.5, -1.5], [0.0, -2.0]]))
+    >>> alpha.flatten().tolist(), b.tolist()
+    ([1.0, 1.0], [[1.0, -1.0], [1.0, -1.0]])
+
+    Taught in: 02_quantization, section 8.
+    """
+    _check_float_tensor("w", w, min_ndim=2)
+    b = torch.where(w >= 0, torch.ones_like(w), -torch.ones_like(w))   # sign with sign(0) = +1
+    alpha = w.abs().mean(dim=tuple(range(1, w.ndim)), keepdim=True)   # (C_out, 1, ..., 1)
+    return alpha, b
+
+
+# --------------------------------------------------------------------------- simulated quantized models
+def _fake_quantize_per_channel(w: torch.Tensor, num_bits: int) -> torch.Tensor:
+    """Symmetric per-output-channel fake quantization of a weight, with the STE (vectorized)."""
+    scales, _ = per_channel_qparams(w, 0, num_bits, symmetric=True)
+    qmin, qmax = code_range(num_bits, signed=True)
+    s = scales.view(-1, *[1] * (w.ndim - 1))                           # (C_out, 1, ..., 1)
+    code = torch.round(w / s)
+    w_hat = code.clamp(qmin, qmax) * s
+    return w + (w_hat - w).detach()                                     # STE: gradient 1
+
+
+def _quantize_weight(w: torch.Tensor, num_bits: int, per_channel: bool, fake_quant: Callable) -> torch.Tensor:
+    if num_bits == 1:                                                  # binary: alpha * sign(w), STE
+        alpha, b = binarize(w.detach())
+        return w + (alpha * b - w).detach()
+    if per_channel:
+        return _fake_quantize_per_channel(w, num_bits)
+    scale, _ = minmax_qparams(w.detach(), num_bits, symmetric=True)
+    return fake_quant(w, scale, 2 ** (num_bits - 1), num_bits)        # signed codes via zero point 2^(b-1)
+
+
+class FakeQuantLayer(nn.Module):
+    """A ``Conv2d`` or ``Linear`` whose input and weight are fake-quantized in every forward.
+
+    The weight is quantized symmetrically from its current min-max (per tensor with
+    ``fake_quant``, or per output channel; ``weight_bits=1`` binarizes it, XNOR-Net style); the
+    input uses the fixed ``act_qparams = (scale, zero_point)`` set by :func:`calibrate` (none:
+    not quantized). Gradients reach the float weight through the straight-through estimator.
+    """
+
+    def __init__(self, layer: nn.Module, weight_bits: int | None, act_bits: int | None,
+                 per_channel: bool = False, fake_quant: Callable = fake_quantize):
+        super().__init__()
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise TypeError(f"layer must be an nn.Conv2d or nn.Linear, got {type(layer).__name__}")
+        self.layer, self.weight_bits, self.act_bits = layer, weight_bits, act_bits
+        self.per_channel, self.fake_quant = per_channel, fake_quant
+        self.act_qparams: tuple[float, int] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_bits is not None and self.act_qparams is not None:
+            x = self.fake_quant(x, *self.act_qparams, self.act_bits)
+        w = self.layer.weight
+        if self.weight_bits is not None:
+            w = _quantize_weight(w, self.weight_bits, self.per_channel, self.fake_quant)
+        if isinstance(self.layer, nn.Linear):
+            return F.linear(x, w, self.layer.bias)
+        return self.layer._conv_forward(x, w, self.layer.bias)
+
+    def extra_repr(self) -> str:
+        return f"weight_bits={self.weight_bits}, act_bits={self.act_bits}, per_channel={self.per_channel}"
+
+
+def prepare_fake_quant(model: nn.Module, weight_bits: int | None = 8, act_bits: int | None = None, *,
+                       per_channel: bool = False, fake_quant: Callable = fake_quantize) -> nn.Module:
+    """A copy of ``model`` with every Conv2d and Linear wrapped in a :class:`FakeQuantLayer`."""
+    qmodel = copy.deepcopy(model)
+    for parent in list(qmodel.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, (nn.Conv2d, nn.Linear)):
+                setattr(parent, name, FakeQuantLayer(child, weight_bits, act_bits, per_channel, fake_quant))
+    return qmodel.eval()
+
+
+def activation_range(samples: torch.Tensor, num_bits: int, method: str = "minmax",
+                     percentile: float = 99.99) -> tuple[float, float]:
+    """Clipping range ``(lo, hi)`` of one layer's input from calibration samples.
+
+    ``"minmax"``: the observed min and max. ``"percentile"``: the ``percentile``-th and
+    ``(100 - percentile)``-th percentiles (outliers are clipped). ``"mse"``: the range ``t * (lo, hi)``
+    among 50 candidates ``t`` in [0.01, 1] (geometric grid, 1 included) that minimizes the mean squared
+    error of the quantized samples (MSE range setting; Nagel et al. 2021).
+    """
+    a = samples.detach().flatten().float()
+    lo, hi = min(float(a.min()), 0.0), max(float(a.max()), 0.0)
+    if method == "minmax":
+        return lo, hi
+    if method == "percentile":
+        qs = np.percentile(a.numpy(), [100 - percentile, percentile])
+        return min(float(qs[0]), 0.0), max(float(qs[1]), 0.0)
+    if method == "mse":
+        best = (math.inf, lo, hi)
+        for t in np.geomspace(0.01, 1.0, 50):
+            s, z = minmax_qparams(torch.tensor([lo * t, hi * t]), num_bits)
+            err = float(((dequantize_affine(quantize_affine(a, s, z, num_bits), s, z) - a) ** 2).mean())
+            best = min(best, (err, lo * t, hi * t))
+        return best[1], best[2]
+    raise ValueError(f"method must be one of ['minmax', 'percentile', 'mse'], got {method!r}")
+
+
+@torch.no_grad()
+def calibrate(qmodel: nn.Module, X: torch.Tensor, method: str = "minmax", percentile: float = 99.99) -> nn.Module:
+    """Post-training calibration: set each :class:`FakeQuantLayer`'s input qparams from data ``X``.
+
+    Runs ``X`` through the model with activation quantization off, records every wrapped
+    layer's input, and sets its ``(scale, zero_point)`` from :func:`activation_range`.
+    """
+    layers = [m for m in qmodel.modules() if isinstance(m, FakeQuantLayer) and m.act_bits is not None]
+    seen: dict[FakeQuantLayer, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.__setitem__(m, args[0].detach())) for m in layers]
+    for m in layers:
+        m.act_qparams = None
+    try:
+        qmodel.eval()(X)
+    finally:
+        for h in hooks:
+            h.remove()
+    for m in layers:
+        lo, hi = activation_range(seen[m], m.act_bits, method, percentile)
+        m.act_qparams = minmax_qparams(torch.tensor([lo, hi]), m.act_bits)
+    return qmodel
+
+
+def quantize_weights(model: nn.Module, num_bits: int, per_channel: bool = True) -> nn.Module:
+    """A copy of ``model`` whose Conv2d/Linear weights are replaced by their quantized values (weight-only PTQ)."""
+    qmodel = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in qmodel.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.copy_(_quantize_weight(m.weight, num_bits, per_channel, fake_quantize))
+    return qmodel.eval()
+
+
+def weight_size_bytes(model: nn.Module, num_bits: int, per_channel: bool = True) -> float:
+    """Bytes of ``model`` if its Conv2d/Linear weights are stored with ``num_bits`` bits.
+
+    Each quantized weight tensor costs ``numel * b / 8`` bytes plus one float32 scale per output
+    channel (or per tensor); every other tensor (biases, ...) keeps its float32 bytes.
+    """
+    total = 0.0
+    for m in model.modules():
+        for name, p in m.named_parameters(recurse=False):
+            if name == "weight" and isinstance(m, (nn.Conv2d, nn.Linear)):
+                total += p.numel() * num_bits / 8 + 4 * (p.shape[0] if per_channel else 1)
+            else:
+                total += p.numel() * p.element_size()
+    return total
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: what is actually stored (int8 packed weights too)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def rescale_channel(model: nn.Module, channel: int, factor: float) -> nn.Module:
+    """An equivalent copy of a ``SmallCNN`` whose first conv's ``channel`` is ``factor`` times larger.
+
+    ReLU is positively homogeneous, ``relu(a z) = a relu(z)`` for ``a > 0``: scaling conv1's output
+    channel by ``a`` (weight and bias) and conv2's matching input channel by ``1/a`` leaves the
+    function unchanged, but gives conv1 one outlier channel.
+    """
+    if not factor > 0:
+        raise ValueError(f"factor must be a float > 0, got {factor!r}")
+    out = copy.deepcopy(model)
+    conv1, conv2 = out.features[0], out.features[2]
+    with torch.no_grad():
+        conv1.weight[channel] *= factor
+        conv1.bias[channel] *= factor
+        conv2.weight[:, channel] /= factor
+    return out
+
+
+def bit_width_sweep(model: nn.Module, X: torch.Tensor, y: torch.Tensor, bits: Sequence[int] = (8, 6, 4, 3, 2),
+                    per_channel: bool = True) -> list[dict]:
+    """Accuracy and size of weight-only PTQ at each bit width (plus the float32 baseline as 32 bits)."""
+    rows = [{"bits": 32, "accuracy": models.evaluate(model, X, y), "size_bytes": weight_size_bytes(model, 32, False)
+             - 4 * sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())}]
+    for b in bits:
+        rows.append({"bits": b, "accuracy": models.evaluate(quantize_weights(model, b, per_channel), X, y),
+                     "size_bytes": weight_size_bytes(model, b, per_channel)})
+    return rows
+
+
+def qat_finetune(qmodel: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 8, lr: float = 1e-3,
+                 seed: int = 0, progress: bool = False) -> dict:
+    """Quantization-aware training: fine-tune a :func:`prepare_fake_quant` model through its fake quantizers.
+
+    Every forward quantizes weights (from their current range) and inputs (calibrated ranges);
+    the straight-through estimator lets the float weights learn to sit well on the grid.
+    """
+    return models.train(qmodel, X, y, epochs=epochs, lr=lr, batch_size=64, seed=seed, progress=progress)
+
+
+# --------------------------------------------------------------------------- real int8 and bf16 kernels
+def dynamic_int8(model: nn.Module) -> nn.Module:
+    """``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``: int8 weights, int8 GEMM.
+
+    Weights are quantized once (per tensor, symmetric int8); each call quantizes the input
+    activations on the fly from their own min-max, multiplies in int8 with int32 accumulation
+    (fbgemm/x86 kernels) and returns float32. The eager ``torch.ao.quantization`` API is
+    deprecated in favour of torchao, but still ships in torch 2.13 and runs fast int8 kernels
+    on CPU without ``torch.compile``; its deprecation warning is silenced here, on purpose.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(deprecat|quantiz).*")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear},
+                                                      dtype=torch.qint8)
+
+
+def _speed_row(label: str, fp32: nn.Module, other: nn.Module, x: torch.Tensor, x_other: torch.Tensor,
+               repeats: int) -> dict:
+    with torch.inference_mode():
+        t32 = timing.benchmark(lambda: fp32(x), warmup=3, repeats=repeats, device="cpu")
+        t8 = timing.benchmark(lambda: other(x_other), warmup=3, repeats=repeats, device="cpu")
+    return {"model": label, "batch": len(x), "fp32_ms": t32.median, "fp32_iqr_ms": t32.iqr, "other_ms": t8.median,
+            "other_iqr_ms": t8.iqr, "speedup": t32.median / t8.median, "threads": t32.threads}
+
+
+def int8_vs_fp32(model: nn.Module, x: torch.Tensor, label: str = "", repeats: int = 20) -> dict:
+    """Latency (median, IQR) of ``model`` and its :func:`dynamic_int8` copy on ``x``, and their stored bytes."""
+    q = dynamic_int8(model)
+    row = _speed_row(label, model.eval(), q, x, x, repeats)
+    row.update(fp32_bytes=state_dict_bytes(model), int8_bytes=state_dict_bytes(q))
+    with torch.inference_mode():
+        row["max_abs_diff"] = float((model(x) - q(x)).abs().max())
+    return row
+
+
+def bf16_vs_fp32(model: nn.Module, x: torch.Tensor, label: str = "", repeats: int = 20) -> dict:
+    """Latency of ``model`` in float32 and of a bfloat16 copy (weights and inputs) on ``x``."""
+    half = copy.deepcopy(model).to(torch.bfloat16).eval()
+    return _speed_row(label, model.eval(), half, x, x.to(torch.bfloat16), repeats)
+
+
+def binary_storage_bytes(w: torch.Tensor) -> dict[str, int]:
+    """Bytes of a binarized weight as actually stored: float32 +-1, one bool/int8 per sign, packed bits.
+
+    Every variant adds the float32 ``alpha`` (one per output channel). torch has no 1-bit dtype;
+    only ``numpy.packbits`` (8 signs per byte) approaches the theoretical 32x.
+    """
+    alpha, b = binarize(w.detach().float())
+    extra = alpha.numel() * 4
+    packed = np.packbits((b > 0).flatten().numpy()).nbytes
+    return {"float32": w.numel() * 4, "binary float32": b.numel() * 4 + extra,
+            "binary bool/int8": b.numel() + extra, "binary packed bits": packed + extra}
+
+
+def matmul_formats(n: int = 4096, device: str = "cuda", repeats: int = 20) -> list[dict]:
+    """Time an ``n x n`` GEMM in fp32, fp16, bf16, int8 (``torch._int_mm``) and fp8 (``torch._scaled_mm``).
+
+    int8: both operands symmetric per-tensor quantized (:func:`minmax_qparams`), int32 accumulation,
+    result rescaled by ``s_a * s_b``. fp8: e4m3 with a per-tensor scale ``amax / 448``. Both low-precision
+    GEMMs want the second operand column-major. fp8 needs a GPU of compute capability 8.9 or newer
+    (H100, L4, ...). Each row: median ms, TFLOP/s, speedup over fp32, relative error vs the fp32 result.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
+    ref = a @ b
+    sa, za = minmax_qparams(a, 8, symmetric=True)
+    sb, zb = minmax_qparams(b, 8, symmetric=True)
+    a8 = quantize_affine(a, sa, 0, 8, signed=True).to(torch.int8)
+    b8 = quantize_affine(b, sb, 0, 8, signed=True).to(torch.int8).t().contiguous().t()   # column-major
+    runs = {"fp32": lambda: a @ b, "fp16": (lambda a16, b16: lambda: a16 @ b16)(a.half(), b.half()),
+            "bf16": (lambda a16, b16: lambda: a16 @ b16)(a.bfloat16(), b.bfloat16()),
+            "int8": lambda: torch._int_mm(a8, b8).float() * (sa * sb)}
+    fp8_ok = device != "cuda" or torch.cuda.get_device_capability() >= (8, 9)
+    if fp8_ok and hasattr(torch, "float8_e4m3fn"):
+        s_a, s_b = (t.abs().max().float() / 448.0 for t in (a, b))
+        a_f8, b_f8 = (a / s_a).to(torch.float8_e4m3fn), (b / s_b).to(torch.float8_e4m3fn).t().contiguous().t()
+        runs["fp8 e4m3"] = lambda: torch._scaled_mm(a_f8, b_f8, scale_a=s_a, scale_b=s_b, out_dtype=torch.bfloat16)
+    rows = []
+    for name, fn in runs.items():
+        t = timing.benchmark(fn, warmup=3, repeats=repeats, device=device)
+        err = float((fn().float() - ref).norm() / ref.norm())
+        rows.append({"format": name, "median_ms": t.median, "iqr_ms": t.iqr, "TFLOP/s": 2 * n ** 3 / t.median / 1e9,
+                     "relative error": err, "device": t.device})
+    for row in rows:
+        row["speedup vs fp32"] = rows[0]["median_ms"] / row["median_ms"]
+    return rows
+
+
+# --------------------------------------------------------------------------- plots
+def plot_bit_sweep(rows_by_model: dict[str, list[dict]], title: str = "weight-only PTQ: accuracy and size"):
+    """Test accuracy (left) and weight bytes (right, log) against bit width, one line per model."""
+    import matplotlib.pyplot as plt
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for (name, rows), color in zip(rows_by_model.items(), ["tab:blue", "tab:orange", "tab:green"]):
+        quant = [r for r in rows if r["bits"] < 32]
+        ax.plot([r["bits"] for r in quant], [100 * r["accuracy"] for r in quant], "o-", color=color, label=name)
+        ax.axhline(100 * rows[0]["accuracy"], color=color, ls=":", lw=1)
+        right.plot([r["bits"] for r in rows], [r["size_bytes"] / 1024 for r in rows], "s-", color=color, label=name)
+    ax.set(xlabel="weight bits", ylabel="test accuracy (%)", title="accuracy (dotted: float32)")
+    right.set(xlabel="weight bits", ylabel="weights + scales (KiB)", yscale="log", title="size")
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_quantization_grid(w: torch.Tensor, num_bits: int, scale: float, zero_point: int = 0, signed: bool = True):
+    """Histogram of ``w`` with the grid of representable values ``scale * (q - zero_point)`` and the clipping range."""
+    import matplotlib.pyplot as plt
+    qmin, qmax = code_range(num_bits, signed)
+    values = w.detach().flatten().float()
+    w_hat = dequantize_affine(quantize_affine(values, scale, zero_point, num_bits, signed), scale, zero_point)
+    lo, hi = scale * (qmin - zero_point), scale * (qmax - zero_point)
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.hist(values.numpy(), bins=120, color="lightsteelblue", label="weights")
+    grid = scale * (np.arange(qmin, qmax + 1) - zero_point)
+    if grid.size <= 64:
+        ax.vlines(grid, 0, ax.get_ylim()[1] * 0.15, color="black", lw=0.8, label="grid")
+    ax.axvspan(lo, hi, color="tab:green", alpha=0.08, label="range")
+    rmse = float(((w_hat - values) ** 2).mean().sqrt())
+    clipped = float(((values < lo) | (values > hi)).float().mean())
+    ax.set(xlabel="weight value", ylabel="count",
+           title=f"{num_bits} bits, scale {scale:.4g}: RMSE {rmse:.2e}, {100 * clipped:.1f} % clipped")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_round_trip_error(x: torch.Tensor, scale: float, zero_point: int, num_bits: int = 8):
+    """Round-trip error ``dequantize(quantize(x)) - x`` against ``x``: a +-scale/2 sawtooth inside the range,
+    growing linearly (clipping) outside it."""
+    import matplotlib.pyplot as plt
+    qmin, qmax = code_range(num_bits)
+    err = dequantize_affine(quantize_affine(x, scale, zero_point, num_bits), scale, zero_point) - x
+    lo, hi = scale * (qmin - zero_point), scale * (qmax - zero_point)
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(x.numpy(), err.numpy(), color="tab:blue", lw=0.8, label="round-trip error")
+    ax.axhspan(-scale / 2, scale / 2, color="tab:green", alpha=0.15, label="+-scale/2")
+    for edge in (lo, hi):
+        ax.axvline(edge, color="tab:red", ls="--", lw=1)
+    ax.set(xlabel="x", ylabel="x_hat - x", title=f"{num_bits} bits, scale {scale:.3g}, zero point {zero_point}: "
+           f"range [{lo:.3g}, {hi:.3g}] (red)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, ax

@@ -1,0 +1,326 @@
+"""Chapter 02's references against the oracles: torch's observers, quantize_per_tensor and fake_quantize
+(values and gradients), closed forms and hand-worked tiny cases."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver
+
+from course_lib import models, quantization as Q
+
+# torch.quantize_per_tensor (the oracle) warns that quantized dtypes are deprecated; the values are what we test.
+pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+
+
+def away_from_ties(n, scale, lo, hi, seed):
+    """float32 values scale * (k + f), |f| in [0.05, 0.45]: no rounding near-ties."""
+    rng = np.random.default_rng(seed)
+    k = rng.integers(lo, hi + 1, size=n)
+    f = rng.uniform(0.05, 0.45, size=n) * rng.choice([-1, 1], size=n)
+    return torch.tensor(scale * (k + f), dtype=torch.float32)
+
+
+def observer_qparams(x, symmetric, per_channel=False, axis=0):
+    kw = dict(dtype=torch.qint8, qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric) \
+        if symmetric else dict(dtype=torch.quint8, qscheme=torch.per_channel_affine if per_channel else
+                               torch.per_tensor_affine)
+    obs = PerChannelMinMaxObserver(ch_axis=axis, **kw) if per_channel else MinMaxObserver(**kw)
+    obs(x)
+    return obs.calculate_qparams()
+
+
+# ----------------------------------------------------------------------------- minmax_qparams
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_minmax_qparams_matches_minmax_observer(symmetric, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(7, 5, generator=gen) * 10 ** (seed % 3 - 1) + (seed - 2.5)
+    scale, zero_point = Q.minmax_qparams(x, 8, symmetric)
+    s_ref, z_ref = observer_qparams(x, symmetric)
+    assert type(scale) is float and type(zero_point) is int
+    assert math.isclose(scale, s_ref.item(), rel_tol=1e-6)
+    assert zero_point == z_ref.item()
+
+
+@pytest.mark.parametrize("values", [[0.0, 0.0], [0.5, 2.0, 3.0], [-3.0, -1.0], [-2.5, 252.5], [-3.5, 251.5]])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_minmax_qparams_edge_cases_match_observer(values, symmetric):
+    x = torch.tensor(values)
+    scale, zero_point = Q.minmax_qparams(x, 8, symmetric)
+    s_ref, z_ref = observer_qparams(x, symmetric)
+    assert math.isclose(scale, s_ref.item(), rel_tol=1e-6) and zero_point == z_ref.item()
+
+
+def test_minmax_qparams_closed_forms():
+    assert Q.minmax_qparams(torch.tensor([-2.5, 252.5])) == (1.0, 2)          # -round(-2.5) = 2: half to even
+    assert Q.minmax_qparams(torch.tensor([-3.5, 251.5])) == (1.0, 4)
+    assert Q.minmax_qparams(torch.zeros(3)) == (2.0 ** -23, 0)                 # eps floor, no division by zero
+    assert Q.minmax_qparams(torch.tensor([-3.0, -1.0])) == (3.0 / 255, 255)   # all negative: top code
+    assert Q.minmax_qparams(torch.tensor([-1.0, 0.5]), symmetric=True) == (1.0 / 127.5, 0)
+    scale, zp = Q.minmax_qparams(torch.tensor([-0.3, 1.2]), num_bits=4)
+    assert math.isclose(scale, 0.1, rel_tol=1e-6) and zp == 3
+
+
+@pytest.mark.parametrize("num_bits", [2, 3, 4, 8, 16])
+def test_minmax_qparams_maps_range_onto_all_codes(num_bits):
+    x = torch.tensor([-0.7, 0.1, 2.3])
+    scale, zp = Q.minmax_qparams(x, num_bits)
+    q = Q.quantize_affine(x, scale, zp, num_bits)
+    assert q.max() - q.min() >= 2 ** num_bits - 2          # the zero point's rounding may shift the grid by < 1 step
+    assert (Q.dequantize_affine(q, scale, zp) - x).abs().max() <= scale / 2 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("bad,match", [(dict(num_bits=1), "num_bits must be an int >= 2"),
+                                       (dict(num_bits=17), r"num_bits must be an int in \[2, 16\]")])
+def test_minmax_qparams_rejects_bad_bits(bad, match):
+    with pytest.raises(ValueError, match=match):
+        Q.minmax_qparams(torch.ones(3), **bad)
+
+
+def test_minmax_qparams_rejects_empty_and_nan():
+    with pytest.raises(ValueError, match="x must be a non-empty tensor"):
+        Q.minmax_qparams(torch.tensor([]))
+    with pytest.raises(ValueError, match="x must not contain nan"):
+        Q.minmax_qparams(torch.tensor([1.0, math.nan]))
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+        Q.minmax_qparams(torch.tensor([1, 2]))
+
+
+# ----------------------------------------------------------------------------- quantize / dequantize
+@pytest.mark.parametrize("dtype,zero_point,signed", [(torch.quint8, 128, False), (torch.quint8, 7, False),
+                                                     (torch.qint8, 0, True), (torch.qint8, -5, True)])
+@pytest.mark.parametrize("scale", [0.1, 0.0123, 2 ** -4])
+def test_quantize_affine_matches_quantize_per_tensor(dtype, zero_point, signed, scale):
+    qmin, qmax = Q.code_range(8, signed)
+    x = away_from_ties(997, scale, qmin - zero_point - 5, qmax - zero_point + 5, seed=int(1e4 * scale))
+    ref = torch.quantize_per_tensor(x, scale, zero_point, dtype)
+    q = Q.quantize_affine(x, scale, zero_point, 8, signed)
+    assert q.dtype == torch.int64
+    torch.testing.assert_close(q, ref.int_repr().to(torch.int64), rtol=0, atol=0)
+    torch.testing.assert_close(Q.dequantize_affine(ref.int_repr(), scale, zero_point), ref.dequantize())
+
+
+def test_quantize_affine_ties_round_half_to_even_like_torch():
+    x = torch.tensor([0.25, 0.75, 1.25, -0.25, -0.75, -1.25])
+    expected = torch.tensor([10, 12, 12, 10, 8, 8])
+    torch.testing.assert_close(Q.quantize_affine(x, 0.5, 10), expected)
+    torch.testing.assert_close(torch.quantize_per_tensor(x, 0.5, 10, torch.quint8).int_repr().long(), expected)
+
+
+def test_quantize_per_tensor_differs_by_at_most_one_code_and_only_near_ties():
+    """torch rounds fma(x, 1/scale, zero_point) in float32; our rule is round(x / scale) + zero_point."""
+    scale, zp = 0.1, 128
+    x = (torch.rand(100_000, generator=torch.Generator().manual_seed(0)) * 250 - 125) * scale
+    x = torch.cat([x, ((torch.arange(-128, 128, dtype=torch.float64) + 0.5) * scale).float()])   # nominal ties
+    ours = Q.quantize_affine(x, scale, zp)
+    theirs = torch.quantize_per_tensor(x, scale, zp, torch.quint8).int_repr().long()
+    diff = (ours - theirs).abs()
+    assert diff.max() <= 1 and diff.float().mean() < 1e-3
+    t = (x.double() / scale)[diff > 0]
+    assert ((t - t.floor() - 0.5).abs() < 1e-4).all()                     # every disagreement is a near-tie
+
+
+def test_round_trip_error_is_at_most_half_a_step_inside_and_clipping_outside():
+    scale, zp = Q.minmax_qparams(torch.tensor([-1.0, 1.0]), 8)
+    x = torch.linspace(-3, 3, 6001)
+    x_hat = Q.dequantize_affine(Q.quantize_affine(x, scale, zp), scale, zp)
+    lo, hi = scale * (0 - zp), scale * (255 - zp)
+    inside = (x >= lo) & (x <= hi)
+    assert (x_hat - x)[inside].abs().max() <= scale / 2 + 1e-6
+    torch.testing.assert_close(x_hat[~inside], torch.where(x[~inside] < lo, lo, hi).float())
+
+
+def test_quantize_affine_closed_forms_and_inf():
+    torch.testing.assert_close(Q.quantize_affine(torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0]), 0.25, 0, 4, signed=True),
+                               torch.tensor([-8, -4, 0, 4, 7]))
+    torch.testing.assert_close(Q.quantize_affine(torch.tensor([math.inf, -math.inf]), 0.25, 3, 3),
+                               torch.tensor([7, 0]))
+
+
+@pytest.mark.parametrize("args,match", [((0.0, 0), "scale must be a finite float > 0"),
+                                        ((math.nan, 0), "scale must be a finite float > 0"),
+                                        ((0.1, 256), r"zero_point must be an int in \[0, 255\]"),
+                                        ((0.1, -1), r"zero_point must be an int in \[0, 255\]")])
+def test_quantize_affine_rejects_bad_qparams(args, match):
+    with pytest.raises(ValueError, match=match):
+        Q.quantize_affine(torch.ones(2), *args)
+
+
+def test_dequantize_affine_uint8_codes_do_not_wrap():
+    q = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    torch.testing.assert_close(Q.dequantize_affine(q, 0.1, 128), torch.tensor([-12.8, 0.0, 12.7]))
+    with pytest.raises(ValueError, match="scale must be"):
+        Q.dequantize_affine(q, -1.0, 0)
+    with pytest.raises(TypeError, match="q must be an integer tensor"):
+        Q.dequantize_affine(torch.ones(2), 0.1, 0)
+
+
+# ----------------------------------------------------------------------------- per_channel_qparams
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("axis", [0, 1, 3])
+def test_per_channel_qparams_matches_per_channel_observer(symmetric, axis):
+    w = torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(axis)) * 0.2 + 0.05
+    w[2] = 0.0                                                              # an all-zero output channel
+    scales, zps = Q.per_channel_qparams(w, axis, 8, symmetric)
+    s_ref, z_ref = observer_qparams(w, symmetric, per_channel=True, axis=axis)
+    assert scales.dtype == torch.float32 and zps.dtype == torch.int64 and scales.shape == (w.shape[axis],)
+    torch.testing.assert_close(scales, s_ref, rtol=0, atol=0)
+    torch.testing.assert_close(zps, z_ref.long(), rtol=0, atol=0)
+
+
+def test_per_channel_qparams_agree_with_minmax_qparams_per_slice():
+    w = torch.randn(5, 7, generator=torch.Generator().manual_seed(1))
+    for symmetric in (True, False):
+        scales, zps = Q.per_channel_qparams(w, -1, 4, symmetric)
+        for c in range(7):
+            s, z = Q.minmax_qparams(w[:, c], 4, symmetric)
+            assert math.isclose(scales[c].item(), s, rel_tol=1e-6) and zps[c].item() == z
+
+
+def test_per_channel_qparams_rejects_bad_axis():
+    with pytest.raises(ValueError, match=r"axis must be an int in \[-2, 1\]"):
+        Q.per_channel_qparams(torch.ones(2, 3), axis=2)
+    with pytest.raises(ValueError, match="axis must be an int >= -2"):
+        Q.per_channel_qparams(torch.ones(2, 3), axis=-3)
+
+
+# ----------------------------------------------------------------------------- fake_quantize
+@pytest.mark.parametrize("num_bits,zero_point", [(8, 3), (8, 128), (4, 8), (2, 0), (3, 7)])
+@pytest.mark.parametrize("scale", [0.5, 0.037, 2 ** -6])
+def test_fake_quantize_matches_torch_values_and_gradients(num_bits, zero_point, scale):
+    qmax = 2 ** num_bits - 1
+    x = away_from_ties(500, scale, -zero_point - 4, qmax - zero_point + 4, seed=num_bits + zero_point)
+    g = torch.randn(500, generator=torch.Generator().manual_seed(0))
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y1 = Q.fake_quantize(x1, scale, zero_point, num_bits)
+    y2 = torch.fake_quantize_per_tensor_affine(x2, scale, zero_point, 0, qmax)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=0)
+    assert 0 < (x1.grad == 0).sum() < 500                                 # some values were clipped
+
+
+def test_fake_quantize_gradient_passes_on_the_last_code_outside_the_real_range():
+    x = torch.tensor([126.2, 127.6, -1.6, -2.0], requires_grad=True)      # codes 255, 258, 0, -1 (z = 3)
+    Q.fake_quantize(x, 0.5, 3).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+
+
+def test_fake_quantize_equals_dequantize_of_quantize():
+    x = away_from_ties(300, 0.07, -10, 270, seed=3)
+    torch.testing.assert_close(Q.fake_quantize(x, 0.07, 5),
+                               Q.dequantize_affine(Q.quantize_affine(x, 0.07, 5), 0.07, 5))
+
+
+# ----------------------------------------------------------------------------- binarize
+def test_binarize_hand_worked():
+    alpha, b = Q.binarize(torch.tensor([[0.5, -1.5], [0.0, -2.0], [-0.0, 4.0]]))
+    torch.testing.assert_close(alpha, torch.tensor([[1.0], [1.0], [2.0]]))
+    torch.testing.assert_close(b, torch.tensor([[1.0, -1.0], [1.0, -1.0], [1.0, 1.0]]))
+
+
+def test_binarize_alpha_is_the_least_squares_scale():
+    w = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    alpha, b = Q.binarize(w)
+    assert alpha.shape == (4, 1, 1, 1) and b.dtype == torch.float64 and set(b.unique().tolist()) <= {-1.0, 1.0}
+    best = (w * b).sum(dim=(1, 2, 3), keepdim=True) / b.pow(2).sum(dim=(1, 2, 3), keepdim=True)  # normal equation
+    torch.testing.assert_close(alpha, best)
+
+
+def test_binarize_rejects_vectors():
+    with pytest.raises(ValueError, match="w must be a non-empty tensor with at least 2 dims"):
+        Q.binarize(torch.ones(3))
+
+
+# ----------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    return models.SmallCNN().eval()
+
+
+def test_rescale_channel_keeps_the_function(cnn):
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    big = Q.rescale_channel(cnn, 3, 10.0)
+    torch.testing.assert_close(big(x), cnn(x), rtol=1e-5, atol=1e-5)
+    assert big.features[0].weight[3].abs().max() > 5 * cnn.features[0].weight.abs().max()
+
+
+def test_fake_quant_layers_without_bits_are_the_model(cnn):
+    x = torch.rand(8, 1, 8, 8)
+    torch.testing.assert_close(Q.prepare_fake_quant(cnn, None, None)(x), cnn(x))
+    q16 = Q.calibrate(Q.prepare_fake_quant(cnn, 16, 16, per_channel=True), x)
+    torch.testing.assert_close(q16(x), cnn(x), rtol=1e-3, atol=1e-3)
+
+
+def test_calibrate_mse_range_has_no_larger_error_than_minmax():
+    a = torch.cat([torch.rand(5000), torch.tensor([25.0])])               # one outlier
+    errors = {}
+    for method in ("minmax", "percentile", "mse"):
+        lo, hi = Q.activation_range(a, 4, method)
+        s, z = Q.minmax_qparams(torch.tensor([lo, hi]), 4)
+        errors[method] = float(((Q.fake_quantize(a, s, z, 4) - a) ** 2).mean())
+    assert errors["mse"] <= errors["minmax"] and errors["percentile"] < errors["minmax"] / 3
+    with pytest.raises(ValueError, match="method must be one of"):
+        Q.activation_range(a, 4, "kl")
+
+
+def test_qat_gradients_reach_the_float_weights(cnn):
+    q = Q.prepare_fake_quant(cnn, 2, None)
+    q(torch.rand(4, 1, 8, 8)).sum().backward()
+    grads = [m.layer.weight.grad for m in q.modules() if isinstance(m, Q.FakeQuantLayer)]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_weight_size_bytes_closed_form():
+    lin = nn.Sequential(nn.Linear(10, 4))                                 # 40 weights, 4 biases
+    assert Q.weight_size_bytes(lin, 8, per_channel=True) == 40 + 4 * 4 + 4 * 4
+    assert Q.weight_size_bytes(lin, 2, per_channel=False) == 10 + 4 + 16
+
+
+def test_dynamic_int8_is_close_and_four_times_smaller():
+    torch.manual_seed(0)
+    mlp = models.MLP(256, (256,), 10).eval()
+    q = Q.dynamic_int8(mlp)
+    x = torch.rand(32, 256)
+    with torch.no_grad():
+        assert (q(x) - mlp(x)).abs().max() < 0.05
+    assert 3.0 < Q.state_dict_bytes(mlp) / Q.state_dict_bytes(q) < 4.2
+
+
+def test_binary_storage_bytes_closed_form():
+    sizes = Q.binary_storage_bytes(torch.randn(4, 16))        # 64 weights, 4 alphas
+    assert sizes == {"float32": 256, "binary float32": 256 + 16, "binary bool/int8": 64 + 16,
+                     "binary packed bits": 8 + 16}
+
+
+def test_bit_width_sweep_rows(cnn):
+    x, y = torch.rand(20, 1, 8, 8), torch.randint(0, 10, (20,))
+    rows = Q.bit_width_sweep(cnn, x, y, bits=(8, 2))
+    assert [r["bits"] for r in rows] == [32, 8, 2]
+    assert rows[0]["size_bytes"] == 4 * sum(p.numel() for p in cnn.parameters())
+    assert rows[1]["accuracy"] == models.evaluate(Q.quantize_weights(cnn, 8), x, y)
+
+
+def test_matmul_formats_code_path_on_cpu():
+    """The GPU comparison's code runs (tiny, on the CPU) and orders the formats' errors as expected."""
+    rows = {r["format"]: r for r in Q.matmul_formats(128, device="cpu", repeats=2)}
+    assert {"fp32", "fp16", "bf16", "int8"} <= set(rows) and rows["fp32"]["relative error"] == 0.0
+    assert rows["fp16"]["relative error"] < rows["bf16"]["relative error"] < rows["int8"]["relative error"] < 0.1
+
+
+def test_speed_rows_and_plots(cnn):
+    import matplotlib
+    matplotlib.use("Agg")
+    row = Q.int8_vs_fp32(models.MLP(128, (128,), 4).eval(), torch.rand(4, 128), "small", repeats=2)
+    assert row["speedup"] > 0 and row["int8_bytes"] < row["fp32_bytes"]
+    assert Q.bf16_vs_fp32(cnn, torch.rand(2, 1, 8, 8), repeats=2)["other_ms"] > 0
+    w = cnn.features[2].weight
+    for fig, ax in [Q.plot_quantization_grid(w, 3, 0.05), Q.plot_round_trip_error(torch.linspace(-2, 2, 50), 0.1, 5, 4),
+                    Q.plot_bit_sweep({"cnn": Q.bit_width_sweep(cnn, torch.rand(4, 1, 8, 8), torch.zeros(4).long(),
+                                                               bits=(4,))})]:
+        assert ax.get_xlabel() and fig.axes
+        matplotlib.pyplot.close(fig)
