@@ -161,10 +161,12 @@ class Outcome:
         return cls(value=decode(data["value"]))
 
 
-def call(fn: Callable, args: tuple, kwargs: dict) -> Outcome:
-    """Call ``fn`` and record what happened; the value goes through the codec as in the sandbox."""
+def call(fn: Callable, args: tuple, kwargs: dict,
+         harness: Callable[[Callable, tuple, dict], Any] | None = None) -> Outcome:
+    """Call ``fn`` (through ``harness`` if given) and record what happened; the value goes through
+    the codec as in the sandbox."""
     try:
-        value = fn(*args, **kwargs)
+        value = harness(fn, args, kwargs) if harness is not None else fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - a learner's error is data here
         return Outcome(error_types=tuple(c.__name__ for c in type(exc).__mro__), error_message=str(exc))
     return Outcome(value=decode(encode(value)))

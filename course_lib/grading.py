@@ -40,14 +40,14 @@ def make_cases(name: str, seed: int) -> list[dict]:
 def expected_outcomes(name: str, cases: Sequence[dict]) -> list[Outcome]:
     """The reference's outcome on every case (computed in the grader's process only)."""
     ex, ref = exercises.get(name), reference(name)
-    return [call(ref, *ex.build(case)) for case in cases]
+    return [call(ref, *ex.build(case), ex.harness) for case in cases]
 
 
 def run_cases(fn: Callable, name: str, cases: Sequence[dict], stop_at_first_error: bool = False) -> list[Outcome]:
     ex = exercises.get(name)
     outcomes = []
     for case in cases:
-        outcomes.append(call(fn, *ex.build(case)))
+        outcomes.append(call(fn, *ex.build(case), ex.harness))
         if stop_at_first_error and outcomes[-1].error_types[:1] == ("NotImplementedError",):
             break
     return outcomes

@@ -319,7 +319,7 @@ def main() -> None:
     for case in job["cases"]:
         try:
             args, kwargs = exercise.build(case)
-            outcome = codec.call(fn, args, kwargs)
+            outcome = codec.call(fn, args, kwargs, exercise.harness)
         except MemoryError:
             reply(error=f"ran out of memory (limit {job['memory_mb']} MB above the imports)")
         except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt

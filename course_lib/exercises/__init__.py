@@ -8,7 +8,9 @@ An exercise is a pure top-level function with a fixed name. Its reference implem
 - ``describe(case)``: a short text of those inputs, printed with a counterexample;
 - ``compare(expected, got)``: ``None`` when ``got`` is right, else the reason it is not;
 - ``forbidden``: dotted names a submission may not call to get the answer (the reference, or the
-  library function that computes the same thing).
+  library function that computes the same thing);
+- ``harness`` (optional): ``harness(fn, args, kwargs)`` calls the function and returns what is graded,
+  when that is more than the return value (e.g. the value *and* the gradient it lets through).
 
 Nothing here imports a topic module, so a grading subprocess can build inputs without ever
 holding a reference implementation or an expected result.
@@ -41,6 +43,7 @@ class Exercise:
     compare: Callable[[Any, Any], str | None]
     forbidden: tuple[str, ...] = ()
     max_score: float = 1.0
+    harness: Callable[[Callable, tuple, dict], Any] | None = None
 
     @property
     def reference_path(self) -> str:

@@ -7,20 +7,17 @@ that do not contain 0 (all-positive, all-negative), all-zero tensors and channel
 last code from outside the real range (the straight-through mask). Random values keep a margin from
 ties, so float32 and float64 arithmetic give the same codes.
 
-``fake_quantize`` is graded on its value *and* its gradient without changing its signature: ``x`` is
-built as a :class:`_GradProbe`, a tensor subclass that behaves like any float tensor inside the
-learner's function; when the grader encodes the returned tensor (``codec.encode``), the probe
-backpropagates the case's fixed upstream gradient and hands back ``torch.stack([value, x.grad])``.
+``fake_quantize`` is graded on its value *and* its gradient without changing its signature: its
+harness calls the function on an ``x`` with ``requires_grad=True``, backpropagates the case's fixed
+upstream gradient and grades ``torch.stack([value, x.grad])``.
 """
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import torch
 
-from .. import codec
 from ._compare import close_float, exact_int, is_int_like, type_name
 
 CHAPTER = "02_quantization"
@@ -119,16 +116,14 @@ def _per_channel_compare(expected: tuple, got) -> str | None:
 
 
 def _fake_quant_compare(expected: torch.Tensor, got) -> str | None:
-    if isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(expected.shape[1:]):
-        return ("the result is not attached to x's autograd graph, so no gradient can flow back: "
-                "compute it from x with torch operations (not numpy, .item() or torch.tensor(...))")
     if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(expected.shape):
         return _tensor_reason(expected[0], got, "value")
     reason = _tensor_reason(expected[0], got[0], "value", rtol=1e-5, atol=1e-6)
     if reason:
         return reason
     if torch.isnan(got[1]).all() and not torch.isnan(expected[1]).all():
-        return "no gradient reaches x: the result does not require grad (a detach(), .data or no_grad() inside?)"
+        return ("no gradient reaches x: the result is not attached to x's autograd graph; compute it from x "
+                "with torch operations (no numpy, .item(), torch.tensor(...), detach(), .data or no_grad())")
     return _tensor_reason(expected[1], got[1], "x.grad", rtol=1e-6, atol=1e-7)
 
 
@@ -282,43 +277,22 @@ def _per_channel_describe(case: dict) -> str:
 
 
 # --------------------------------------------------------------------------- fake_quantize
-class _GradProbe(torch.Tensor):
-    """A float tensor that, when the grader encodes a result computed from it, also reports ``x.grad``.
+def _value_and_grad(fn, args: tuple, kwargs: dict):
+    """Harness: call ``fn``, backpropagate the case's upstream gradient to ``x``, return both.
 
-    Subclasses made by :func:`_probe` carry the leaf ``x`` and the upstream gradient. Inside the
-    learner's function it is an ordinary tensor (torch functions return probes). Only the
-    ``detach()`` that :func:`course_lib.codec.encode` calls on the returned value is intercepted:
-    it backpropagates the upstream gradient to ``x`` and returns ``torch.stack([value, x.grad])``
-    (``x.grad`` all nan when no gradient reaches ``x``).
+    Returns ``torch.stack([value, x.grad])`` (``x.grad`` all nan when no gradient reaches ``x``), or
+    the raw result when it is not a tensor shaped like ``x`` (the comparison then says why).
     """
-
-    leaf: torch.Tensor | None = None
-    upstream: torch.Tensor | None = None
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func is torch.Tensor.detach and sys._getframe(1).f_code is codec.encode.__code__:
-            return cls._value_and_grad(args[0])
-        return super().__torch_function__(func, types, args, kwargs or {})
-
-    @classmethod
-    def _value_and_grad(cls, y: torch.Tensor) -> torch.Tensor:
-        with torch._C.DisableTorchFunctionSubclass():
-            value = y.detach()
-            if tuple(y.shape) != tuple(cls.leaf.shape):
-                return value
-            grad = None
-            if y.requires_grad:
-                grad, = torch.autograd.grad(y, cls.leaf, cls.upstream.to(y.dtype), allow_unused=True)
-            grad = torch.full_like(value, math.nan) if grad is None else grad.detach().to(value.dtype)
-            return torch.stack([value, grad])
-
-
-def _probe(x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
-    cls = type("GradProbe", (_GradProbe,), {})
-    probe = x.detach().clone().as_subclass(cls).requires_grad_(True)
-    cls.leaf, cls.upstream = probe, upstream
-    return probe
+    x = args[0]
+    y = fn(*args, **kwargs)
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape):
+        return y
+    value = y.detach()
+    grad = None
+    if y.requires_grad:
+        grad, = torch.autograd.grad(y, x, x.upstream_grad.to(y.dtype), allow_unused=True)
+    grad = torch.full_like(value, math.nan) if grad is None else grad.detach().to(value.dtype)
+    return torch.stack([value, grad])
 
 
 def _fake_quant_cases(rng: np.random.Generator) -> list[dict]:
@@ -351,8 +325,9 @@ def _upstream(case: dict, x: torch.Tensor) -> torch.Tensor:
 
 
 def _fake_quant_build(case: dict) -> tuple[tuple, dict]:
-    x = _tensor(case["x"])
-    return (_probe(x, _upstream(case, x)), case["scale"], case["zero_point"]), {"num_bits": case["num_bits"]}
+    x = _tensor(case["x"]).requires_grad_(True)
+    x.upstream_grad = _upstream(case, x.detach())     # used by the harness, after the call
+    return (x, case["scale"], case["zero_point"]), {"num_bits": case["num_bits"]}
 
 
 def _fake_quant_describe(case: dict) -> str:
@@ -391,10 +366,10 @@ def _binarize_describe(case: dict) -> str:
 
 
 # --------------------------------------------------------------------------- the exercises
-def _exercise(name, make_cases, build, describe, compare, forbidden=()):
+def _exercise(name, make_cases, build, describe, compare, forbidden=(), harness=None):
     from . import Exercise
     return Exercise(name=name, chapter=CHAPTER, topic="quantization", make_cases=make_cases, build=build,
-                    describe=describe, compare=compare, forbidden=tuple(forbidden))
+                    describe=describe, compare=compare, forbidden=tuple(forbidden), harness=harness)
 
 
 _OBSERVERS = ("torch.ao.quantization.MinMaxObserver", "torch.ao.quantization.observer.MinMaxObserver",
@@ -410,6 +385,6 @@ EXERCISES = [
     _exercise("per_channel_qparams", _per_channel_cases, _per_channel_build, _per_channel_describe,
               _per_channel_compare, _OBSERVERS),
     _exercise("fake_quantize", _fake_quant_cases, _fake_quant_build, _fake_quant_describe, _fake_quant_compare,
-              _TORCH_QUANT),
+              _TORCH_QUANT, harness=_value_and_grad),
     _exercise("binarize", _binarize_cases, _binarize_build, _binarize_describe, _binarize_compare),
 ]
