@@ -1,50 +1,39 @@
-"""Run a submission's function in a separate, limited process: ``python -m course_lib.sandbox``.
+"""The grader's side of the sandbox: send exercises to the warm zygote, validate what comes back.
 
-Parent side, :func:`run_exercise`: start the child in its own session (so it can be killed with
-everything it started), send it the submission's kept code, the exercise name and the case
-descriptions as JSON on stdin, wait for a *ready* line (imports done) and then at most
-``timeout_s`` for the answer, read at most ``MAX_REPLY_BYTES``, and validate what came back.
+:class:`Pool` starts ``python -m course_lib.zygote`` once (it imports the heavy libraries once),
+then grades each exercise in a child forked from it (see :mod:`course_lib.zygote` for the limits and
+the isolation). The submission's code and the cases travel in a job file readable only by the grader;
+the answer comes back as one JSON line that is validated here (types, sizes, known tags) before
+anything is compared: a malformed answer is a failed exercise, never a grader crash. The expected
+results never leave the grader's process.
 
-Child side, :func:`main`: import torch and numpy, make the references unavailable (every module
-named in ``Exercise.all_forbidden`` becomes a stub whose functions raise; forbidden library
-functions are replaced by raisers), point file descriptors 1 and 2 at ``/dev/null`` and keep
-``print`` output in a capped buffer, set resource limits (address space, CPU seconds, file size),
-run the kept code, call the function on every case, and write one JSON line back on a private
-copy of the original stdout. The child never sees a reference or an expected result: the parent
-computes those and compares.
-
-Protections active here: wall-time and CPU-time limits, an address-space limit, a file-size
-limit, its own session/process group (killed as a group), a private working directory, output
-capped, no pickle, tamper detection on torch/numpy/builtins. Not active yet: dropping
-privileges, a network namespace, a process-count limit (see the classroom-grading issue).
+Which protections are active depends on the machine: ``Pool.isolation`` says
+(``namespaces``: private mount and network namespaces; ``uid_drop``: a uid of its own per child).
+Both need root (CI and a classroom server run as root; on a laptop as a normal user, the limits,
+the session, the stubbed references and the output cap still apply).
 """
 from __future__ import annotations
 
 import json
 import os
-import selectors
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import types
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-__all__ = ["SandboxLimits", "SandboxResult", "run_exercise", "main"]
+__all__ = ["SandboxLimits", "SandboxResult", "Pool", "run_exercise", "hidden_paths"]
 
-MAX_REPLY_BYTES = 32 * 2**20
 MAX_PRINTED_CHARS = 100_000
-_WATCHED_MODULES = ("builtins", "torch", "torch.nn", "torch.nn.functional", "numpy", "math",
-                    "course_lib.codec")
-_WATCHED_CLASSES = (("torch", "Tensor"), ("torch._C", "TensorBase"), ("torch.nn", "Module"), ("numpy", "ndarray"))
 
 
 @dataclass
 class SandboxLimits:
-    timeout_s: float = 10.0          # wall time for running the cases (after imports)
-    startup_timeout_s: float = 120.0  # wall time for the child's imports
-    memory_mb: int = 2048            # address space the submission may add on top of the imports
+    timeout_s: float = 10.0          # wall time and CPU time for one exercise (all its cases)
+    startup_timeout_s: float = 180.0  # wall time for the zygote's imports
+    memory_mb: int = 2048            # address space a child may add on top of the preloaded libraries
     file_size_mb: int = 4
 
 
@@ -56,290 +45,117 @@ class SandboxResult:
     seconds: float = 0.0
 
 
-# =========================================================================== parent side
-def _read_until(stream, deadline: float, want_line: bool, limit: int) -> tuple[bytes, str | None]:
-    """Read from ``stream`` until EOF (or one line), the deadline, or ``limit`` bytes."""
-    selector = selectors.DefaultSelector()
-    selector.register(stream, selectors.EVENT_READ)
-    data = b""
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return data, "timeout"
-            if not selector.select(timeout=remaining):
-                continue
-            chunk = os.read(stream.fileno(), 65536)
-            if not chunk:
-                return data, "eof"
-            data += chunk
-            if len(data) > limit:
-                return data, "too_big"
-            if want_line and b"\n" in data:
-                return data, None
-    finally:
-        selector.close()
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait()
-
-
-def _death_reason(code: int | None, limits: SandboxLimits) -> str:
-    if code is None:
-        return "the process did not finish"
-    if code < 0:
-        sig = signal.Signals(-code).name
-        hints = {"SIGXCPU": f"it used more than its CPU-time limit ({limits.timeout_s:g} s)",
-                 "SIGKILL": "it was killed (memory or time limit)",
-                 "SIGSEGV": "it crashed (segmentation fault)",
-                 "SIGXFSZ": f"it wrote a file larger than {limits.file_size_mb} MB"}
-        return f"the process was stopped by {sig}: {hints.get(sig, 'a signal')}"
-    return (f"the process ended with exit code {code} before returning its results "
-            "(does the code call sys.exit() or os._exit()?)")
-
-
-def run_exercise(code: str, exercise: str, cases: list[dict], limits: SandboxLimits | None = None) -> SandboxResult:
-    """Run ``exercise`` of the submission ``code`` on ``cases`` in a fresh limited process."""
+def parse_reply(reply: str | None, error: str | None, n_cases: int, seconds: float) -> SandboxResult:
+    """Validate a child's answer line; anything malformed becomes an error result."""
     from .codec import DecodeError, Outcome
 
-    limits = limits or SandboxLimits()
-    job = json.dumps({"code": code, "exercise": exercise, "cases": cases, "memory_mb": limits.memory_mb,
-                      "cpu_s": limits.timeout_s + 1, "file_size_mb": limits.file_size_mb})
-    start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="grade-") as workdir:
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": workdir, "PYTHONHASHSEED": "0",
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
-               "MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        process = subprocess.Popen([sys.executable, "-m", "course_lib.sandbox"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=workdir, env=env,
-                                   start_new_session=True)
-        try:
-            process.stdin.write(job.encode())
-            process.stdin.close()
-        except BrokenPipeError:
-            pass
-        head, status = _read_until(process.stdout, start + limits.startup_timeout_s, True, 1024)
-        if status is not None or not head.startswith(b"ready"):
-            _kill_group(process)
-            return SandboxResult(error="the grading process failed to start: " + (
-                _death_reason(process.returncode, limits) if status == "eof" else str(status)),
-                seconds=time.monotonic() - start)
-        body, status = (b"", None) if head.count(b"\n") >= 2 else \
-            _read_until(process.stdout, time.monotonic() + limits.timeout_s, True, MAX_REPLY_BYTES)
-        if status == "timeout":
-            _kill_group(process)
-            return SandboxResult(error=f"timed out: no answer within {limits.timeout_s:g} s "
-                                       "(an infinite loop, or far too slow)", seconds=time.monotonic() - start)
-        if status == "too_big":
-            _kill_group(process)
-            return SandboxResult(error=f"the answer is larger than {MAX_REPLY_BYTES // 2**20} MB",
-                                 seconds=time.monotonic() - start)
-        if status == "eof":
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        _kill_group(process)  # the child, if still there, and anything it left running in its group
-    seconds = time.monotonic() - start
-    text = (head.split(b"\n", 1)[1] + body).decode("utf-8", errors="replace").strip()
-    if not text:
-        return SandboxResult(error=_death_reason(process.returncode, limits), seconds=seconds)
+    if error is not None or reply is None:
+        return SandboxResult(error=str(error or "no answer")[:4000], seconds=seconds)
     try:
-        reply = json.loads(text.splitlines()[-1])
-        if not isinstance(reply, dict):
+        data = json.loads(reply)
+        if not isinstance(data, dict):
             raise DecodeError("the reply is not a JSON object")
-        printed = str(reply.get("printed", ""))[:MAX_PRINTED_CHARS]
-        if reply.get("error"):
-            return SandboxResult(error=str(reply["error"])[:4000], printed=printed, seconds=seconds)
-        raw = reply.get("outcomes")
-        if not isinstance(raw, list) or len(raw) > len(cases):
+        printed = str(data.get("printed", ""))[:MAX_PRINTED_CHARS]
+        if data.get("error"):
+            return SandboxResult(error=str(data["error"])[:4000], printed=printed, seconds=seconds)
+        raw = data.get("outcomes")
+        if not isinstance(raw, list) or len(raw) > n_cases:
             raise DecodeError("'outcomes' must be a list with at most one entry per case")
         return SandboxResult(outcomes=[Outcome.from_json(o) for o in raw], printed=printed, seconds=seconds)
-    except (ValueError, DecodeError) as exc:
+    except (ValueError, TypeError, RecursionError, DecodeError) as exc:
         return SandboxResult(error=f"the grading process returned a malformed answer ({exc})", seconds=seconds)
 
 
-# =========================================================================== child side
-class ForbiddenError(RuntimeError):
-    """Raised when graded code uses a reference implementation or its library equivalent."""
+def hidden_paths(paths: Iterable[str | Path]) -> list[str]:
+    """What a child must not see: each given file's directory, or the file itself when that
+    directory holds the course's code or Python (hiding it would hide the imports too)."""
+    import course_lib
+    needed = [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
+                                             os.path.dirname(os.path.dirname(course_lib.__file__)))]
+    hidden: set[str] = set()
+    for path in paths:
+        path = os.path.realpath(path)
+        folder = os.path.dirname(path)
+        contains_needed = any(n == folder or n.startswith(folder + os.sep) for n in needed)
+        hidden.add(path if contains_needed or folder == "/" else folder)
+    return sorted(hidden)
 
 
-class _Forbidden:
-    def __init__(self, dotted: str):
-        self._dotted = dotted
+class Pool:
+    """A warm zygote grading up to ``jobs`` exercises at once. Use as a context manager."""
 
-    def _refuse(self, *args, **kwargs):
-        raise ForbiddenError(f"{self._dotted} is not available while grading: this exercise asks you to "
-                             "implement it yourself, not to call the reference or the library function")
+    def __init__(self, jobs: int = 1, limits: SandboxLimits | None = None, hide: Sequence[str] = ()):
+        self.limits = limits or SandboxLimits()
+        self.hide = list(hide)
+        self._jobdir = tempfile.mkdtemp(prefix="grader-jobs-")   # mode 700: only the grader reads it
+        env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self._process = subprocess.Popen([sys.executable, "-m", "course_lib.zygote", "--jobs", str(jobs)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         env=env, start_new_session=True)
+        first = self._readline(self.limits.startup_timeout_s)
+        if not first:
+            self.close()
+            raise RuntimeError("the grading server (python -m course_lib.zygote) failed to start")
+        self.isolation = json.loads(first)["isolation"]
+        self._lock = threading.Lock()
+        self._next_id = 0
 
-    __call__ = _refuse
-    __enter__ = _refuse
+    def _readline(self, timeout: float) -> bytes:
+        result: list[bytes] = []
+        reader = threading.Thread(target=lambda: result.append(self._process.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        return result[0] if result else b""
 
-    def __getattr__(self, attr: str):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        return _Forbidden(f"{self._dotted}.{attr}")
+    def run(self, tasks: Sequence[tuple[str, str, list[dict]]]) -> Iterator[tuple[int, SandboxResult]]:
+        """Grade ``(code, exercise, cases)`` tasks; yield ``(task index, result)`` as they finish."""
+        ids = {}
+        lines = []
+        for index, (code, exercise, cases) in enumerate(tasks):
+            job_id, self._next_id = self._next_id, self._next_id + 1
+            path = os.path.join(self._jobdir, f"{job_id}.json")
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
+                json.dump({"code": code, "exercise": exercise, "cases": cases}, handle)
+            ids[job_id] = (index, len(cases))
+            lines.append(json.dumps({"id": job_id, "job": path, "timeout_s": self.limits.timeout_s,
+                                     "memory_mb": self.limits.memory_mb,
+                                     "file_size_mb": self.limits.file_size_mb, "hide": self.hide}))
+        writer = threading.Thread(target=self._write, args=("\n".join(lines) + "\n" if lines else "",), daemon=True)
+        writer.start()
+        for _ in range(len(tasks)):
+            line = self._process.stdout.readline()
+            if not line:
+                raise RuntimeError("the grading server stopped unexpectedly")
+            answer = json.loads(line)
+            index, n_cases = ids.pop(answer["id"])
+            yield index, parse_reply(answer.get("reply"), answer.get("error"), n_cases, answer.get("seconds", 0.0))
+        writer.join()
 
+    def _write(self, text: str) -> None:
+        with self._lock:
+            self._process.stdin.write(text.encode())
+            self._process.stdin.flush()
 
-class _ForbiddenModule(types.ModuleType):
-    def __getattr__(self, attr: str):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        return _Forbidden(f"{self.__name__}.{attr}")
-
-
-def _install_guards(forbidden: tuple[str, ...]) -> None:
-    import importlib
-
-    for dotted in forbidden:
-        parent_name, _, attr = dotted.rpartition(".")
-        if dotted.startswith("course_lib."):
-            stub = _ForbiddenModule(dotted)
-            sys.modules[dotted] = stub
-            setattr(importlib.import_module(parent_name), attr, stub)
-        else:
-            setattr(importlib.import_module(parent_name), attr, _Forbidden(dotted))
-
-
-def _snapshot() -> dict[str, dict[str, int]]:
-    spaces = {name: vars(sys.modules[name]) for name in _WATCHED_MODULES if name in sys.modules}
-    for module, cls in _WATCHED_CLASSES:
-        spaces[f"{module}.{cls}"] = vars(getattr(sys.modules[module], cls))
-    return {name: {k: id(v) for k, v in space.items() if not k.startswith("__")} for name, space in spaces.items()}
-
-
-def _tampered(before: dict[str, dict[str, int]]) -> str | None:
-    """The first watched name changed since ``before``; names added to a module are allowed
-    (torch and numpy import submodules lazily), names added to a class are not."""
-    after = _snapshot()
-    classes = {f"{module}.{cls}" for module, cls in _WATCHED_CLASSES}
-    for space, entries in before.items():
-        now = after.get(space, {})
-        for key, ident in entries.items():
-            if now.get(key) != ident:
-                return f"{space}.{key}"
-        if space in classes and set(now) - set(entries):
-            return f"{space}.{sorted(set(now) - set(entries))[0]}"
-    return None
-
-
-class _CappedText:
-    """A stand-in for sys.stdout that keeps the first MAX_PRINTED_CHARS characters."""
-
-    def __init__(self):
-        self.parts: list[str] = []
-        self.size = 0
-        self.overflow = False
-
-    def write(self, text: str) -> int:
-        text = str(text)
-        if self.size < MAX_PRINTED_CHARS:
-            self.parts.append(text[: MAX_PRINTED_CHARS - self.size])
-        self.overflow |= self.size + len(text) > MAX_PRINTED_CHARS
-        self.size += len(text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-    def text(self) -> str:
-        return "".join(self.parts) + ("\n[output truncated]" if self.overflow else "")
-
-
-def _set_limits(memory_mb: int, cpu_s: float, file_size_mb: int) -> None:
-    import resource
-
-    def vm_bytes() -> int:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    address_space = vm_bytes() + memory_mb * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-    used = resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime
-    cpu = int(used + cpu_s) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_mb * 2**20, file_size_mb * 2**20))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def main() -> None:
-    job = json.loads(sys.stdin.buffer.read())
-    import numpy  # noqa: F401  (imported before the limits: part of the baseline)
-    import torch
-
-    from . import codec, exercises
-
-    torch.set_num_threads(1)
-    exercise = exercises.get(job["exercise"])
-    _install_guards(exercise.all_forbidden)
-    reply_fd = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    printed = _CappedText()
-    sys.stdout = sys.stderr = printed
-    _set_limits(job["memory_mb"], job["cpu_s"], job["file_size_mb"])
-    os.write(reply_fd, b"ready\n")
-
-    def reply(**fields) -> None:
-        fields["printed"] = printed.text()
-        os.write(reply_fd, (json.dumps(fields) + "\n").encode())
-        os._exit(0)
-
-    baseline = _snapshot()
-    namespace: dict = {"__name__": "submission", "__builtins__": __builtins__}
-    failed_imports: list[str] = []
-    try:
-        import ast
-        for node in ast.parse(job["code"]).body:   # each kept statement on its own
-            try:
-                exec(compile(ast.Module([node], []), "<submission>", "exec"), namespace)
-            except ImportError as exc:
-                failed_imports.append(f"{ast.unparse(node)} ({exc})")
-    except BaseException as exc:  # noqa: BLE001 - SystemExit and MemoryError included
-        reply(error=f"defining the functions failed: {type(exc).__name__}: {exc}")
-    changed = _tampered(baseline)
-    if changed:
-        reply(error=f"the submission modified {changed}: monkeypatching torch, numpy or builtins is not allowed")
-    fn = namespace.get(exercise.name)
-    if not callable(fn):
-        reply(error=f"{exercise.name} is not defined as a function")
-    outcomes = []
-    for case in job["cases"]:
+    def close(self) -> None:
         try:
-            args, kwargs = exercise.build(case)
-            outcome = codec.call(fn, args, kwargs, exercise.harness)
-        except MemoryError:
-            reply(error=f"ran out of memory (limit {job['memory_mb']} MB above the imports)")
-        except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt
-            reply(error=f"stopped the grader with {type(exc).__name__} ({exc}); sys.exit() is not allowed")
-        if "MemoryError" in outcome.error_types or "allocate memory" in outcome.error_message:
-            reply(error=f"ran out of memory (limit {job['memory_mb']} MB above the imports)")
-        changed = _tampered(baseline)
-        if changed:
-            reply(error=f"the submission modified {changed}: monkeypatching torch, numpy or builtins is not allowed")
-        if printed.overflow:
-            reply(error=f"printed more than {MAX_PRINTED_CHARS:,} characters: remove the prints from the function")
-        if "ForbiddenError" in outcome.error_types:
-            reply(error=outcome.error_message)
-        if "NameError" in outcome.error_types and failed_imports:
-            outcome.error_message += "; these imports failed: " + "; ".join(failed_imports)
-        outcomes.append(outcome.to_json())
-        if outcome.error_types[:1] == ("NotImplementedError",):
-            break
-    reply(outcomes=outcomes)
+            self._process.stdin.close()
+            self._process.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self._process.kill()
+            self._process.wait()
+        for leftover in Path(self._jobdir).glob("*.json"):
+            leftover.unlink()
+        os.rmdir(self._jobdir)
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-if __name__ == "__main__":
-    main()
+def run_exercise(code: str, exercise: str, cases: list[dict], limits: SandboxLimits | None = None) -> SandboxResult:
+    """Grade one exercise of one submission in a fresh pool (slow: use :class:`Pool` for a class)."""
+    with Pool(1, limits) as pool:
+        return next(pool.run([(code, exercise, cases)]))[1]

@@ -1,0 +1,213 @@
+"""Each protection of the classroom grader, tested with a hostile submission.
+
+A hostile function computes the right answer only if its attack *failed*, so "the exercise passed"
+means "the protection held". Tests of protections that need root (namespaces, a uid per child) are
+skipped where the machine does not allow them; the grader says which are active (Pool.isolation).
+"""
+import csv
+import os
+import socket
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from course_lib import grade
+from course_lib.sandbox import Pool, SandboxLimits, parse_reply
+from course_lib.zygote import BASE_UID, _live_processes, isolation_available
+
+ROOT = Path(__file__).resolve().parent.parent
+CORRECT_COUNT = "sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)"
+ISOLATION = isolation_available()
+needs_root = pytest.mark.skipif(not (ISOLATION["namespaces"] and ISOLATION["uid_drop"]),
+                                reason="namespaces and uid separation need root")
+
+
+def attack(tmp_path: Path, name: str, body: str, imports: str = "import os") -> Path:
+    """A submission whose count_parameters runs ``body`` (which sets ``ok``) then answers right iff ok."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(f"{imports}\n\n\ndef count_parameters(model, trainable_only=False):\n"
+                    + textwrap.indent(textwrap.dedent(body), "    ")
+                    + f"\n    return {CORRECT_COUNT} if ok else -1\n")
+    return path
+
+
+def grade_one(path: Path, timeout: float = 6.0) -> grade.GradeRow:
+    rows = grade.grade_submissions([path], only=["count_parameters"], limits=SandboxLimits(timeout_s=timeout), jobs=1)
+    assert len(rows) == 1
+    return rows[0]
+
+
+@needs_root
+def test_cannot_signal_the_grader(tmp_path):
+    path = attack(tmp_path, "killer", f"""
+        import signal
+        ok = True
+        for pid in (os.getppid(), {os.getpid()}):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                ok = False
+            except PermissionError:
+                pass
+    """)
+    row = grade_one(path)
+    assert row.passed, row.message          # and this test process is still alive to check it
+
+
+@needs_root
+def test_cannot_read_other_submissions(tmp_path):
+    secret = tmp_path / "other_student.py"
+    secret.write_text("# answers: 42\n")
+    path = attack(tmp_path, "reader", f"""
+        try:
+            ok = "42" not in open({str(secret)!r}).read()
+        except OSError:
+            ok = True
+    """)
+    row = grade_one(path)
+    assert row.passed, row.message
+
+
+@needs_root
+def test_cannot_write_outside_its_temporary_directory(tmp_path):
+    outside = tmp_path / "written_by_submission.txt"
+    repo_file = ROOT / "written_by_submission.txt"
+    path = attack(tmp_path, "writer", f"""
+        ok = True
+        for target in ({str(outside)!r}, {str(repo_file)!r}):
+            try:
+                open(target, "w").write("pwned")
+                ok = False
+            except OSError:
+                pass
+        open("/tmp/left-behind.txt", "w").write("private /tmp")   # allowed: a tmpfs of its own
+    """)
+    row = grade_one(path)
+    assert row.passed, row.message
+    assert not outside.exists() and not repo_file.exists() and not Path("/tmp/left-behind.txt").exists()
+
+
+@needs_root
+def test_cannot_open_network_connections(tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    accepted = []
+
+    def accept():
+        try:
+            accepted.append(listener.accept())
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    path = attack(tmp_path, "network", f"""
+        import socket
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=1).sendall(b"leak")
+            ok = False
+        except OSError:
+            ok = True
+    """)
+    row = grade_one(path)
+    thread.join()
+    listener.close()
+    assert row.passed, row.message
+    assert accepted == []
+
+
+@needs_root
+def test_fork_bomb_stays_bounded_and_is_cleaned_up(tmp_path):
+    path = attack(tmp_path, "forkbomb", """
+        import time
+        children = 0
+        for _ in range(10_000):
+            try:
+                if os.fork() == 0:
+                    time.sleep(60)
+                    os._exit(0)
+                children += 1
+            except OSError:
+                break
+        ok = children < 10_000
+        time.sleep(60)
+    """)
+    row = grade_one(path, timeout=3)
+    assert not row.passed and "timed out" in row.message
+    assert [pid for uid in range(BASE_UID, BASE_UID + 8) for pid in _live_processes(uid)] == []
+
+
+def test_file_size_is_limited(tmp_path):
+    path = attack(tmp_path, "bigfile", """
+        with open("big.bin", "wb") as handle:
+            handle.write(b"x" * (64 * 2**20))
+        ok = True
+    """)
+    row = grade_one(path)
+    assert not row.passed and "File too large" in row.message
+
+
+def test_forged_reply_is_a_failed_exercise_not_a_crash(tmp_path):
+    path = attack(tmp_path, "forger", """
+        for fd in range(3, 256):
+            try:
+                os.write(fd, b'{"outcomes": [{"value": {"__pickle__": "x"}}]}\\n')
+            except OSError:
+                pass
+        ok = True
+    """)
+    row = grade_one(path)
+    assert not row.passed and "malformed answer" in row.message
+
+
+@pytest.mark.parametrize("reply", ["not json", "[1, 2]", '{"outcomes": "x"}', '{"outcomes": [1]}',
+                                   '{"outcomes": [{"value": {"__tensor__": "@@"}}]}',
+                                   '{"outcomes": [{"error_types": [1, 2]}]}',
+                                   '{"outcomes": [{"value": 1}, {"value": 2}, {"value": 3}]}'])
+def test_parse_reply_rejects_malformed_answers(reply):
+    result = parse_reply(reply, None, n_cases=2, seconds=0.0)
+    assert result.error and "malformed answer" in result.error
+
+
+def test_same_seed_same_grades_and_seed_changes_the_inputs():
+    subs = [ROOT / "tests" / "fixtures" / "submissions" / name for name in ("correct.py", "hostile_c.py")]
+    first = grade.grade_submissions(subs, seed=11, limits=SandboxLimits(timeout_s=6))
+    second = grade.grade_submissions(subs, seed=11, limits=SandboxLimits(timeout_s=6))
+    assert [(r.exercise, r.passed, r.message) for r in first] == [(r.exercise, r.passed, r.message) for r in second]
+    other = grade.grade_submissions(subs[1:], seed=12, limits=SandboxLimits(timeout_s=6))
+    macs = lambda rows: next(r.message for r in rows if r.exercise == "conv2d_macs" and "hostile" in r.submission)  # noqa: E731
+    assert grade.grading.make_cases("conv2d_macs", 11) != grade.grading.make_cases("conv2d_macs", 12)
+    assert macs(first) == macs(second) and "case" in macs(other)
+
+
+def test_pool_reports_which_protections_are_active():
+    with Pool(1) as pool:
+        assert set(pool.isolation) == {"root", "namespaces", "uid_drop"}
+        assert pool.isolation["uid_drop"] == (os.geteuid() == 0)
+
+
+def test_sample_class_gradebook(tmp_path):
+    folder = ROOT / "tests" / "fixtures" / "sample_class"
+    book = tmp_path / "gradebook.csv"
+    code = grade.main([*map(str, sorted(folder.glob("*.py"))), "--gradebook", str(book),
+                       "--roster", str(folder / "roster.csv"), "--timeout", "4", "--seed", "0"])
+    assert code == 0
+    rows = {r["student_id"]: r for r in csv.DictReader(book.open())}
+    assert list(next(iter(rows.values()))) == ["student_id", "file", "count_parameters", "model_size_bytes",
+                                               "conv2d_macs", "summarize_timings", "total", "max_total"]
+    assert rows["s1001"]["total"] == "4" and rows["s1001"]["max_total"] == "4"        # alice: all correct
+    assert rows["s1002"]["count_parameters"] == "0" and rows["s1002"]["total"] == "2"  # bob: two wrong
+    assert rows["s1003"]["total"] == "0"                                               # carol: stubs
+    assert rows["dave"]["conv2d_macs"] == "0" and rows["dave"]["total"] == "1"  # not in roster; loops, one missing
+    assert book.read_text() == (folder / "gradebook.csv").read_text()                  # the shipped sample
+
+
+def test_roster_must_have_the_columns(tmp_path):
+    bad = tmp_path / "roster.csv"
+    bad.write_text("name,id\nalice,1\n")
+    with pytest.raises(ValueError, match="roster must be a CSV with the columns 'file' and 'student_id'"):
+        grade.read_roster(bad)
