@@ -100,3 +100,20 @@ def test_unreadable_notebook_is_reported_not_crashing(tmp_path):
 def test_cli_reports_missing_files(capsys):
     assert grade.main(["no/such/file.py"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_every_solution_scores_full_marks_and_every_chapter_zero():
+    """All chapters at once (one warm pool): solutions/ passes every exercise, chapters/ none."""
+    from course_lib import exercises
+    solutions = sorted((ROOT / "solutions").glob("*.ipynb"))
+    chapters = [ROOT / "chapters" / p.name for p in solutions]
+    rows = grade.grade_submissions([*solutions, *chapters], limits=SandboxLimits(timeout_s=30))
+    for path in solutions:
+        mine = [r for r in rows if r.submission == str(path)]
+        chapter = exercises.by_chapter(path.stem)
+        assert chapter, f"{path.name} defines no registered exercise"
+        assert {r.exercise for r in mine} == {ex.name for ex in chapter}
+        assert all(r.passed for r in mine), [(r.exercise, r.message) for r in mine if not r.passed]
+    for path in chapters:
+        mine = [r for r in rows if r.submission == str(path)]
+        assert mine and not any(r.passed for r in mine), [r.exercise for r in mine if r.passed]
