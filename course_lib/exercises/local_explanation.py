@@ -1,0 +1,426 @@
+"""How chapter 05's exercises are graded; references live in course_lib.local_explanation.
+
+Models are built in ``build(case)`` from a seed stored in the case (a tiny ReLU MLP or CNN, float32,
+eval mode, parameters drawn with a ``torch.Generator``), so grader and learner see the same model.
+Attribution maps are compared as float32 tensors with ``rtol=1e-4`` and ``atol=1e-5 * max(1, max|expected|)``
+(gradients summed in a different order differ in the last bits). The fixed cases separate the usual
+wrong answers: per-row targets, small ``steps`` (left vs midpoint Riemann), non-zero baselines,
+overlapping and cut-off occlusion windows, Grad-CAMs with negative parts, deletion with tied
+attributions and ``n * k / steps`` not an integer.
+
+``lime_tabular`` cannot be compared bit for bit (the sampling is the learner's choice): its harness calls
+the function twice with the same arguments and grades properties against a truth stored with the case:
+exact weights of a linear ``f`` (tolerance 1e-6), the gradient of a curved ``f`` at ``x`` with a small
+kernel (tolerance 0.15 in max-abs error), and identical results for the same seed.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._compare import type_name
+
+CHAPTER = "05_local_explanation"
+
+
+# --------------------------------------------------------------------------- inputs from specs
+def _fill(module: nn.Module, gen: torch.Generator, std: float = 0.6) -> nn.Module:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return module.eval()
+
+
+def _model(spec: dict) -> nn.Module:
+    """``{"kind": "mlp", "seed", "d", "h", "c"}`` or ``{"kind": "cnn", "seed", "side", "c"}``."""
+    gen = torch.Generator().manual_seed(spec["seed"])
+    if spec["kind"] == "mlp":
+        return _fill(nn.Sequential(nn.Linear(spec["d"], spec["h"]), nn.ReLU(), nn.Linear(spec["h"], spec["c"])), gen)
+    s = spec["side"]
+    return _fill(nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                               nn.Flatten(), nn.Linear(4 * s * s, spec["c"])), gen, std=0.4)
+
+
+def _x(spec: dict) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(spec["seed"])
+    return torch.randn(*spec["shape"], generator=gen)
+
+
+def _model_text(spec: dict) -> str:
+    if spec["kind"] == "mlp":
+        return (f"nn.Sequential(nn.Linear({spec['d']}, {spec['h']}), nn.ReLU(), nn.Linear({spec['h']}, {spec['c']})) "
+                f"(weights seeded {spec['seed']})")
+    return (f"nn.Sequential(Conv2d(1, 3, 3, padding=1), ReLU, Conv2d(3, 4, 3, padding=1), ReLU, Flatten, "
+            f"Linear({4 * spec['side'] ** 2}, {spec['c']})) (weights seeded {spec['seed']})")
+
+
+def _show(t: torch.Tensor) -> str:
+    if t.numel() > 12:
+        return f"a {t.dtype} tensor of shape {tuple(t.shape)}, first values {[round(v, 4) for v in t.flatten()[:6].tolist()]}"
+    return f"torch.tensor({t.tolist()})"
+
+
+def _mlp(seed, d=6, h=8, c=3):
+    return {"kind": "mlp", "seed": seed, "d": d, "h": h, "c": c}
+
+
+def _cnn(seed, side=6, c=3):
+    return {"kind": "cnn", "seed": seed, "side": side, "c": c}
+
+
+def _xs(seed, shape):
+    return {"seed": seed, "shape": list(shape)}
+
+
+def _x_shape(model: dict, n: int) -> list[int]:
+    return [n, model["d"]] if model["kind"] == "mlp" else [n, 1, model["side"], model["side"]]
+
+
+def _random_model_case(rng: np.random.Generator) -> dict:
+    kind = "mlp" if rng.random() < 0.5 else "cnn"
+    seed = int(rng.integers(0, 2**31))
+    model = _mlp(seed, d=int(rng.integers(2, 9)), h=int(rng.integers(3, 10)), c=int(rng.integers(2, 5))) \
+        if kind == "mlp" else _cnn(seed, side=int(rng.integers(3, 7)), c=int(rng.integers(2, 5)))
+    n = int(rng.integers(1, 4))
+    target = int(rng.integers(0, model["c"])) if rng.random() < 0.5 else \
+        [int(v) for v in rng.integers(0, model["c"], size=n)]
+    return {"model": model, "x": _xs(int(rng.integers(0, 2**31)), _x_shape(model, n)), "target": target}
+
+
+# --------------------------------------------------------------------------- comparisons
+def _tensor_reason(expected, got, what: str = "attribution", rtol: float = 1e-4, atol: float = 1e-5) -> str | None:
+    if not isinstance(got, torch.Tensor):
+        return f"{what}: expected a torch.Tensor, got a {type_name(got)}"
+    if tuple(got.shape) != tuple(expected.shape):
+        return f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
+    if got.dtype != expected.dtype:
+        return f"{what}: expected dtype {expected.dtype}, got {got.dtype}"
+    e, g = expected.double(), got.detach().double()
+    atol = atol * max(1.0, float(e.abs().max())) if e.numel() else atol
+    bad = ~torch.isclose(e, g, rtol=rtol, atol=atol)
+    if bad.any():
+        i = tuple(int(v) for v in bad.nonzero()[0])
+        return (f"{what}[{', '.join(map(str, i))}]: expected {e[i].item():.6g}, got {g[i].item():.6g} "
+                f"({int(bad.sum())} of {e.numel()} differ beyond rtol={rtol}, atol={atol:.2g})")
+    return None
+
+
+def _map_compare(expected, got):
+    return _tensor_reason(expected, got)
+
+
+def _curve_compare(expected, got):
+    return _tensor_reason(expected, got, "probability", rtol=1e-5, atol=1e-6)
+
+
+def _array_compare(expected: np.ndarray, got) -> str | None:
+    if not isinstance(got, np.ndarray):
+        return f"expected a numpy array, got a {type_name(got)}"
+    if got.shape != expected.shape:
+        return f"expected shape {expected.shape}, got {got.shape}"
+    if not np.issubdtype(got.dtype, np.floating):
+        return f"expected a float64 array, got dtype {got.dtype}"
+    bad = ~np.isclose(got.astype(np.float64), expected, rtol=1e-8, atol=1e-8)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        return f"phi[{i}]: expected {expected[i]!r}, got {float(got[i])!r} ({int(bad.sum())} of {bad.size} differ)"
+    return None
+
+
+# --------------------------------------------------------------------------- saliency / integrated_gradients
+def _gradient_cases(rng: np.random.Generator, ig: bool) -> list[dict]:
+    m0, c0 = _mlp(11), _cnn(12)
+    fixed = [
+        {"model": m0, "x": _xs(1, [1, 6]), "target": 0},
+        {"model": m0, "x": _xs(2, [3, 6]), "target": [2, 0, 1]},                    # one target per row
+        {"model": c0, "x": _xs(3, [2, 1, 6, 6]), "target": 1},
+        {"model": c0, "x": _xs(4, [2, 1, 6, 6]), "target": [0, 2]},
+        {"model": m0, "x": _xs(5, [2, 6]), "target": 3},                            # out of range -> ValueError
+        {"model": m0, "x": _xs(5, [2, 6]), "target": [0, 1, 2]},                    # wrong length -> ValueError
+        {"model": m0, "x": _xs(5, [6]), "target": 0},                               # no batch dim -> ValueError
+    ]
+    if ig:
+        fixed[:4] = [dict(c, steps=s) for c, s in zip(fixed[:4], [1, 3, 4, 2])]
+        fixed[4:4] = [
+            {"model": m0, "x": _xs(6, [2, 6]), "target": 1, "baseline": _xs(7, [2, 6]), "steps": 3},
+            {"model": c0, "x": _xs(8, [1, 1, 6, 6]), "target": 2, "baseline": _xs(9, [1, 1, 6, 6]), "steps": 5},
+            {"model": m0, "x": _xs(10, [1, 6]), "target": 0, "steps": 50},
+        ]
+        fixed.append({"model": m0, "x": _xs(5, [2, 6]), "target": 0, "steps": 0})  # steps < 1 -> ValueError
+    cases = list(fixed)
+    for _ in range(4):
+        case = _random_model_case(rng)
+        if ig:
+            case["steps"] = int(rng.integers(1, 9))
+            if rng.random() < 0.5:
+                case["baseline"] = _xs(int(rng.integers(0, 2**31)), case["x"]["shape"])
+        cases.append(case)
+    return cases
+
+
+def _saliency_build(case: dict):
+    return (_model(case["model"]), _x(case["x"]), case["target"]), {}
+
+
+def _ig_build(case: dict):
+    kwargs = {"steps": case["steps"]} if "steps" in case else {}
+    if "baseline" in case:
+        kwargs["baseline"] = _x(case["baseline"])
+    return (_model(case["model"]), _x(case["x"]), case["target"]), kwargs
+
+
+def _model_describe(case: dict) -> str:
+    text = f"model = {_model_text(case['model'])}, x = {_show(_x(case['x']))}, target = {case['target']!r}"
+    for key in ("window", "stride", "baseline", "steps", "layer"):
+        if key in case:
+            value = _show(_x(case[key])) if key == "baseline" and isinstance(case[key], dict) else case[key]
+            text += f", {key} = " + (f"model[{value}]" if key == "layer" else f"{value!r}" if not isinstance(value, str) else value)
+    return text
+
+
+# --------------------------------------------------------------------------- occlusion
+def _occlusion_cases(rng: np.random.Generator) -> list[dict]:
+    m0, c0 = _mlp(21), _cnn(22)
+    fixed = [
+        {"model": m0, "x": _xs(1, [1, 6]), "target": 0, "window": [1], "stride": 1},
+        {"model": m0, "x": _xs(2, [2, 6]), "target": [1, 2], "window": [2], "stride": 1},     # overlaps: mean
+        {"model": m0, "x": _xs(3, [1, 6]), "target": 2, "window": [3], "stride": 2},          # cut-off last window
+        {"model": c0, "x": _xs(4, [2, 1, 6, 6]), "target": 1, "window": [1, 2, 2], "stride": 2},
+        {"model": c0, "x": _xs(5, [1, 1, 6, 6]), "target": 0, "window": [1, 3, 3], "stride": [1, 2, 2],
+         "baseline": 0.5},
+        {"model": c0, "x": _xs(6, [1, 1, 5, 5]), "target": 2, "window": [1, 2, 4], "stride": [1, 1, 3]},
+        {"model": m0, "x": _xs(7, [1, 6]), "target": 0, "window": [2, 2], "stride": 1},       # wrong rank -> ValueError
+        {"model": m0, "x": _xs(7, [1, 6]), "target": 0, "window": [7], "stride": 1},          # too big -> ValueError
+        {"model": m0, "x": _xs(7, [1, 6]), "target": 0, "window": [2], "stride": 3},          # stride > window
+    ]
+    fixed[5]["model"] = _cnn(23, side=5)
+    cases = list(fixed)
+    for _ in range(3):
+        case = _random_model_case(rng)
+        dims = case["x"]["shape"][1:]
+        case["window"] = [1 if i == 0 and len(dims) == 3 else int(rng.integers(1, d + 1)) for i, d in enumerate(dims)]
+        case["stride"] = [int(rng.integers(1, w + 1)) for w in case["window"]]
+        case["baseline"] = float(rng.choice([0.0, 0.5, -1.0]))
+        cases.append(case)
+    return cases
+
+
+def _occlusion_build(case: dict):
+    kwargs = {"baseline": case["baseline"]} if "baseline" in case else {}
+    return (_model(case["model"]), _x(case["x"]), case["target"], tuple(case["window"]),
+            case["stride"] if isinstance(case["stride"], int) else tuple(case["stride"])), kwargs
+
+
+# --------------------------------------------------------------------------- grad_cam
+def _grad_cam_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        {"model": _cnn(31), "x": _xs(1, [1, 1, 6, 6]), "target": 0, "layer": 2},
+        {"model": _cnn(32), "x": _xs(2, [3, 1, 6, 6]), "target": [2, 1, 0], "layer": 2},
+        {"model": _cnn(33, side=4), "x": _xs(3, [2, 1, 4, 4]), "target": 1, "layer": 0},
+        {"model": _cnn(34), "x": _xs(4, [2, 1, 6, 6]), "target": [0, 0], "layer": 2},
+        {"model": _cnn(35), "x": _xs(5, [1, 1, 6, 6]), "target": 0, "layer": "foreign"},   # not in model -> ValueError
+        {"model": _cnn(35), "x": _xs(5, [1, 1, 6, 6]), "target": 5, "layer": 2},          # target -> ValueError
+    ]
+    cases = list(fixed)
+    for _ in range(4):
+        side = int(rng.integers(3, 8))
+        model = _cnn(int(rng.integers(0, 2**31)), side=side, c=int(rng.integers(2, 5)))
+        n = int(rng.integers(1, 4))
+        cases.append({"model": model, "x": _xs(int(rng.integers(0, 2**31)), [n, 1, side, side]),
+                      "target": [int(v) for v in rng.integers(0, model["c"], size=n)], "layer": int(rng.choice([0, 2]))})
+    return cases
+
+
+def _grad_cam_build(case: dict):
+    model = _model(case["model"])
+    layer = nn.Conv2d(3, 4, 3, padding=1) if case["layer"] == "foreign" else model[case["layer"]]
+    return (model, layer, _x(case["x"]), case["target"]), {}
+
+
+# --------------------------------------------------------------------------- exact_shapley
+class _Game:
+    """f(z) = w2 . tanh(W1 z) + c * z_0 * z_last: interactions between features, (n, M) -> (n,)."""
+
+    def __init__(self, seed: int, M: int):
+        rng = np.random.default_rng(seed)
+        self.W1, self.w2, self.c = rng.normal(size=(5, M)), rng.normal(size=5), float(rng.normal())
+        self.seed = seed
+
+    def __call__(self, z):
+        z = np.asarray(z, dtype=np.float64)
+        return np.tanh(z @ self.W1.T) @ self.w2 + self.c * z[:, 0] * z[:, -1]
+
+    def __repr__(self) -> str:
+        return f"f(z) = w2 . tanh(W1 z) + c * z[:, 0] * z[:, -1] (W1, w2, c drawn with seed {self.seed})"
+
+
+def _shapley_cases(rng: np.random.Generator) -> list[dict]:
+    cases = [{"seed": s, "M": M, "zero_baseline": zb} for s, M, zb in
+             [(1, 1, True), (2, 2, True), (3, 3, False), (4, 5, False), (5, 8, False), (6, 14, False), (7, 15, True)]]
+    for _ in range(4):
+        cases.append({"seed": int(rng.integers(0, 2**31)), "M": int(rng.integers(2, 11)),
+                      "zero_baseline": bool(rng.random() < 0.3)})
+    return cases
+
+
+def _shapley_build(case: dict):
+    rng = np.random.default_rng(case["seed"] + 1)
+    x = rng.normal(size=case["M"])
+    baseline = np.zeros(case["M"]) if case["zero_baseline"] else rng.normal(size=case["M"])
+    return (_Game(case["seed"], case["M"]), x, baseline), {}
+
+
+def _shapley_describe(case: dict) -> str:
+    (f, x, b), _ = _shapley_build(case)
+    return f"{f!r}, x = np.array({np.round(x, 4).tolist()}), baseline = np.array({np.round(b, 4).tolist()})"
+
+
+# --------------------------------------------------------------------------- lime_tabular
+class _LimeTarget:
+    """A linear f (truth: its weights) or f(z) = sum_i a_i sin(b_i z_i) (truth: the gradient at x)."""
+
+    def __init__(self, kind: str, seed: int, x: np.ndarray):
+        rng = np.random.default_rng(seed)
+        self.kind, self.seed = kind, seed
+        M = len(x)
+        if kind == "linear":
+            self.w, self.b = np.round(rng.normal(size=M), 3), float(np.round(rng.normal(), 3))
+            self.truth, self.tol = self.w.copy(), 1e-6
+        else:
+            self.a, self.freq = rng.uniform(0.5, 1.5, size=M), rng.uniform(1.0, 2.0, size=M)
+            self.truth, self.tol = self.a * self.freq * np.cos(self.freq * x), 0.15
+
+    def __call__(self, z):
+        z = np.asarray(z, dtype=np.float64)
+        return z @ self.w + self.b if self.kind == "linear" else np.sin(z * self.freq) @ self.a
+
+    def __repr__(self) -> str:
+        if self.kind == "linear":
+            return f"f(z) = z @ {self.w.tolist()} + {self.b}"
+        return f"f(z) = sum_i a_i sin(b_i z_i), a = {np.round(self.a, 3).tolist()}, b = {np.round(self.freq, 3).tolist()}"
+
+
+def _lime_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        ("linear", 1, [1.0, -2.0], 1.0, 500, 0.75, 0),
+        ("linear", 2, [0.5, 0.0, 2.0, -1.0], [0.5, 1.0, 2.0, 0.1], 300, 0.75, 3),   # per-feature scale
+        ("curved", 3, [0.3, 0.8], 1.5, 4000, 0.1, 0),                             # small kernel: the gradient
+        ("curved", 4, [-0.4, 1.0, 0.2], 1.5, 4000, 0.1, 1),
+        ("linear", 5, [1.0, 2.0], 1.0, 2, 0.75, 0),                                # n_samples <= M -> ValueError
+        ("linear", 5, [1.0, 2.0], 0.0, 100, 0.75, 0),                              # scale 0 -> ValueError
+        ("linear", 5, [1.0, 2.0], 1.0, 100, 0.0, 0),                               # kernel_width 0 -> ValueError
+    ]
+    cases = [{"kind": k, "seed": s, "x": x, "scale": sc, "n_samples": n, "kernel_width": kw, "sample_seed": ss}
+             for k, s, x, sc, n, kw, ss in fixed]
+    for _ in range(2):
+        M = int(rng.integers(1, 6))
+        cases.append({"kind": "linear", "seed": int(rng.integers(0, 2**31)),
+                      "x": np.round(rng.normal(size=M), 3).tolist(), "scale": float(np.round(rng.uniform(0.2, 2), 3)),
+                      "n_samples": int(rng.integers(50, 500)), "kernel_width": 0.75, "sample_seed": int(rng.integers(0, 1000))})
+    return cases
+
+
+def _lime_build(case: dict):
+    x = np.array(case["x"], dtype=np.float64)
+    scale = np.array(case["scale"]) if isinstance(case["scale"], list) else case["scale"]
+    return (_LimeTarget(case["kind"], case["seed"], x), x, scale), \
+        {"n_samples": case["n_samples"], "kernel_width": case["kernel_width"], "seed": case["sample_seed"]}
+
+
+def _lime_describe(case: dict) -> str:
+    (f, x, scale), kw = _lime_build(case)
+    truth = "its weights" if case["kind"] == "linear" else "the gradient of f at x (max-abs error <= 0.15)"
+    return (f"{f!r}, x = np.array({x.tolist()}), scale = {case['scale']!r}, n_samples={kw['n_samples']}, "
+            f"kernel_width={kw['kernel_width']}, seed={kw['seed']}; graded against {truth} = "
+            f"{np.round(f.truth, 4).tolist()}, called twice")
+
+
+def _lime_harness(fn, args: tuple, kwargs: dict):
+    """Call twice with the same arguments; return (coef, coef_again, truth, tolerance)."""
+    first = fn(*args, **kwargs)
+    again = fn(*args, **kwargs)
+    return first, again, args[0].truth, args[0].tol
+
+
+def _lime_compare(expected: tuple, got) -> str | None:
+    coef, again = got[0], got[1]
+    truth, tol = expected[2], expected[3]
+    if not isinstance(coef, np.ndarray):
+        return f"expected a numpy array of coefficients, got a {type_name(coef)}"
+    if coef.shape != truth.shape or not np.issubdtype(coef.dtype, np.floating):
+        return f"expected a float array of shape {truth.shape} (no intercept), got {coef.dtype} of shape {coef.shape}"
+    if not (isinstance(again, np.ndarray) and again.shape == coef.shape and np.array_equal(coef, again)):
+        return "two calls with the same seed gave different coefficients: draw samples from np.random.default_rng(seed)"
+    err = float(np.max(np.abs(coef - truth)))
+    if not err <= tol:
+        return (f"coefficients {np.round(coef, 4).tolist()} are {err:.3g} (max-abs) from the truth "
+                f"{np.round(truth, 4).tolist()}, tolerance {tol}")
+    return None
+
+
+# --------------------------------------------------------------------------- deletion_curve
+def _deletion_cases(rng: np.random.Generator) -> list[dict]:
+    m0, c0 = _mlp(41), _cnn(42)
+    fixed = [
+        {"model": m0, "x": _xs(1, [1, 6]), "target": 0, "attr": {"seed": 2, "shape": [1, 6]}, "steps": 3},
+        {"model": m0, "x": _xs(3, [2, 6]), "target": [1, 2], "attr": {"ties": 4, "shape": [2, 6]}, "steps": 6},
+        {"model": m0, "x": _xs(5, [1, 6]), "target": 2, "attr": {"seed": 6, "shape": [1, 6]}, "steps": 4},  # 1.5 -> 1
+        {"model": c0, "x": _xs(7, [2, 1, 6, 6]), "target": 1, "attr": {"ties": 8, "shape": [2, 1, 6, 6]},
+         "steps": 10, "baseline": 0.5},
+        {"model": c0, "x": _xs(9, [1, 1, 6, 6]), "target": [2], "attr": {"seed": 10, "shape": [1, 1, 6, 6]}, "steps": 7},
+        {"model": m0, "x": _xs(5, [1, 6]), "target": 0, "attr": {"seed": 6, "shape": [1, 5]}, "steps": 4},  # shape -> ValueError
+        {"model": m0, "x": _xs(5, [1, 6]), "target": 0, "attr": {"seed": 6, "shape": [1, 6]}, "steps": 0},  # steps -> ValueError
+    ]
+    cases = list(fixed)
+    for _ in range(3):
+        case = _random_model_case(rng)
+        case["attr"] = {("ties" if rng.random() < 0.5 else "seed"): int(rng.integers(0, 2**31)), "shape": case["x"]["shape"]}
+        case["steps"] = int(rng.integers(1, 12))
+        cases.append(case)
+    return cases
+
+
+def _attr(spec: dict) -> torch.Tensor:
+    if "ties" in spec:                                       # few distinct values: many exact ties
+        gen = torch.Generator().manual_seed(spec["ties"])
+        return torch.randint(0, 3, spec["shape"], generator=gen).float()
+    return _x(spec)
+
+
+def _deletion_build(case: dict):
+    kwargs = {"steps": case["steps"]}
+    if "baseline" in case:
+        kwargs["baseline"] = case["baseline"]
+    return (_model(case["model"]), _x(case["x"]), case["target"], _attr(case["attr"])), kwargs
+
+
+def _deletion_describe(case: dict) -> str:
+    return (f"model = {_model_text(case['model'])}, x = {_show(_x(case['x']))}, target = {case['target']!r}, "
+            f"attribution = {_show(_attr(case['attr']))}, steps={case['steps']}, baseline={case.get('baseline', 0.0)}")
+
+
+# --------------------------------------------------------------------------- the exercises
+def _exercise(name, make_cases, build, describe, compare, forbidden=(), harness=None):
+    from . import Exercise
+    return Exercise(name=name, chapter=CHAPTER, topic="local_explanation", make_cases=make_cases, build=build,
+                    describe=describe, compare=compare, forbidden=tuple(forbidden), harness=harness)
+
+
+_CAPTUM = "captum.attr."
+EXERCISES = [
+    _exercise("saliency", lambda rng: _gradient_cases(rng, ig=False), _saliency_build, _model_describe, _map_compare,
+              [_CAPTUM + "Saliency"]),
+    _exercise("integrated_gradients", lambda rng: _gradient_cases(rng, ig=True), _ig_build, _model_describe,
+              _map_compare, [_CAPTUM + "IntegratedGradients"]),
+    _exercise("occlusion", _occlusion_cases, _occlusion_build, _model_describe, _map_compare, [_CAPTUM + "Occlusion"]),
+    _exercise("grad_cam", _grad_cam_cases, _grad_cam_build, _model_describe, _map_compare,
+              [_CAPTUM + "LayerGradCam"]),
+    _exercise("exact_shapley", _shapley_cases, _shapley_build, _shapley_describe, _array_compare,
+              ["shap.explainers.Exact", "shap.KernelExplainer", "shap.Explainer"]),
+    _exercise("lime_tabular", _lime_cases, _lime_build, _lime_describe, _lime_compare,
+              ["lime.lime_tabular.LimeTabularExplainer"], harness=_lime_harness),
+    _exercise("deletion_curve", _deletion_cases, _deletion_build, _deletion_describe, _curve_compare),
+]

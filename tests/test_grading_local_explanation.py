@@ -1,0 +1,362 @@
+"""Chapter 05's graders accept the reference and reject the stub and the wrong answers learners write."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import grading, local_explanation as L
+
+SEEDS = [0, 1, 2]
+
+
+def grade(name, fn, seed):
+    cases = grading.make_cases(name, seed)
+    return grading.judge(name, cases, grading.expected_outcomes(name, cases), grading.run_cases(fn, name, cases))
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError
+
+
+def _t(model, x, target):
+    """Checked targets, (N,) int64 (the same rules as the reference, written again)."""
+    if x.dim() < 2:
+        raise ValueError("x needs a batch dim")
+    n_classes = model(x[:1]).shape[1]
+    t = torch.full((len(x),), target) if isinstance(target, int) else torch.as_tensor(target)
+    if t.shape != (len(x),) or (t < 0).any() or (t >= n_classes).any():
+        raise ValueError("bad target")
+    return t
+
+
+def _out(model, x, target, prob=False):
+    out = model(x)
+    out = out.softmax(1) if prob else out
+    return out[torch.arange(len(x)), _t(model, x, target)]
+
+
+def _grad(model, x, target, prob=False):
+    x = x.detach().requires_grad_(True)
+    g, = torch.autograd.grad(_out(model, x, target, prob).sum(), x)
+    return g
+
+
+# ----------------------------------------------------------------------------- saliency
+def sal_no_abs(model, x, target):
+    return _grad(model, x, target)
+
+
+def sal_probability(model, x, target):
+    return _grad(model, x, target, prob=True).abs()
+
+
+def sal_times_input(model, x, target):
+    return (_grad(model, x, target) * x).abs()
+
+
+def sal_first_target_for_all(model, x, target):
+    t = target if isinstance(target, int) else int(target[0])
+    return _grad(model, x, t).abs()
+
+
+# ----------------------------------------------------------------------------- integrated_gradients
+def _ig(model, x, target, baseline=None, steps=50, offset=0.5, factor=True, prob=False, use_baseline=True):
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    b = torch.zeros_like(x) if baseline is None or not use_baseline else baseline
+    total = torch.zeros_like(x)
+    for k in range(steps):
+        total += _grad(model, b + (k + offset) / steps * (x - b), target, prob)
+    return (x - b) * total / steps if factor else total / steps
+
+
+def ig_left_riemann(model, x, target, baseline=None, steps=50):
+    return _ig(model, x, target, baseline, steps, offset=0.0)
+
+
+def ig_right_riemann(model, x, target, baseline=None, steps=50):
+    return _ig(model, x, target, baseline, steps, offset=1.0)
+
+
+def ig_no_input_factor(model, x, target, baseline=None, steps=50):
+    return _ig(model, x, target, baseline, steps, factor=False)
+
+
+def ig_probability(model, x, target, baseline=None, steps=50):
+    return _ig(model, x, target, baseline, steps, prob=True)
+
+
+def ig_ignores_baseline(model, x, target, baseline=None, steps=50):
+    return _ig(model, x, target, baseline, steps, use_baseline=False)
+
+
+# ----------------------------------------------------------------------------- occlusion
+def _occ(model, x, target, window, stride, baseline=0.0, mean=True, cut_off=True, prob=False, sign=1.0):
+    dims = x.shape[1:]
+    stride = (stride,) * len(dims) if isinstance(stride, int) else tuple(stride)
+    if len(window) != len(dims) or any(w > d for w, d in zip(window, dims)) or any(s > w < d for s, w, d in
+                                                                                 zip(stride, window, dims)):
+        raise ValueError("bad window or stride")
+    with torch.no_grad():
+        full = _out(model, x, target, prob)
+        total, count = torch.zeros_like(x), torch.zeros_like(x)
+        starts = [range(0, d - w + 1 + (s - 1 if cut_off else 0), s) if cut_off else range(0, d - w + 1, s)
+                  for d, w, s in zip(dims, window, stride)]
+        for start in itertools.product(*starts):
+            sl = (slice(None),) + tuple(slice(a, a + w) for a, w in zip(start, window))
+            xo = x.clone()
+            xo[sl] = baseline
+            total[sl] += sign * (full - _out(model, xo, target, prob)).view(-1, *[1] * len(dims))
+            count[sl] += 1
+    return total / count.clamp(min=1) if mean else total
+
+
+def occ_sum(model, x, target, window, stride, baseline=0.0):
+    return _occ(model, x, target, window, stride, baseline, mean=False)
+
+
+def occ_no_cut_off_window(model, x, target, window, stride, baseline=0.0):
+    return _occ(model, x, target, window, stride, baseline, cut_off=False)
+
+
+def occ_probability(model, x, target, window, stride, baseline=0.0):
+    return _occ(model, x, target, window, stride, baseline, prob=True)
+
+
+def occ_sign_flipped(model, x, target, window, stride, baseline=0.0):
+    return _occ(model, x, target, window, stride, baseline, sign=-1.0)
+
+
+# ----------------------------------------------------------------------------- grad_cam
+def _cam(model, layer, x, target, relu=True, pool="mean"):
+    if not any(m is layer for m in model.modules()):
+        raise ValueError("layer must be in model")
+    t = _t(model, x, target)
+    store = {}
+    h = layer.register_forward_hook(lambda m, i, o: store.update(A=o))
+    x = x.detach().requires_grad_(True)
+    out = model(x)[torch.arange(len(x)), t]
+    h.remove()
+    A = store["A"]
+    g, = torch.autograd.grad(out.sum(), A)
+    alpha = g.mean((2, 3), keepdim=True) if pool == "mean" else \
+        g.sum((2, 3), keepdim=True) if pool == "sum" else g.amax((2, 3), keepdim=True)
+    cam = (alpha * A).sum(1, keepdim=True)
+    return (cam.relu() if relu else cam).detach()
+
+
+def cam_no_relu(model, layer, x, target):
+    return _cam(model, layer, x, target, relu=False)
+
+
+def cam_sum_pooling(model, layer, x, target):
+    return _cam(model, layer, x, target, pool="sum")
+
+
+def cam_max_pooling(model, layer, x, target):
+    return _cam(model, layer, x, target, pool="max")
+
+
+def cam_abs(model, layer, x, target):
+    return _cam(model, layer, x, target, relu=False).abs()
+
+
+# ----------------------------------------------------------------------------- exact_shapley
+def _shap(f, x, baseline, weight):
+    M = len(x)
+    if M > 14:
+        raise ValueError("too many features")
+    phi = np.zeros(M)
+    for i in range(M):
+        others = [j for j in range(M) if j != i]
+        subsets = [S for r in range(M) for S in itertools.combinations(others, r)]
+        z = np.tile(baseline, (len(subsets), 1))
+        for row, S in enumerate(subsets):
+            z[row, list(S)] = x[list(S)]
+        zi = z.copy()
+        zi[:, i] = x[i]
+        w = np.array([weight(len(S), M) for S in subsets])
+        phi[i] = np.sum(w * (f(zi) - f(z)))
+    return phi
+
+
+def sh_banzhaf(f, x, baseline):
+    return _shap(f, x, baseline, lambda s, M: 1 / 2 ** (M - 1))
+
+
+def sh_off_by_one_weights(f, x, baseline):
+    return _shap(f, x, baseline, lambda s, M: math.factorial(s) * math.factorial(M - s) / math.factorial(M + 1))
+
+
+def sh_leave_one_out(f, x, baseline):
+    z = np.tile(x, (len(x), 1))
+    z[np.arange(len(x)), np.arange(len(x))] = baseline
+    return f(x[None])[0] - f(z)
+
+
+def sh_add_one_to_baseline(f, x, baseline):
+    z = np.tile(baseline, (len(x), 1))
+    z[np.arange(len(x)), np.arange(len(x))] = x
+    return f(z) - f(baseline[None])[0]
+
+
+# ----------------------------------------------------------------------------- lime_tabular
+def _lime(f, x, scale, n_samples=2000, kernel_width=0.75, seed=0, weighted=True, intercept=True,
+          rng_fn=None, keep_intercept=False):
+    M = len(x)
+    scale = np.broadcast_to(np.asarray(scale, float), x.shape)
+    if n_samples <= M or not (scale > 0).all() or kernel_width <= 0:
+        raise ValueError("bad arguments")
+    eps = (rng_fn or np.random.default_rng(seed).normal)(size=(n_samples, M))
+    z = x + scale * eps
+    d2 = (eps ** 2).sum(1) / M
+    w = np.exp(-(d2 - d2.min()) / kernel_width ** 2) if weighted else np.ones(n_samples)
+    A = np.hstack([np.ones((n_samples, 1)), z]) if intercept else z
+    sw = np.sqrt(w)[:, None]
+    coef = np.linalg.lstsq(A * sw, f(z) * sw[:, 0], rcond=None)[0]
+    return coef if keep_intercept or not intercept else coef[1:]
+
+
+def lime_unweighted(f, x, scale, n_samples=2000, kernel_width=0.75, seed=0):
+    return _lime(f, x, scale, n_samples, kernel_width, seed, weighted=False)
+
+
+def lime_no_intercept(f, x, scale, n_samples=2000, kernel_width=0.75, seed=0):
+    return _lime(f, x, scale, n_samples, kernel_width, seed, intercept=False)
+
+
+def lime_global_rng(f, x, scale, n_samples=2000, kernel_width=0.75, seed=0):
+    return _lime(f, x, scale, n_samples, kernel_width, seed, rng_fn=np.random.normal)
+
+
+def lime_returns_intercept(f, x, scale, n_samples=2000, kernel_width=0.75, seed=0):
+    return _lime(f, x, scale, n_samples, kernel_width, seed, keep_intercept=True)
+
+
+# ----------------------------------------------------------------------------- deletion_curve
+def _del(model, x, target, attribution, steps=10, baseline=0.0, ascending=False, rnd=None, ties_high=False,
+         logits=False):
+    if attribution.shape != x.shape or steps < 1:
+        raise ValueError("bad attribution or steps")
+    N, n = len(x), x[0].numel()
+    a = attribution.reshape(N, n)
+    rows = []
+    for k in range(steps + 1):
+        count = rnd(k * n / steps) if rnd else k * n // steps
+        xs = x.reshape(N, n).clone()
+        for r in range(N):
+            key = a[r] if not ties_high else a[r] + 1e-6 * torch.arange(n)
+            order = torch.sort(key, descending=not ascending, stable=True).indices
+            xs[r, order[:count]] = baseline
+        with torch.no_grad():
+            out = model(xs.reshape(x.shape))
+            out = out if logits else out.softmax(1)
+        rows.append(out[torch.arange(N), _t(model, x, target)])
+    return torch.stack(rows, 1)
+
+
+def del_ascending(model, x, target, attribution, steps=10, baseline=0.0):
+    return _del(model, x, target, attribution, steps, baseline, ascending=True)
+
+
+def del_round(model, x, target, attribution, steps=10, baseline=0.0):
+    return _del(model, x, target, attribution, steps, baseline, rnd=lambda v: int(math.floor(v + 0.5)))
+
+
+def del_ties_high_index_first(model, x, target, attribution, steps=10, baseline=0.0):
+    return _del(model, x, target, attribution, steps, baseline, ties_high=True)
+
+
+def del_logits(model, x, target, attribution, steps=10, baseline=0.0):
+    return _del(model, x, target, attribution, steps, baseline, logits=True)
+
+
+WRONG = {
+    "saliency": [sal_no_abs, sal_probability, sal_times_input, sal_first_target_for_all],
+    "integrated_gradients": [ig_left_riemann, ig_right_riemann, ig_no_input_factor, ig_probability,
+                             ig_ignores_baseline],
+    "occlusion": [occ_sum, occ_no_cut_off_window, occ_probability, occ_sign_flipped],
+    "grad_cam": [cam_no_relu, cam_sum_pooling, cam_max_pooling, cam_abs],
+    "exact_shapley": [sh_banzhaf, sh_off_by_one_weights, sh_leave_one_out, sh_add_one_to_baseline],
+    "lime_tabular": [lime_unweighted, lime_no_intercept, lime_global_rng, lime_returns_intercept],
+    "deletion_curve": [del_ascending, del_round, del_ties_high_index_first, del_logits],
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG))
+@pytest.mark.parametrize("seed", SEEDS)
+def test_grader_accepts_reference(name, seed):
+    passed, message = grade(name, grading.reference(name), seed)
+    assert passed, message
+
+
+@pytest.mark.parametrize("name", list(WRONG))
+def test_grader_rejects_stub(name):
+    passed, message = grade(name, stub, 0)
+    assert not passed and message.startswith("not implemented")
+
+
+@pytest.mark.parametrize("name,wrong", [(n, w) for n, ws in WRONG.items() for w in ws],
+                         ids=lambda v: getattr(v, "__name__", v))
+@pytest.mark.parametrize("seed", SEEDS)
+def test_grader_rejects_wrong_answer(name, wrong, seed):
+    passed, message = grade(name, wrong, seed)
+    assert not passed
+    assert "case" in message and "expected" in message
+    assert "raised RuntimeError" not in message and "raised IndexError" not in message   # a real mismatch
+
+
+# ----------------------------------------------------------------------------- independent correct versions
+def saliency_loop(model, x, target):
+    return _grad(model, x, target).abs()
+
+
+def ig_loop(model, x, target, baseline=None, steps=50):
+    return _ig(model, x, target, baseline, steps)
+
+
+def occlusion_loop(model, x, target, window, stride, baseline=0.0):
+    return _occ(model, x, target, window, stride, baseline)
+
+
+def grad_cam_hooks(model, layer, x, target):
+    return _cam(model, layer, x, target)
+
+
+def shapley_combinations(f, x, baseline):
+    return _shap(f, x, baseline, lambda s, M: 1 / (M * math.comb(M - 1, s)))
+
+
+def lime_other_sampling(f, x, scale, n_samples=2000, kernel_width=0.75, seed=0):
+    rng = np.random.default_rng([seed, 12345])                     # another stream of the same law
+    return _lime(f, x, scale, n_samples, kernel_width, seed, rng_fn=rng.standard_normal)
+
+
+def deletion_loop(model, x, target, attribution, steps=10, baseline=0.0):
+    return _del(model, x, target, attribution, steps, baseline)
+
+
+@pytest.mark.parametrize("name,fn", [("saliency", saliency_loop), ("integrated_gradients", ig_loop),
+                                     ("occlusion", occlusion_loop), ("grad_cam", grad_cam_hooks),
+                                     ("exact_shapley", shapley_combinations), ("lime_tabular", lime_other_sampling),
+                                     ("deletion_curve", deletion_loop)])
+def test_grader_accepts_independent_correct_versions(name, fn):
+    for seed in (7, 8):
+        passed, message = grade(name, fn, seed)
+        assert passed, f"{name}: {message}"
+
+
+def test_lime_grader_says_why():
+    _, message = grade("lime_tabular", lime_unweighted, 0)
+    assert "from the truth" in message and "gradient" in message
+    _, message = grade("lime_tabular", lime_global_rng, 0)
+    assert "same seed" in message
+
+
+def test_check_returns_learner_function_on_pass_and_reference_on_fail(capsys):
+    assert grading.check("saliency", saliency_loop, seed=3) is saliency_loop
+    assert "PASS" in capsys.readouterr().out
+    assert grading.check("saliency", sal_no_abs, seed=3) is L.saliency
+    assert "FAIL" in capsys.readouterr().out
