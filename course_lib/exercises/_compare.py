@@ -32,3 +32,32 @@ def close_float(expected: float, got: Any, *, rtol: float = 1e-9, atol: float = 
     if not math.isclose(float(got), expected, rel_tol=rtol, abs_tol=atol):
         return f"{what}: expected {expected!r}, got {float(got)!r}"
     return None
+
+
+def tensor_reason(expected, got: Any, what: str = "value", *, exact: bool = False, rtol: float = 1e-6,
+                  atol: float = 1e-7, atol_relative_to_max: bool = False) -> str | None:
+    """None if ``got`` is a tensor of ``expected``'s shape and dtype whose values match, else the first mismatch.
+
+    Values match exactly (``exact``) or within ``|e - g| <= atol + rtol |e|``, with ``atol`` scaled by
+    ``max(1, max|e|)`` when ``atol_relative_to_max`` (attribution maps of any magnitude); nan matches nan.
+    """
+    import torch
+
+    if not isinstance(got, torch.Tensor):
+        return f"{what}: expected a torch.Tensor, got a {type_name(got)}"
+    if tuple(got.shape) != tuple(expected.shape):
+        return f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
+    if got.dtype != expected.dtype:
+        return f"{what}: expected dtype {expected.dtype}, got {got.dtype}"
+    e, g = expected.double(), got.detach().double()
+    if atol_relative_to_max and e.numel():
+        atol = atol * max(1.0, float(e.nan_to_num().abs().max()))
+    close = (e == g) if exact else torch.isclose(e, g, rtol=rtol, atol=atol)
+    bad = ~(close | (torch.isnan(e) & torch.isnan(g)))
+    if bad.any():
+        i = tuple(int(v) for v in bad.nonzero()[0])
+        where = f"[{', '.join(map(str, i))}]" if i else ""
+        tolerance = "" if exact else f" beyond rtol={rtol:g}, atol={atol:.2g}"
+        return (f"{what}{where}: expected {e[i].item()!r}, got {g[i].item()!r} "
+                f"({int(bad.sum())} of {e.numel()} differ{tolerance})")
+    return None

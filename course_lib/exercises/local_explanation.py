@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._compare import type_name
+from ._compare import tensor_reason, type_name
 
 CHAPTER = "05_local_explanation"
 
@@ -92,20 +92,7 @@ def _random_model_case(rng: np.random.Generator) -> dict:
 
 # --------------------------------------------------------------------------- comparisons
 def _tensor_reason(expected, got, what: str = "attribution", rtol: float = 1e-4, atol: float = 1e-5) -> str | None:
-    if not isinstance(got, torch.Tensor):
-        return f"{what}: expected a torch.Tensor, got a {type_name(got)}"
-    if tuple(got.shape) != tuple(expected.shape):
-        return f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
-    if got.dtype != expected.dtype:
-        return f"{what}: expected dtype {expected.dtype}, got {got.dtype}"
-    e, g = expected.double(), got.detach().double()
-    atol = atol * max(1.0, float(e.abs().max())) if e.numel() else atol
-    bad = ~torch.isclose(e, g, rtol=rtol, atol=atol)
-    if bad.any():
-        i = tuple(int(v) for v in bad.nonzero()[0])
-        return (f"{what}[{', '.join(map(str, i))}]: expected {e[i].item():.6g}, got {g[i].item():.6g} "
-                f"({int(bad.sum())} of {e.numel()} differ beyond rtol={rtol}, atol={atol:.2g})")
-    return None
+    return tensor_reason(expected, got, what, rtol=rtol, atol=atol, atol_relative_to_max=True)
 
 
 def _map_compare(expected, got):

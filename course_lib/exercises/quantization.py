@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from ._compare import close_float, exact_int, is_int_like, type_name
+from ._compare import close_float, exact_int, is_int_like, tensor_reason, type_name
 
 CHAPTER = "02_quantization"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
@@ -63,21 +63,7 @@ def _random_scale(rng: np.random.Generator) -> float:
 # --------------------------------------------------------------------------- comparisons
 def _tensor_reason(expected: torch.Tensor, got, what: str, *, exact: bool = False, rtol: float = 1e-6,
                    atol: float = 1e-7) -> str | None:
-    if not isinstance(got, torch.Tensor):
-        return f"{what}: expected a torch.Tensor, got a {type_name(got)}"
-    if tuple(got.shape) != tuple(expected.shape):
-        return f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
-    if got.dtype != expected.dtype:
-        return f"{what}: expected dtype {expected.dtype}, got {got.dtype}"
-    e, g = expected.double(), got.double()
-    same_nan = torch.isnan(e) == torch.isnan(g)
-    close = (e == g) if exact else torch.isclose(e, g, rtol=rtol, atol=atol)
-    bad = ~((close | (torch.isnan(e) & torch.isnan(g))) & same_nan)
-    if bad.any():
-        i = tuple(int(v) for v in bad.nonzero()[0])
-        where = f"[{', '.join(map(str, i))}]" if i else ""
-        return f"{what}{where}: expected {e[i].item()!r}, got {g[i].item()!r} ({int(bad.sum())} of {e.numel()} differ)"
-    return None
+    return tensor_reason(expected, got, what, exact=exact, rtol=rtol, atol=atol)
 
 
 def _pair(got, what: str) -> str | None:
