@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .measurement import summarize_timings
 from .validation import check_int, check_module
 
-__all__ = ["Timing", "benchmark", "default_device", "num_threads", "count_flops",
+__all__ = ["Timing", "benchmark", "compare", "default_device", "num_threads", "count_flops",
            "latency_vs_batch", "host_clock_ms"]
 
 
@@ -106,6 +106,35 @@ def benchmark(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 20,
     return Timing(samples_ms=samples, median=summary["median"], iqr=summary["iqr"],
                   min=summary["min"], max=summary["max"], n=summary["n"], device=name,
                   threads=torch.get_num_threads(), warmup=warmup, label=label)
+
+
+def compare(fns: dict[str, Callable[[], object]], *, repeats: int = 3, rounds: int = 10, warmup: int = 3,
+            threads: int | dict[str, int] = 1) -> dict[str, Timing]:
+    """Time several CPU functions in interleaved rounds; pool each one's samples.
+
+    Every function is warmed up, then each round times ``repeats`` calls of each function in turn
+    (A A A, B B B, A A A, ...), so a burst of background load on a shared machine hits all of them
+    alike; a comparison timed one function after the other can be decided by the load instead.
+    ``threads``: one count for all, or one per function (to compare thread counts). One thread by
+    default: with two, a kernel waits for its slower thread, and on a busy machine that thread is
+    often descheduled. Returns one :class:`Timing` over ``repeats * rounds`` samples per function.
+    """
+    check_int("rounds", rounds, 1)
+    per_fn = threads if isinstance(threads, dict) else {name: threads for name in fns}
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for name, fn in fns.items():
+        with num_threads(per_fn[name]):
+            benchmark(fn, warmup=warmup, repeats=1, device="cpu")
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            with num_threads(per_fn[name]):
+                samples[name] += benchmark(fn, warmup=0, repeats=repeats, device="cpu").samples_ms
+    out = {}
+    for name, values in samples.items():
+        s = summarize_timings(values)
+        out[name] = Timing(samples_ms=values, median=s["median"], iqr=s["iqr"], min=s["min"], max=s["max"],
+                           n=s["n"], device="cpu", threads=per_fn[name], warmup=warmup, label=name)
+    return out
 
 
 def _cpu_samples(fn: Callable[[], object], repeats: int, min_time_s: float) -> list[float]:

@@ -49,3 +49,11 @@ def test_latency_vs_batch_rows():
     rows = timing.latency_vs_batch(nn.Linear(8, 4), torch.randn(8), [1, 4], repeats=3, warmup=1, progress=False)
     assert [r["batch"] for r in rows] == [1, 4]
     assert all(r["items_per_s"] == pytest.approx(r["batch"] / (r["median_ms"] / 1e3)) for r in rows)
+
+
+def test_compare_interleaves_and_keeps_every_sample():
+    order = []
+    runs = timing.compare({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                          repeats=2, rounds=3, warmup=1, threads={"a": 1, "b": 1})
+    assert order == ["a", "a", "b", "b"] * 4       # warm-up (1 + 1 call each), then 3 rounds in turn
+    assert runs["a"].n == runs["b"].n == 6 and runs["a"].threads == 1

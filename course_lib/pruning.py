@@ -1,0 +1,654 @@
+"""Chapter 01 -- pruning: masks built by hand, checked against ``torch.nn.utils.prune``.
+
+A pruning *mask* is a float 0/1 tensor shaped like the weight; applying it is a separate
+multiply. The six exercises build the masks (unstructured, global, structured, N:M), the
+gradual sparsity schedule of Zhu & Gupta, and the one operation that makes a structured mask
+pay off: physically removing channels. The helpers below run the chapter's measurements
+(fine-tuning under a mask, sensitivity scans, L1-regularised training, latency of masked,
+sparse and shrunk layers, stored sizes) so the notebook holds no loops of its own.
+
+Tie rule shared by every mask here (it is torch's): entries or slices are ranked with
+``torch.topk``, whose choice among *equal* scores is not documented (it is neither the first
+nor the last index). The references call ``torch.topk`` exactly as ``torch.nn.utils.prune``
+does, so their masks equal torch's even with ties.
+
+Taught in: 01_pruning.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+from . import models, timing
+from .validation import check_float, check_int, check_module, check_tensor
+
+__all__ = [
+    "magnitude_mask", "global_magnitude_masks", "structured_mask", "n_m_mask", "polynomial_sparsity",
+    "shrink_conv_pair",
+    "prunable_layers", "model_masks", "apply_masks", "sparsity", "fine_tune", "prune_one_shot",
+    "prune_iterative", "sensitivity_scan", "accuracies", "l1_penalty", "train_l1", "compare_latency",
+    "speed_table", "sparse_matmul_rows", "stored_bytes", "sparse_state_dict", "semi_structured_rows",
+    "plot_masks", "plot_sensitivity", "plot_schedule", "plot_weight_histograms",
+]
+
+
+# =========================================================================== argument checks
+def _check_weight(weight: object, min_dim: int = 0) -> Tensor:
+    check_tensor("weight", weight)
+    if not weight.is_floating_point():
+        raise TypeError(f"weight must be a floating-point tensor, got dtype {weight.dtype}")
+    if weight.dim() < min_dim:
+        raise ValueError(f"weight must have at least {min_dim} dimensions, got shape {tuple(weight.shape)}")
+    return weight
+
+
+def _n_to_prune(amount: object, size: int) -> int:
+    """``amount`` as a count of units out of ``size``: an int as is, a float as ``round(amount * size)``."""
+    allowed = f"a float in [0, 1] or an int in [0, {size}]"
+    if isinstance(amount, (bool, np.bool_)) or not isinstance(amount, numbers.Real):
+        raise TypeError(f"amount must be {allowed}, got {amount!r}")
+    if isinstance(amount, numbers.Integral):
+        if not 0 <= amount <= size:
+            raise ValueError(f"amount must be {allowed}, got {amount!r}")
+        return int(amount)
+    if not 0.0 <= amount <= 1.0:                       # also rejects nan
+        raise ValueError(f"amount must be {allowed}, got {amount!r}")
+    return round(float(amount) * size)                 # Python's round: halves go to the even neighbour
+
+
+# =========================================================================== exercises
+def magnitude_mask(weight: Tensor, amount: int | float) -> Tensor:
+    """Unstructured magnitude pruning: zero the ``k`` entries with the smallest ``|w|``.
+
+    .. math::  m_i = 0 \\iff i \\in \\operatorname{argmin}_k |w|, \\qquad
+               k = \\operatorname{round}(\\text{amount} \\cdot N) \\text{ (float) or amount (int)}
+
+    Parameters
+    ----------
+    weight : Tensor of any shape, floating point
+    amount : float in [0, 1] (fraction of the N entries) or int in [0, N] (count)
+
+    Returns
+    -------
+    Tensor shaped like ``weight``, its dtype, holding 0 (pruned) and 1 (kept).
+
+    Raises
+    ------
+    TypeError
+        ``weight`` not a floating tensor; ``amount`` not a real number (``bool`` included).
+    ValueError
+        ``amount`` out of range.
+
+    Rules
+    -----
+    ``round`` is Python's (2.5 -> 2). The pruned entries are
+    ``torch.topk(weight.abs().flatten(), k, largest=False).indices``, as in
+    ``prune.l1_unstructured``; among equal ``|w|`` topk's choice is torch's.
+
+    References
+    ----------
+    Han, Pool, Tran & Dally (2015). Learning both Weights and Connections for Efficient
+    Neural Networks. NeurIPS.
+
+    Examples
+    --------
+    >>> magnitude_mask(torch.tensor([0.5, -2.0, 0.1, 1.0]), 0.5)
+    tensor([0., 1., 0., 1.])
+
+    Taught in: 01_pruning, section 1.
+    """
+    _check_weight(weight)
+    k = _n_to_prune(amount, weight.numel())
+    mask = torch.ones_like(weight, memory_format=torch.contiguous_format)
+    if k > 0:
+        pruned = torch.topk(weight.detach().abs().flatten(), k, largest=False).indices   # (k,)
+        mask.view(-1)[pruned] = 0
+    return mask
+
+
+def global_magnitude_masks(weights: Sequence[Tensor], amount: int | float) -> list[Tensor]:
+    """Global magnitude pruning: one ``|w|`` threshold across several tensors.
+
+    .. math::  \\text{prune the } k \\text{ smallest } |w| \\text{ of }
+               \\operatorname{concat}(\\operatorname{flatten}(W_1), \\dots, \\operatorname{flatten}(W_L))
+
+    ``amount`` counts entries of all tensors together (float: fraction of the total ``N``).
+    Returns one mask per tensor, shaped and typed like it. Same tie rule as
+    :func:`magnitude_mask` on the concatenation (in list order), which is what
+    ``prune.global_unstructured(..., pruning_method=prune.L1Unstructured)`` does.
+
+    Raises
+    ------
+    TypeError
+        ``weights`` not a list or tuple; an element not a floating tensor.
+    ValueError
+        ``weights`` empty, or ``amount`` out of range.
+
+    Examples
+    --------
+    >>> global_magnitude_masks([torch.tensor([3.0, 0.1]), torch.tensor([0.2, 5.0])], 2)
+    [tensor([1., 0.]), tensor([0., 1.])]
+
+    Taught in: 01_pruning, section 3.
+    """
+    if not isinstance(weights, (list, tuple)):
+        raise TypeError(f"weights must be a list of tensors, got {type(weights).__name__}")
+    if len(weights) == 0:
+        raise ValueError("weights must be a non-empty list of tensors, got []")
+    for i, w in enumerate(weights):
+        check_tensor(f"weights[{i}]", w)
+        if not w.is_floating_point():
+            raise TypeError(f"weights[{i}] must be a floating-point tensor, got dtype {w.dtype}")
+    scores = torch.cat([w.detach().abs().flatten() for w in weights])       # (N,)
+    flat = magnitude_mask(scores, amount)
+    sizes = [w.numel() for w in weights]
+    return [m.view_as(w).to(w.dtype) for m, w in zip(flat.split(sizes), weights)]
+
+
+def structured_mask(weight: Tensor, amount: int | float, n: float = 1, dim: int = 0) -> Tensor:
+    """Structured pruning: zero whole slices along ``dim`` with the smallest L\\ :sub:`n` norm.
+
+    .. math::  s_j = \\Big(\\sum_{i:\\, i_{dim} = j} |w_i|^n\\Big)^{1/n}, \\qquad
+               \\text{keep the } S - k \\text{ slices with the largest } s_j
+
+    ``dim=0`` of a conv weight ``(C_out, C_in, k, k)`` prunes filters (output channels); of a
+    Linear weight ``(out, in)`` it prunes output neurons. ``k`` counts slices (``S`` of them).
+
+    Parameters
+    ----------
+    weight : Tensor with at least 2 dimensions, floating point
+    amount : float in [0, 1] or int in [0, S]
+    n : positive real or ``math.inf``, default=1
+        The norm's order (``torch.linalg.vector_norm``'s ``ord``).
+    dim : int in [-weight.dim(), weight.dim()), default=0
+
+    Rules
+    -----
+    Kept slices are ``torch.topk(norms, S - k, largest=True).indices`` (``prune.ln_structured``'s
+    rule, ties included).
+
+    References
+    ----------
+    Li, Kadav, Durdanovic, Samet & Graf (2017). Pruning Filters for Efficient ConvNets. ICLR.
+
+    Examples
+    --------
+    >>> structured_mask(torch.tensor([[1.0, 1.0], [0.1, 3.0], [0.2, 0.2]]), 1)
+    tensor([[1., 1.],
+            [1., 1.],
+            [0., 0.]])
+
+    Taught in: 01_pruning, section 2.
+    """
+    _check_weight(weight, min_dim=2)
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Real):
+        raise TypeError(f"n must be a positive real number or math.inf, got {n!r}")
+    if not n > 0:
+        raise ValueError(f"n must be a positive real number or math.inf, got {n!r}")
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"dim must be an int in [{-weight.dim()}, {weight.dim()}), got {dim!r}")
+    if not -weight.dim() <= dim < weight.dim():
+        raise ValueError(f"dim must be an int in [{-weight.dim()}, {weight.dim()}), got {dim!r}")
+    dim = int(dim) % weight.dim()
+    size = weight.shape[dim]
+    k = _n_to_prune(amount, size)
+    others = [d for d in range(weight.dim()) if d != dim]
+    norms = torch.linalg.vector_norm(weight.detach(), ord=float(n), dim=others)     # (S,)
+    kept = torch.topk(norms, size - k, largest=True).indices
+    mask = torch.zeros_like(weight, memory_format=torch.contiguous_format)
+    return mask.index_fill_(dim, kept, 1.0)
+
+
+def n_m_mask(weight: Tensor, n: int = 2, m: int = 4) -> Tensor:
+    """N:M semi-structured sparsity: in every group of ``m`` consecutive entries along the last
+    dimension, keep the ``n`` entries with the largest ``|w|``.
+
+    .. math::  W \\to (\\dots, G, m), \\qquad m_{g,i} = 1 \\iff
+               i \\in \\operatorname{argmax}_n |w_{g,\\cdot}|
+
+    Raises
+    ------
+    TypeError
+        ``weight`` not a floating tensor; ``n`` or ``m`` not an int.
+    ValueError
+        ``weight`` a scalar; ``m < 1``; ``n`` outside ``[0, m]``; last dimension not divisible by ``m``.
+
+    Rules
+    -----
+    Kept entries are ``torch.topk(|w| viewed as (..., G, m), n, dim=-1, largest=True).indices``
+    (ties as torch.topk picks them).
+
+    References
+    ----------
+    Mishra et al. (2021). Accelerating Sparse Deep Neural Networks. arXiv:2104.08378.
+
+    Examples
+    --------
+    >>> n_m_mask(torch.tensor([[0.1, -3.0, 2.0, 0.5]]))
+    tensor([[0., 1., 1., 0.]])
+
+    Taught in: 01_pruning, section 6.
+    """
+    _check_weight(weight, min_dim=1)
+    m = check_int("m", m, 1)
+    n = check_int("n", n, 0)
+    if n > m:
+        raise ValueError(f"n must be an int in [0, m={m}], got {n!r}")
+    if weight.shape[-1] % m:
+        raise ValueError(f"weight's last dimension must be divisible by m={m}, got shape {tuple(weight.shape)}")
+    groups = weight.detach().abs().reshape(*weight.shape[:-1], -1, m)     # (..., G, m)
+    kept = torch.topk(groups, n, dim=-1, largest=True).indices          # (..., G, n)
+    mask = torch.zeros_like(groups).scatter_(-1, kept, 1.0)
+    return mask.reshape(weight.shape).to(weight.dtype)
+
+
+def polynomial_sparsity(step: int, total_steps: int, final_sparsity: float,
+                        initial_sparsity: float = 0.0, power: float = 3) -> float:
+    """Gradual pruning schedule of Zhu & Gupta (2017).
+
+    .. math::  s_t = s_f + (s_i - s_f)\\,\\Big(1 - \\frac{t}{T}\\Big)^{p},
+               \\qquad t \\text{ clamped to } [0, T]
+
+    Pruning fast while many weights are redundant and slowly as the target nears.
+
+    Parameters
+    ----------
+    step : int (any; clamped to [0, total_steps])
+    total_steps : int >= 1
+    final_sparsity, initial_sparsity : float in [0, 1]
+    power : positive real, default=3
+
+    Returns
+    -------
+    float
+
+    References
+    ----------
+    Zhu & Gupta (2017). To prune, or not to prune: exploring the efficacy of pruning for model
+    compression. arXiv:1710.01878.
+
+    Examples
+    --------
+    >>> polynomial_sparsity(5, 10, 0.9)
+    0.7875
+
+    Taught in: 01_pruning, section 4.
+    """
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"step must be an int, got {step!r}")
+    total_steps = check_int("total_steps", total_steps, 1)
+    s_f = check_float("final_sparsity", final_sparsity, 0.0, 1.0)
+    s_i = check_float("initial_sparsity", initial_sparsity, 0.0, 1.0)
+    power = check_float("power", power, 0.0, math.inf, low_inclusive=False)
+    t = min(max(int(step), 0), total_steps)
+    return s_f + (s_i - s_f) * (1.0 - t / total_steps) ** power
+
+
+def _check_keep(keep: object, size: int) -> Tensor:
+    check_tensor("keep", keep)
+    if keep.is_floating_point() or keep.is_complex() or keep.dtype == torch.bool:
+        raise TypeError(f"keep must be an integer tensor of channel indices, got dtype {keep.dtype}")
+    if keep.dim() != 1 or keep.numel() == 0:
+        raise ValueError(f"keep must be a non-empty 1-D tensor, got shape {tuple(keep.shape)}")
+    if keep.min() < 0 or keep.max() >= size or keep.unique().numel() != keep.numel():
+        raise ValueError(f"keep must hold distinct channel indices in [0, {size}), got {keep.tolist()}")
+    return keep.long()
+
+
+def _conv_like(conv: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                     dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                     device=conv.weight.device, dtype=conv.weight.dtype)
+
+
+def shrink_conv_pair(conv: nn.Conv2d, next_conv: nn.Conv2d, keep: Tensor) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """Physically remove the output channels of ``conv`` not in ``keep`` and the matching input
+    channels of ``next_conv``.
+
+    .. math::  W'_1 = W_1[\\text{keep}], \\quad b'_1 = b_1[\\text{keep}], \\quad
+               W'_2 = W_2[:, \\text{keep}], \\quad b'_2 = b_2
+
+    Because ReLU(0) = 0, a channel whose filter and bias are zero contributes nothing to
+    ``next_conv``, so for every input ``next'(relu(conv'(x)))`` equals the old pair's output with
+    the other channels zeroed. The FLOPs of both layers fall by ``len(keep) / C``.
+
+    Parameters
+    ----------
+    conv, next_conv : nn.Conv2d with ``groups=1``; ``next_conv.in_channels == conv.out_channels``
+    keep : 1-D integer tensor of distinct indices in [0, conv.out_channels)
+        The new channels come in this order.
+
+    Returns
+    -------
+    (nn.Conv2d, nn.Conv2d)
+        New layers (copies; the inputs are untouched) with the same kernel size, stride,
+        padding, dilation, padding mode, bias presence, dtype and device.
+
+    Raises
+    ------
+    TypeError
+        A layer not an ``nn.Conv2d``; ``keep`` not an integer tensor.
+    ValueError
+        Grouped convolutions, mismatched channels, or ``keep`` empty, 2-D, out of range or repeated.
+
+    Taught in: 01_pruning, section 7.
+    """
+    for name, layer in (("conv", conv), ("next_conv", next_conv)):
+        if not isinstance(layer, nn.Conv2d):
+            raise TypeError(f"{name} must be a torch.nn.Conv2d, got {type(layer).__name__}")
+        if layer.groups != 1:
+            raise ValueError(f"{name} must have groups=1, got groups={layer.groups}")
+    if next_conv.in_channels != conv.out_channels:
+        raise ValueError(f"next_conv.in_channels must equal conv.out_channels={conv.out_channels}, "
+                         f"got {next_conv.in_channels}")
+    keep = _check_keep(keep, conv.out_channels)
+    new = _conv_like(conv, conv.in_channels, len(keep))
+    new_next = _conv_like(next_conv, len(keep), next_conv.out_channels)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight[keep])                      # (K, C_in, k, k)
+        new_next.weight.copy_(next_conv.weight[:, keep])         # (C_out2, K, k, k)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias[keep])
+        if next_conv.bias is not None:
+            new_next.bias.copy_(next_conv.bias)
+    return new, new_next
+
+
+# =========================================================================== masks on models
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The ``nn.Linear`` and ``nn.Conv2d`` layers of ``model`` by name (their ``weight`` is pruned)."""
+    check_module("model", model)
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+def model_masks(model: nn.Module, amount: float, *, scope: str = "layer", kind: str = "magnitude",
+                layers: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """Masks for the weights of ``model``'s prunable layers (or only ``layers``).
+
+    ``scope="layer"``: each layer loses ``amount`` of its own weights; ``"global"``: one threshold
+    over all of them (:func:`global_magnitude_masks`). ``kind="structured"`` prunes output
+    channels/neurons by L1 norm (layer-wise only); ``kind="2:4"`` applies :func:`n_m_mask`.
+    """
+    chosen = {k: v for k, v in prunable_layers(model).items() if layers is None or k in layers}
+    if scope == "global" and kind == "magnitude":
+        masks = global_magnitude_masks([m.weight for m in chosen.values()], amount)
+        return dict(zip(chosen, masks))
+    if scope != "layer":
+        raise ValueError(f"scope must be 'layer' or 'global' (magnitude only), got {scope!r}")
+    make = {"magnitude": lambda w: magnitude_mask(w, amount), "structured": lambda w: structured_mask(w, amount),
+            "2:4": lambda w: n_m_mask(w, 2, 4)}
+    if kind not in make:
+        raise ValueError(f"kind must be one of {sorted(make)}, got {kind!r}")
+    return {name: make[kind](m.weight) for name, m in chosen.items()}
+
+
+def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
+    """A copy of ``model`` whose masked weights are multiplied by their mask (no hooks left)."""
+    pruned = copy.deepcopy(model)
+    layers = dict(pruned.named_modules())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            layers[name].weight.mul_(mask)
+    return pruned
+
+
+def sparsity(model_or_masks: nn.Module | dict[str, Tensor]) -> float:
+    """Fraction of zeros among the prunable weights of a model, or among the entries of masks."""
+    if isinstance(model_or_masks, nn.Module):
+        tensors = [m.weight for m in prunable_layers(model_or_masks).values()]
+    else:
+        tensors = list(model_or_masks.values())
+    total = sum(t.numel() for t in tensors)
+    return float(sum((t == 0).sum().item() for t in tensors) / total)
+
+
+def fine_tune(model: nn.Module, masks: dict[str, Tensor], X: Tensor, y: Tensor, *, epochs: int,
+              lr: float = 1e-3, seed: int = 0) -> nn.Module:
+    """Train a copy of ``model`` with ``masks`` held fixed; return it with the zeros made permanent.
+
+    The masks are attached with ``prune.custom_from_mask`` (weight = weight_orig * mask, so
+    pruned weights get zero gradient and stay zero), trained with :func:`course_lib.models.train`,
+    then made permanent with ``prune.remove``. Empty ``masks``: plain training of a copy.
+
+    Training runs on one CPU thread: on models this small a second thread only adds
+    synchronisation (and stalls when other processes share the cores), and one thread makes the
+    result independent of the machine's core count.
+    """
+    tuned = copy.deepcopy(model)
+    layers = dict(tuned.named_modules())
+    for name, mask in masks.items():
+        prune.custom_from_mask(layers[name], "weight", mask)
+    if epochs > 0:
+        with timing.num_threads(1):
+            models.train(tuned, X, y, epochs=epochs, lr=lr, seed=seed, progress=False)
+    for name in masks:
+        prune.remove(layers[name], "weight")
+    return tuned.eval()
+
+
+def prune_one_shot(model: nn.Module, final_sparsity: float, split, *, epochs: int, scope: str = "layer",
+                   lr: float = 1e-3, seed: int = 0) -> nn.Module:
+    """Prune to ``final_sparsity`` at once, then fine-tune ``epochs`` epochs under the mask."""
+    masks = model_masks(model, final_sparsity, scope=scope)
+    return fine_tune(model, masks, split.X_train, split.y_train, epochs=epochs, lr=lr, seed=seed)
+
+
+def prune_iterative(model: nn.Module, final_sparsity: float, split, *, n_steps: int, epochs_per_step: int,
+                    power: float = 3, scope: str = "layer", lr: float = 1e-3, seed: int = 0
+                    ) -> tuple[nn.Module, list[dict]]:
+    """Prune in ``n_steps`` steps on :func:`polynomial_sparsity`, fine-tuning after each.
+
+    Returns the final model and one row per step: ``step, sparsity, val_accuracy``.
+    """
+    current, trace = model, []
+    for step in range(1, n_steps + 1):
+        target = polynomial_sparsity(step, n_steps, final_sparsity, power=power)
+        masks = model_masks(current, target, scope=scope)
+        current = fine_tune(current, masks, split.X_train, split.y_train, epochs=epochs_per_step, lr=lr,
+                            seed=seed + step)
+        trace.append({"step": step, "sparsity": sparsity(current),
+                      "val_accuracy": models.evaluate(current, split.X_val, split.y_val)})
+    return current, trace
+
+
+def sensitivity_scan(model: nn.Module, amounts: Sequence[float], X: Tensor, y: Tensor, *,
+                     kind: str = "magnitude", layers: Sequence[str] | None = None) -> list[dict]:
+    """Accuracy on ``(X, y)`` when one layer at a time is pruned by each amount (no fine-tuning).
+
+    Returns rows ``layer, amount, accuracy``; run it on the validation split.
+    """
+    rows = []
+    with timing.num_threads(1):
+        for name in (layers if layers is not None else prunable_layers(model)):
+            for amount in amounts:
+                pruned = apply_masks(model, model_masks(model, amount, kind=kind, layers=[name]))
+                rows.append({"layer": name, "amount": float(amount), "accuracy": models.evaluate(pruned, X, y)})
+    return rows
+
+
+def accuracies(model: nn.Module, split) -> dict[str, float]:
+    """Accuracy on the train, validation and test parts of a :class:`course_lib.data.Split`."""
+    return {part: models.evaluate(model, getattr(split, f"X_{part}"), getattr(split, f"y_{part}"))
+            for part in ("train", "val", "test")}
+
+
+def l1_penalty(model: nn.Module) -> Tensor:
+    """:math:`\\sum_i |w_i|` over the weights of the prunable layers (biases excluded)."""
+    return sum(m.weight.abs().sum() for m in prunable_layers(model).values())
+
+
+def train_l1(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, epochs: int, lr: float = 1e-3,
+             seed: int = 0) -> nn.Module:
+    """Train a copy of ``model`` on 000's objective :math:`L + \\lambda \\sum_i |w_i|` (Adam, one thread)."""
+    trained = copy.deepcopy(model)
+    loss_fn = lambda out, target: nn.functional.cross_entropy(out, target) + lam * l1_penalty(trained)  # noqa: E731
+    with timing.num_threads(1):
+        models.train(trained, X, y, epochs=epochs, lr=lr, seed=seed, progress=False, loss_fn=loss_fn)
+    return trained
+
+
+# =========================================================================== what gets faster
+def compare_latency(fns: dict[str, Callable[[], object]], *, repeats: int = 3, rounds: int = 10,
+                    warmup: int = 3, threads: int = 1) -> dict[str, timing.Timing]:
+    """Time several functions in interleaved rounds on ``threads`` CPU threads; pool each one's samples.
+
+    Each function is warmed up, then every round times ``repeats`` calls of each function in turn
+    (A A A, B B B, A A A, ...), so a burst of background load on a shared machine hits all of them
+    alike. One thread by default: with two, a kernel waits for its slower thread, and on a
+    machine shared with other jobs that thread is often descheduled (one measured 3x3 conv pair
+    went from 2.7 ms to 72 ms). Each result is a :class:`course_lib.timing.Timing` over
+    ``repeats * rounds`` samples.
+    """
+    return timing.compare(fns, repeats=repeats, rounds=rounds, warmup=warmup, threads=threads)
+
+
+def speed_table(candidates: dict[str, nn.Module], x: Tensor, *, repeats: int = 3, rounds: int = 10,
+                threads: int = 1) -> list[dict]:
+    """Latency of each model on ``x`` (interleaved, CPU) next to its FLOPs; ratios are against the first."""
+    runs = compare_latency({name: (lambda m=m: m(x)) for name, m in candidates.items()}, repeats=repeats,
+                           rounds=rounds, threads=threads)
+    flops = {name: timing.count_flops(m, x) for name, m in candidates.items()}
+    first = next(iter(candidates))
+    return [{"model": name, "FLOPs": flops[name], "FLOP ratio": flops[first] / flops[name],
+             "median (ms)": runs[name].median, "IQR (ms)": runs[name].iqr,
+             "measured speedup": runs[first].median / runs[name].median, "threads": runs[name].threads}
+            for name in candidates]
+
+
+def _csr(t: Tensor) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return t.to_sparse_csr()
+
+
+def sparse_matmul_rows(out_features: int, in_features: int, batch: int, sparsities: Sequence[float], *,
+                       repeats: int = 3, rounds: int = 10, threads: int = 1, seed: int = 0) -> list[dict]:
+    """Latency of ``W @ x`` for a dense W, the same W masked (dense with zeros) and W in CSR.
+
+    ``W`` is ``(out_features, in_features)`` magnitude-pruned to each sparsity, ``x`` is
+    ``(in_features, batch)``. Speedups are dense time / other time (> 1: faster than dense).
+    """
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(out_features, in_features, generator=g)        # (out, in)
+    x = torch.randn(in_features, batch, generator=g)                # (in, B)
+    rows = []
+    for s in sparsities:
+        W_masked = W * magnitude_mask(W, float(s))
+        W_csr = _csr(W_masked)
+        t = compare_latency({"dense": lambda: W @ x, "masked": lambda: W_masked @ x,
+                             "csr": lambda: torch.sparse.mm(W_csr, x)}, repeats=repeats, rounds=rounds,
+                            threads=threads)
+        rows.append({"shape": f"{out_features}x{in_features} @ {in_features}x{batch}", "sparsity": float(s),
+                     "dense (ms)": t["dense"].median, "masked (ms)": t["masked"].median,
+                     "CSR (ms)": t["csr"].median, "masked speedup": t["dense"].median / t["masked"].median,
+                     "CSR speedup": t["dense"].median / t["csr"].median, "threads": t["dense"].threads})
+    return rows
+
+
+def stored_bytes(obj: object) -> int:
+    """Bytes of the file ``torch.save(obj)`` writes (measured in memory)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer().nbytes
+
+
+def sparse_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """``model``'s state_dict with every weight of 2+ dims stored as CSR (conv weights as (C_out, -1))."""
+    return {k: (_csr(v.reshape(v.shape[0], -1)) if v.dim() >= 2 else v)
+            for k, v in model.state_dict().items()}
+
+
+def semi_structured_rows(sizes: Sequence[tuple[int, int, int]], *, repeats: int = 20) -> list[dict]:
+    """On a CUDA GPU: latency of ``F.linear`` with a dense fp16 weight and with the same 2:4 weight
+    stored by ``torch.sparse.to_sparse_semi_structured``. Each size is ``(out, in, batch)``.
+
+    Raises RuntimeError without CUDA (the kernels exist only for NVIDIA GPUs of compute
+    capability 8.0+). A size the kernels reject gives a row with an ``"error"``.
+    """
+    if not torch.cuda.is_available():
+        raise RuntimeError("semi-structured (2:4) kernels need a CUDA GPU; none is available")
+    from torch.sparse import to_sparse_semi_structured
+
+    rows = []
+    for out_f, in_f, batch in sizes:
+        W = torch.randn(out_f, in_f, device="cuda", dtype=torch.float16)
+        W = W * n_m_mask(W, 2, 4)
+        x = torch.randn(batch, in_f, device="cuda", dtype=torch.float16)
+        row = {"shape": f"({batch}x{in_f}) @ ({in_f}x{out_f})"}
+        try:
+            W_24 = to_sparse_semi_structured(W)
+            dense = timing.benchmark(lambda: nn.functional.linear(x, W), repeats=repeats, device="cuda")
+            sparse = timing.benchmark(lambda: nn.functional.linear(x, W_24), repeats=repeats, device="cuda")
+            row.update({"dense fp16 (ms)": dense.median, "2:4 (ms)": sparse.median,
+                        "2:4 speedup": dense.median / sparse.median, "device": dense.device})
+        except (RuntimeError, ValueError, NotImplementedError) as exc:
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+        rows.append(row)
+    return rows
+
+
+# =========================================================================== plots
+def plot_masks(masks: dict[str, Tensor], title: str = ""):
+    """Masks side by side, each as a ``(rows, rest)`` image (black = pruned). Returns ``(fig, axes)``."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(masks), figsize=(3.2 * len(masks), 3.2), squeeze=False)
+    for ax, (name, mask) in zip(axes[0], masks.items()):
+        image = mask.detach().reshape(mask.shape[0], -1).cpu().numpy()    # (rows, rest)
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax.set(title=f"{name}\n{100 * (1 - image.mean()):.0f} % pruned", xlabel="input x kernel position",
+               ylabel="output channel")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig, axes[0]
+
+
+def plot_sensitivity(rows: Sequence[dict], title: str = "sensitivity scan"):
+    """Accuracy (%) against the sparsity (%) of one layer at a time; one line per layer."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for layer in dict.fromkeys(r["layer"] for r in rows):
+        mine = [r for r in rows if r["layer"] == layer]
+        ax.plot([100 * r["amount"] for r in mine], [100 * r["accuracy"] for r in mine], marker="o", label=layer)
+    ax.set(xlabel="sparsity of this layer only (%)", ylabel="validation accuracy (%)", title=title)
+    ax.legend(title="layer pruned", fontsize=8)
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_schedule(total_steps: int, final_sparsity: float, powers: Sequence[float] = (1, 3)):
+    """The polynomial schedule :func:`polynomial_sparsity` for each power."""
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(total_steps + 1)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for p in powers:
+        ax.plot(steps, [100 * polynomial_sparsity(int(t), total_steps, final_sparsity, power=p) for t in steps],
+                marker=".", label=f"power {p}")
+    ax.set(xlabel="pruning step t", ylabel="sparsity s_t (%)", title="gradual pruning schedule")
+    ax.legend()
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_weight_histograms(weights: dict[str, Tensor], bins: int = 80, title: str = "weight histogram"):
+    """Histograms of several weight sets on one axis (log counts)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, w in weights.items():
+        ax.hist(w.detach().flatten().cpu().numpy(), bins=bins, alpha=0.55, label=name, log=True)
+    ax.set(xlabel="weight value", ylabel="count (log)", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, ax

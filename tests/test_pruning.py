@@ -1,0 +1,371 @@
+"""The chapter 01 references against torch.nn.utils.prune, torch.ao.pruning, closed forms and hand-worked cases."""
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from course_lib import models, pruning, timing
+from course_lib.pruning import (global_magnitude_masks, magnitude_mask, n_m_mask, polynomial_sparsity,
+                                shrink_conv_pair, structured_mask)
+
+
+def _weights(seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(6, 5, generator=g), torch.randn(4, 3, 3, 3, generator=g),
+            torch.randint(-3, 4, (5, 8), generator=g).float() / 2,          # many ties
+            torch.randint(-2, 3, (3, 4, 2), generator=g).float()]
+
+
+def _torch_mask(weight, method, **kwargs):
+    layer = nn.Linear(1, 1)
+    layer.weight = nn.Parameter(weight.clone())
+    method(layer, "weight", **kwargs)
+    return layer.weight_mask
+
+
+# ----------------------------------------------------------------------------- magnitude_mask
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("amount", [0, 0.0, 0.2, 0.5, 0.77, 1.0, 1, 7])
+def test_magnitude_mask_matches_torch_prune(seed, amount):
+    for w in _weights(seed):
+        torch.testing.assert_close(magnitude_mask(w, amount), _torch_mask(w, prune.l1_unstructured, amount=amount),
+                                   rtol=0, atol=0)
+
+
+def test_magnitude_mask_rounds_like_python():
+    w = torch.tensor([0.4, -0.1, 0.3, -0.5, 0.2])
+    assert int((magnitude_mask(w, 0.5) == 0).sum()) == 2       # round(2.5) = 2
+    assert int((magnitude_mask(w, 0.3) == 0).sum()) == 2       # round(1.5) = 2
+    assert int((magnitude_mask(w, 0.7) == 0).sum()) == 4       # round(3.5) = 4
+
+
+def test_magnitude_mask_int_one_is_one_entry_float_one_is_all():
+    w = torch.tensor([0.4, -0.1, 0.3])
+    assert magnitude_mask(w, 1).tolist() == [1.0, 0.0, 1.0]
+    assert magnitude_mask(w, 1.0).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_magnitude_mask_prunes_by_absolute_value_by_hand():
+    w = torch.tensor([[0.3, -0.9, 0.1], [-0.2, 0.8, -0.05]])
+    assert magnitude_mask(w, 0.5).tolist() == [[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]]
+
+
+def test_magnitude_mask_keeps_dtype_and_leaves_parameter_untouched():
+    p = nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
+    before = p.detach().clone()
+    mask = magnitude_mask(p, 0.5)
+    assert mask.dtype == torch.float64 and not mask.requires_grad and mask.shape == p.shape
+    assert torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("amount,error,match", [
+    (6, ValueError, "amount must be a float in \\[0, 1\\] or an int in \\[0, 5\\], got 6"),
+    (-1, ValueError, "got -1"), (1.5, ValueError, "got 1.5"), (float("nan"), ValueError, "got nan"),
+    (True, TypeError, "got True"), ("0.5", TypeError, "got '0.5'")])
+def test_magnitude_mask_rejects_bad_amount(amount, error, match):
+    with pytest.raises(error, match=match):
+        magnitude_mask(torch.ones(5), amount)
+
+
+def test_magnitude_mask_rejects_non_tensor_and_integer_weight():
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor, got list"):
+        magnitude_mask([1.0, 2.0], 0.5)
+    with pytest.raises(TypeError, match="weight must be a floating-point tensor"):
+        magnitude_mask(torch.arange(4), 0.5)
+
+
+# ----------------------------------------------------------------------------- global_magnitude_masks
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("amount", [0.0, 0.3, 0.5, 0.9, 1.0, 17])
+def test_global_magnitude_masks_match_torch_global_unstructured(seed, amount):
+    weights = _weights(seed)
+    layers = []
+    for w in weights:
+        layer = nn.Linear(1, 1)
+        layer.weight = nn.Parameter(w.clone())
+        layers.append(layer)
+    prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=amount)
+    for layer, mask in zip(layers, global_magnitude_masks(weights, amount)):
+        torch.testing.assert_close(mask, layer.weight_mask, rtol=0, atol=0)
+
+
+def test_global_magnitude_masks_prune_the_small_layer_first():
+    big, small = torch.tensor([3.0, -2.0, 4.0]), torch.tensor([0.01, -0.02])
+    masks = global_magnitude_masks([big, small], 2)
+    assert masks[0].tolist() == [1.0, 1.0, 1.0] and masks[1].tolist() == [0.0, 0.0]
+
+
+def test_global_magnitude_masks_reject_bad_lists():
+    with pytest.raises(TypeError, match="weights must be a list of tensors, got Tensor"):
+        global_magnitude_masks(torch.ones(3), 0.5)
+    with pytest.raises(ValueError, match="weights must be a non-empty list"):
+        global_magnitude_masks([], 0.5)
+    with pytest.raises(ValueError, match="got 4"):
+        global_magnitude_masks([torch.ones(2), torch.ones(1)], 4)
+
+
+# ----------------------------------------------------------------------------- structured_mask
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("n", [1, 2, math.inf])
+@pytest.mark.parametrize("amount", [0.0, 0.25, 0.5, 1.0, 1])
+def test_structured_mask_matches_torch_ln_structured(seed, n, amount):
+    for w in _weights(seed):
+        for dim in range(-w.dim(), w.dim()):
+            expected = _torch_mask(w, prune.ln_structured, amount=amount, n=n, dim=dim)
+            torch.testing.assert_close(structured_mask(w, amount, n=n, dim=dim), expected, rtol=0, atol=0)
+
+
+def test_structured_mask_uses_the_norm_order_by_hand():
+    rows = torch.tensor([[3.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 0.0, 0.0]])
+    assert structured_mask(rows, 1, n=1)[:, 0].tolist() == [0.0, 1.0, 1.0]     # L1: 3 < 4 = 4
+    assert structured_mask(rows, 1, n=2)[:, 0].tolist() == [1.0, 0.0, 1.0]     # L2: 2 < 2.83 < 3
+
+
+def test_structured_mask_zeroes_whole_filters_of_a_conv():
+    w = torch.randn(8, 3, 3, 3)
+    mask = structured_mask(w, 0.5)
+    per_filter = mask.flatten(1)
+    assert ((per_filter == 0).all(1) | (per_filter == 1).all(1)).all()
+    assert int((per_filter == 0).all(1).sum()) == 4
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"weight": torch.ones(3), "amount": 1}, ValueError, "at least 2 dimensions"),
+    ({"weight": torch.ones(3, 4), "amount": 1, "dim": 2}, ValueError, "dim must be an int in \\[-2, 2\\), got 2"),
+    ({"weight": torch.ones(3, 4), "amount": 1, "n": 0}, ValueError, "n must be a positive real"),
+    ({"weight": torch.ones(3, 4), "amount": 1, "n": True}, TypeError, "n must be"),
+    ({"weight": torch.ones(3, 4), "amount": 4}, ValueError, "int in \\[0, 3\\], got 4")])
+def test_structured_mask_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        structured_mask(**kwargs)
+
+
+# ----------------------------------------------------------------------------- n_m_mask
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8)])
+def test_n_m_mask_matches_torch_ao_weight_norm_sparsifier(n, m):
+    from torch.ao.pruning import WeightNormSparsifier
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    sparsifier = WeightNormSparsifier(sparsity_level=1.0, sparse_block_shape=(1, m), zeros_per_block=m - n)
+    sparsifier.prepare(model, config=[{"tensor_fqn": "0.weight"}, {"tensor_fqn": "2.weight"}])
+    sparsifier.step()
+    for i in (0, 2):
+        original = model[i].parametrizations.weight.original.detach()
+        expected = model[i].parametrizations.weight[0].mask.float()
+        torch.testing.assert_close(n_m_mask(original, n, m), expected, rtol=0, atol=0)
+
+
+def test_n_m_mask_keeps_n_largest_in_every_group():
+    w = torch.randn(6, 3, 16)
+    mask = n_m_mask(w, 2, 4)
+    groups, scores = mask.reshape(-1, 4), w.abs().reshape(-1, 4)
+    assert (groups.sum(1) == 2).all()
+    assert ((scores * groups).max(1).values >= (scores * (1 - groups)).max(1).values).all()
+    assert (scores[groups == 1].reshape(-1, 2).min(1).values >= scores[groups == 0].reshape(-1, 2).max(1).values).all()
+
+
+def test_n_m_mask_by_hand():
+    assert n_m_mask(torch.tensor([[0.1, -3.0, 2.0, 0.5, -0.2, 0.3, 0.05, -1.0]])).tolist() == \
+        [[0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0]]
+
+
+@pytest.mark.parametrize("shape,n,m,error,match", [
+    ((3, 6), 2, 4, ValueError, "divisible by m=4, got shape \\(3, 6\\)"),
+    ((3, 8), 5, 4, ValueError, "n must be an int in \\[0, m=4\\], got 5"),
+    ((3, 8), 2, 0, ValueError, "m must be an int >= 1, got 0"),
+    ((3, 8), 2.0, 4, TypeError, "n must be an int >= 0, got 2.0"),
+    ((), 1, 1, ValueError, "at least 1 dimensions")])
+def test_n_m_mask_rejects_bad_arguments(shape, n, m, error, match):
+    with pytest.raises(error, match=match):
+        n_m_mask(torch.ones(shape), n, m)
+
+
+# ----------------------------------------------------------------------------- polynomial_sparsity
+def test_polynomial_sparsity_closed_forms():
+    assert polynomial_sparsity(0, 10, 0.9) == 0.0
+    assert polynomial_sparsity(10, 10, 0.9) == pytest.approx(0.9, abs=1e-15)
+    assert polynomial_sparsity(5, 10, 0.9) == pytest.approx(0.9 - 0.9 * 0.5 ** 3, rel=1e-12)    # 0.7875
+    assert polynomial_sparsity(5, 10, 0.8, 0.2, power=1) == pytest.approx(0.5, rel=1e-12)      # linear midpoint
+    assert polynomial_sparsity(1, 4, 1.0, power=2) == pytest.approx(1 - 0.75 ** 2, rel=1e-12)
+
+
+def test_polynomial_sparsity_clamps_the_step():
+    assert polynomial_sparsity(-3, 10, 0.9, 0.1) == pytest.approx(0.1)
+    assert polynomial_sparsity(25, 10, 0.9, 0.1) == pytest.approx(0.9)
+
+
+def test_polynomial_sparsity_rises_fast_then_slowly():
+    values = [polynomial_sparsity(t, 10, 0.9) for t in range(11)]
+    steps = [b - a for a, b in zip(values, values[1:])]
+    assert all(s > 0 for s in steps) and all(a > b for a, b in zip(steps, steps[1:]))
+    assert type(values[3]) is float
+
+
+@pytest.mark.parametrize("args,error,match", [
+    ((1, 0, 0.9), ValueError, "total_steps must be an int >= 1, got 0"),
+    ((1, 10, 1.5), ValueError, "final_sparsity must be a float in \\[0.0, 1.0\\], got 1.5"),
+    ((2.5, 10, 0.9), TypeError, "step must be an int, got 2.5"),
+    ((True, 10, 0.9), TypeError, "step must be an int, got True")])
+def test_polynomial_sparsity_rejects_bad_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        polynomial_sparsity(*args)
+
+
+def test_polynomial_sparsity_rejects_non_positive_power():
+    with pytest.raises(ValueError, match="power must be a float in \\(0.0, inf\\], got 0"):
+        polynomial_sparsity(1, 10, 0.9, power=0)
+
+
+# ----------------------------------------------------------------------------- shrink_conv_pair
+@pytest.mark.parametrize("stride,padding,dilation,bias", [(1, 1, 1, True), (2, 0, 1, True), (1, 2, 2, False)])
+def test_shrink_conv_pair_equals_the_zeroed_pair(stride, padding, dilation, bias):
+    torch.manual_seed(stride + padding)
+    conv = nn.Conv2d(3, 6, 3, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    next_conv = nn.Conv2d(6, 4, 3, padding=1)
+    keep = torch.tensor([4, 0, 2])
+    zeroed = copy.deepcopy(conv)
+    with torch.no_grad():
+        dropped = [c for c in range(6) if c not in keep.tolist()]
+        zeroed.weight[dropped] = 0
+        if bias:
+            zeroed.bias[dropped] = 0
+    new, new_next = shrink_conv_pair(conv, next_conv, keep)
+    x = torch.randn(5, 3, 11, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(new_next(torch.relu(new(x))), next_conv(torch.relu(zeroed(x))),
+                                   rtol=1e-5, atol=1e-5)
+    assert (new.out_channels, new_next.in_channels, new.stride, new.dilation) == (3, 3, conv.stride, conv.dilation)
+
+
+def test_shrink_conv_pair_masking_weights_only_is_not_removing_the_channel():
+    """prune.ln_structured masks the filter but not its bias: ReLU(bias) still reaches next_conv."""
+    torch.manual_seed(0)
+    conv, next_conv = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 2, 3, padding=1)
+    with torch.no_grad():
+        conv.bias.fill_(0.5)
+    masked = copy.deepcopy(conv)
+    prune.ln_structured(masked, "weight", amount=2, n=1, dim=0)
+    keep = masked.weight.flatten(1).any(1).nonzero().flatten()
+    new, new_next = shrink_conv_pair(conv, next_conv, keep)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        gap = (new_next(torch.relu(new(x))) - next_conv(torch.relu(masked(x)))).abs().max()
+    assert gap > 0.1
+
+
+def test_shrink_conv_pair_halves_the_flops_and_leaves_inputs_alone():
+    conv, next_conv = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+    before = [p.detach().clone() for p in [*conv.parameters(), *next_conv.parameters()]]
+    new, new_next = shrink_conv_pair(conv, next_conv, torch.arange(8))
+    x = torch.randn(1, 8, 10, 10)
+    full = timing.count_flops(nn.Sequential(conv, nn.ReLU(), next_conv), x)
+    small = timing.count_flops(nn.Sequential(new, nn.ReLU(), new_next), x)
+    assert full == 2 * small
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, [*conv.parameters(), *next_conv.parameters()]))
+
+
+@pytest.mark.parametrize("keep,error,match", [
+    (torch.tensor([1, 1]), ValueError, "distinct channel indices in \\[0, 3\\)"),
+    (torch.tensor([3]), ValueError, "distinct channel indices"),
+    (torch.tensor([], dtype=torch.long), ValueError, "non-empty 1-D"),
+    (torch.tensor([[0, 1]]), ValueError, "non-empty 1-D"),
+    (torch.tensor([0.0, 1.0]), TypeError, "keep must be an integer tensor")])
+def test_shrink_conv_pair_rejects_bad_keep(keep, error, match):
+    with pytest.raises(error, match=match):
+        shrink_conv_pair(nn.Conv2d(1, 3, 3), nn.Conv2d(3, 2, 3), keep)
+
+
+def test_shrink_conv_pair_rejects_bad_layers():
+    with pytest.raises(TypeError, match="conv must be a torch.nn.Conv2d, got Linear"):
+        shrink_conv_pair(nn.Linear(2, 3), nn.Conv2d(3, 2, 3), torch.tensor([0]))
+    with pytest.raises(ValueError, match="next_conv.in_channels must equal conv.out_channels=3, got 4"):
+        shrink_conv_pair(nn.Conv2d(1, 3, 3), nn.Conv2d(4, 2, 3), torch.tensor([0]))
+    with pytest.raises(ValueError, match="groups=1, got groups=2"):
+        shrink_conv_pair(nn.Conv2d(2, 4, 3, groups=2), nn.Conv2d(4, 2, 3), torch.tensor([0]))
+
+
+# ----------------------------------------------------------------------------- helpers
+def _tiny_setup():
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
+    return models.SmallCNN(n_classes=3, channels=(4, 6)), X, y
+
+
+def test_model_masks_global_matches_torch_and_sparsity_counts_zeros():
+    model, _, _ = _tiny_setup()
+    masks = pruning.model_masks(model, 0.6, scope="global")
+    reference = copy.deepcopy(model)
+    layers = pruning.prunable_layers(reference)
+    prune.global_unstructured([(m, "weight") for m in layers.values()], pruning_method=prune.L1Unstructured,
+                              amount=0.6)
+    for name, m in layers.items():
+        assert torch.equal(masks[name], m.weight_mask)
+    assert pruning.sparsity(masks) == pytest.approx(0.6, abs=1 / 300)
+    assert pruning.sparsity(pruning.apply_masks(model, masks)) == pytest.approx(pruning.sparsity(masks))
+    assert pruning.sparsity(model) == 0.0                      # apply_masks left the model alone
+
+
+def test_fine_tune_keeps_pruned_weights_at_zero():
+    model, X, y = _tiny_setup()
+    masks = pruning.model_masks(model, 0.7)
+    tuned = pruning.fine_tune(model, masks, X, y, epochs=2, lr=1e-2)
+    for name, layer in pruning.prunable_layers(tuned).items():
+        assert (layer.weight[masks[name] == 0] == 0).all()
+        assert not hasattr(layer, "weight_orig")                # prune.remove made it permanent
+    assert pruning.sparsity(tuned) >= 0.7 - 1e-3
+
+
+def test_prune_iterative_follows_the_schedule():
+    from types import SimpleNamespace
+
+    model, X, y = _tiny_setup()
+    split = SimpleNamespace(X_train=X, y_train=y, X_val=X, y_val=y)
+    final, trace = pruning.prune_iterative(model, 0.8, split, n_steps=3, epochs_per_step=1)
+    targets = [polynomial_sparsity(t, 3, 0.8) for t in (1, 2, 3)]
+    assert [r["sparsity"] for r in trace] == pytest.approx(targets, abs=0.01)
+    assert pruning.sparsity(final) == pytest.approx(0.8, abs=0.01)
+
+
+def test_sensitivity_scan_rows_and_train_l1_shrinks_weights():
+    model, X, y = _tiny_setup()
+    rows = pruning.sensitivity_scan(model, [0.5, 1.0], X, y)
+    assert len(rows) == 3 * 2 and {r["layer"] for r in rows} == set(pruning.prunable_layers(model))
+    l1 = pruning.train_l1(model, X, y, lam=1e-2, epochs=3, lr=1e-2)
+    assert pruning.l1_penalty(l1) < pruning.l1_penalty(model)
+
+
+def test_sparse_state_dict_and_stored_bytes():
+    layer = nn.Linear(64, 32)
+    with torch.no_grad():
+        layer.weight.mul_(magnitude_mask(layer.weight, 0.95))
+    sparse = pruning.sparse_state_dict(layer)
+    assert sparse["weight"].layout == torch.sparse_csr
+    torch.testing.assert_close(sparse["weight"].to_dense(), layer.weight.detach())
+    assert pruning.stored_bytes(sparse) < pruning.stored_bytes(layer.state_dict())
+
+
+def test_compare_latency_pools_interleaved_rounds():
+    out = pruning.compare_latency({"a": lambda: torch.ones(10).sum(), "b": lambda: None}, repeats=3, rounds=2)
+    assert out["a"].n == 6 and out["b"].device == "cpu" and out["a"].median > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_semi_structured_rows_needs_cuda():
+    with pytest.raises(RuntimeError, match="need a CUDA GPU"):
+        pruning.semi_structured_rows([(64, 64, 64)])
+
+
+def test_plots_return_fig_and_axes():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = torch.randn(4, 2, 3, 3)
+    for fig, _ in [pruning.plot_masks({"a": magnitude_mask(w, 0.5), "b": structured_mask(w, 0.5)}),
+                   pruning.plot_sensitivity([{"layer": "x", "amount": 0.5, "accuracy": 0.9}]),
+                   pruning.plot_schedule(10, 0.9), pruning.plot_weight_histograms({"w": w})]:
+        plt.close(fig)
