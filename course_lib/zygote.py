@@ -98,32 +98,45 @@ def _closed_ancestor(path: str) -> str | None:
     return None
 
 
+def _outermost(paths: list[str]) -> list[str]:
+    return [p for p in paths if not any(p != o and p.startswith(o + "/") for o in paths)]
+
+
+def _overlay(target: str, options: str, keep: list[str]) -> None:
+    """Mount an empty tmpfs on ``target``, then bind the ``keep`` subtrees back in place.
+
+    The subtrees are held open (``O_PATH``) before the tmpfs covers them and bound back from
+    ``/proc/self/fd``, so nothing needs a staging directory.
+    """
+    fds = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in _outermost(keep)]
+    _mount("tmpfs", target, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
+    for path, fd in fds:
+        os.makedirs(path, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
+        os.close(fd)
+
+
 def _isolate(hide: list[str], file_size_mb: int) -> None:
-    """Private mount and network namespaces: fresh temp dirs, hidden submissions, reachable Python."""
+    """Private mount and network namespaces: fresh temp dirs, hidden submissions, reachable Python.
+
+    Directories others may not traverse (``/root``, mode 700) are replaced by an empty tmpfs that
+    exposes only what Python needs; ``/tmp``, ``/var/tmp`` and ``/dev/shm`` become fresh tmpfs,
+    keeping the course and the venv when they live there (a clone in ``/tmp``).
+    """
     _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET), "unshare")
     _mount("none", "/", None, _MS_REC | _MS_PRIVATE)
-    # expose only the needed subtrees of closed directories such as /root (mode 700)
+    needed = _needed_dirs()
     closed: dict[str, list[str]] = {}
-    for needed in _needed_dirs():
-        ancestor = _closed_ancestor(needed)
+    for path in needed:
+        ancestor = _closed_ancestor(path)
         if ancestor:
-            closed.setdefault(ancestor, []).append(needed)
-    staging = "/dev/shm"
-    for n, (ancestor, subtrees) in enumerate(closed.items()):
-        subtrees = [s for s in subtrees if not any(s != o and s.startswith(o + "/") for o in subtrees)]
-        stages = []
-        for k, subtree in enumerate(subtrees):
-            stage = f"{staging}/.expose-{os.getpid()}-{n}-{k}"
-            os.makedirs(stage, exist_ok=True)
-            _mount(subtree, stage, None, _MS_BIND | _MS_REC)
-            stages.append((stage, subtree))
-        _mount("tmpfs", ancestor, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=755,size=1m")
-        for stage, subtree in stages:
-            os.makedirs(subtree, exist_ok=True)
-            _mount(stage, subtree, None, _MS_BIND | _MS_REC)
+            closed.setdefault(ancestor, []).append(path)
+    for ancestor, keep in closed.items():
+        _overlay(ancestor, "mode=755,size=1m", keep)
     for tmp in ("/tmp", "/var/tmp", "/dev/shm"):
-        if os.path.isdir(tmp):
-            _mount("tmpfs", tmp, "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=1777,size={4 * file_size_mb}m")
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            _overlay(tmp, f"mode=1777,size={4 * file_size_mb}m",
+                     [p for p in needed if p.startswith(os.path.realpath(tmp) + "/")])
     for path in hide:
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_RDONLY, "mode=755,size=4k")
