@@ -101,8 +101,9 @@ def _ranking_reason(expected: torch.Tensor, got: torch.Tensor, scores: torch.Ten
     return None
 
 
-def _scored(fn, args, kwargs, scores_of) -> dict | str:
-    """Call ``fn``; return ``{"mask": result, "scores": scores_of(args, kwargs)}`` (or why not)."""
+def _scored(fn, args, kwargs, scores_of, keep: tuple[str, ...] = ()) -> dict | str:
+    """Call ``fn``; return ``{"mask": result, "scores": scores_of(args, kwargs)}`` plus the keyword
+    arguments named in ``keep`` (or why not)."""
     before = [a.detach().clone() if isinstance(a, torch.Tensor) else None for a in args]
     result = fn(*args, **kwargs)
     if any(b is not None and not torch.equal(b, a.detach()) for a, b in zip(args, before)):
@@ -111,16 +112,23 @@ def _scored(fn, args, kwargs, scores_of) -> dict | str:
         scores = scores_of(*[b if b is not None else a for a, b in zip(args, before)], **kwargs)
     except Exception:  # noqa: BLE001 - invalid arguments: the reference raised, judge reports that
         scores = None
-    return {"mask": result, "scores": scores}
+    return {"mask": result, "scores": scores, **{key: kwargs[key] for key in keep}}
+
+
+def _settled(expected: dict, got) -> tuple[bool, str | None]:
+    """(True, verdict) when the verdict needs no ranking check: a harness message, a malformed mask,
+    or the reference's own mask; else (False, None)."""
+    if isinstance(got, str):
+        return True, got
+    reason = _mask_reason(expected["mask"], got["mask"])
+    return (True, reason) if reason or torch.equal(got["mask"], expected["mask"]) else (False, None)
 
 
 def _mask_compare(expected: dict, got) -> str | None:
-    if isinstance(got, str):
-        return got
-    exp, mask = expected["mask"], got["mask"]
-    reason = _mask_reason(exp, mask)
-    if reason or torch.equal(mask, exp):
+    done, reason = _settled(expected, got)
+    if done:
         return reason
+    exp, mask = expected["mask"], got["mask"]
     return _ranking_reason(exp.flatten(), mask.flatten(), expected["scores"].flatten().double(), "entry")
 
 
@@ -293,19 +301,14 @@ def _structured_describe(case: dict) -> str:
 
 
 def _structured_harness(fn, args, kwargs):
-    out = _scored(fn, args, kwargs, _slice_norms)
-    if isinstance(out, dict):
-        out["dim"] = kwargs["dim"]
-    return out
+    return _scored(fn, args, kwargs, _slice_norms, keep=("dim",))
 
 
 def _structured_compare(expected: dict, got) -> str | None:
-    if isinstance(got, str):
-        return got
-    exp, mask = expected["mask"], got["mask"]
-    reason = _mask_reason(exp, mask)
-    if reason or torch.equal(mask, exp):
+    done, reason = _settled(expected, got)
+    if done:
         return reason
+    exp, mask = expected["mask"], got["mask"]
     slices = mask.movedim(expected["dim"], 0).reshape(mask.shape[expected["dim"]], -1)   # (S, rest)
     if not (slices == slices[:, :1]).all():
         return f"the mask must zero whole slices along dim={expected['dim']}, but a slice mixes 0 and 1"
@@ -353,19 +356,14 @@ def _n_m_describe(case: dict) -> str:
 
 
 def _n_m_harness(fn, args, kwargs):
-    out = _scored(fn, args, kwargs, lambda w, **_: w.abs())
-    if isinstance(out, dict):
-        out["m"] = kwargs["m"]
-    return out
+    return _scored(fn, args, kwargs, lambda w, **_: w.abs(), keep=("m",))
 
 
 def _n_m_compare(expected: dict, got) -> str | None:
-    if isinstance(got, str):
-        return got
-    exp, mask = expected["mask"], got["mask"]
-    reason = _mask_reason(exp, mask)
-    if reason or torch.equal(mask, exp):
+    done, reason = _settled(expected, got)
+    if done:
         return reason
+    exp, mask = expected["mask"], got["mask"]
     m = expected["m"]
     groups = lambda t: t.reshape(-1, m).double()  # noqa: E731  (G, m)
     for g, (e, k, s) in enumerate(zip(groups(exp), groups(mask), groups(expected["scores"]))):
