@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/grade_class.py [--students 30] [--jobs N] [--timeout 5]
 
 Writes the class to a temporary folder (correct, partly wrong and stub submissions, plus one whose
-count_parameters never returns), grades it with ``course_lib.grade.grade_submissions`` and prints
+count_parameters never returns), grades it with ``course_lib.grader.cli.grade_submissions`` and prints
 the exercise gradings per second, the zygote start-up time, and how long the hostile exercise took
 compared with its time limit. Not a test: the figures depend on the machine.
 """
@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args()
-    from course_lib import grade
-    from course_lib.sandbox import Pool, SandboxLimits
+    from course_lib.grader import cli as grade
+    from course_lib.grader.sandbox import Pool, SandboxLimits
 
     with tempfile.TemporaryDirectory() as folder:
         paths = []

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from course_lib import grading
+from course_lib.grader import grading
 
 SEEDS = [0, 1, 2]
 

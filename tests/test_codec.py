@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib import codec
+from course_lib.grader import codec
 
 
 @pytest.mark.parametrize("value", [None, True, 3, 2**70, 1.5, "text", [1, 2.0], (1, "a"), {"a": [1, {"b": None}]},

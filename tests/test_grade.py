@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from course_lib import grade
-from course_lib.sandbox import SandboxLimits
-from course_lib.submission import extract_definitions, load_submission
+from course_lib.grader import cli as grade
+from course_lib.grader.sandbox import SandboxLimits
+from course_lib.grader.submission import extract_definitions, load_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "fixtures" / "submissions"
@@ -104,7 +104,7 @@ def test_cli_reports_missing_files(capsys):
 
 def test_every_solution_scores_full_marks_and_every_chapter_zero():
     """All chapters at once (one warm pool): solutions/ passes every exercise, chapters/ none."""
-    from course_lib import exercises
+    from course_lib.grader import exercises
     solutions = sorted((ROOT / "solutions").glob("*.ipynb"))
     chapters = [ROOT / "chapters" / p.name for p in solutions]
     rows = grade.grade_submissions([*solutions, *chapters], limits=SandboxLimits(timeout_s=30))

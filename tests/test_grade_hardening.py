@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from course_lib import grade
-from course_lib.sandbox import Pool, SandboxLimits, parse_reply
-from course_lib.zygote import BASE_UID, _live_processes, isolation_available
+from course_lib.grader import cli as grade
+from course_lib.grader.sandbox import Pool, SandboxLimits, parse_reply
+from course_lib.grader.zygote import BASE_UID, _live_processes, isolation_available
 
 ROOT = Path(__file__).resolve().parent.parent
 CORRECT_COUNT = "sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib import grading, local_explanation as L
+from course_lib.grader import grading
+from course_lib import local_explanation as L
 from grader_contract import SEEDS, contract_tests, grade, stub
 
 

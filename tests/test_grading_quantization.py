@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib import grading, quantization as Q
+from course_lib.grader import grading
+from course_lib import quantization as Q
 from grader_contract import SEEDS, contract_tests, grade, stub
 
 
@@ -388,7 +389,7 @@ def test_check_returns_learner_function_on_pass_and_reference_on_fail(capsys):
 
 def test_fake_quantize_is_graded_in_the_sandbox():
     """The gradient probe works in the classroom grader's separate, guarded process too."""
-    from course_lib.sandbox import SandboxLimits, run_exercise
+    from course_lib.grader.sandbox import SandboxLimits, run_exercise
     import inspect
 
     code = "import torch\n" + inspect.getsource(_range) + inspect.getsource(_qcheck) + inspect.getsource(_fq_parts)

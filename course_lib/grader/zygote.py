@@ -1,4 +1,4 @@
-"""The warm grading server: ``python -m course_lib.zygote --jobs N`` (started by :mod:`course_lib.sandbox`).
+"""The warm grading server: ``python -m course_lib.grader.zygote --jobs N`` (started by :mod:`course_lib.grader.sandbox`).
 
 A cold ``import torch`` costs more than a second, so a fresh interpreter per graded exercise cannot
 grade a class quickly. The zygote imports the heavy libraries once (torch, numpy, scipy, pandas,
@@ -40,10 +40,10 @@ _SLACK_S = 1.0
 _PRELOAD = ("numpy", "scipy", "scipy.stats", "torch", "torch.nn.functional", "torch.utils.flop_counter",
             "sklearn", "sklearn.linear_model", "sklearn.model_selection", "pandas", "matplotlib.pyplot",
             "tqdm.auto", "ipywidgets", "IPython.display", "captum.attr", "shap", "lime.lime_tabular",
-            "lime.lime_image", "statistics", "course_lib.codec", "course_lib.exercises", "course_lib.data",
+            "lime.lime_image", "statistics", "course_lib.grader.codec", "course_lib.grader.exercises", "course_lib.data",
             "course_lib.models", "course_lib.checkpoints", "course_lib.plots", "course_lib.validation")
 _WATCHED_MODULES = ("builtins", "torch", "torch.nn", "torch.nn.functional", "numpy", "math",
-                    "course_lib.codec")
+                    "course_lib.grader.codec")
 _WATCHED_CLASSES = (("torch", "Tensor"), ("torch._C", "TensorBase"), ("torch.nn", "Module"), ("numpy", "ndarray"))
 
 # --------------------------------------------------------------------------- Linux isolation
@@ -514,6 +514,6 @@ def serve(jobs: int) -> None:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m course_lib.zygote", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m course_lib.grader.zygote", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1)
     serve(max(1, parser.parse_args().jobs))

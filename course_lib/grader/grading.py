@@ -10,8 +10,8 @@ else the reference (with a notice), so the rest of the notebook still runs. A st
 ``NotImplementedError`` is reported as "not implemented yet", never as a crash.
 
 The classroom grader (``python -m course_lib.grade``) uses the same cases and the same
-:func:`judge`, but runs the learner's code in a separate, limited process (``course_lib.sandbox``).
-Every answer passes through :mod:`course_lib.codec` in both paths, so a notebook check and the
+:func:`judge`, but runs the learner's code in a separate, limited process (``course_lib.grader.sandbox``).
+Every answer passes through :mod:`course_lib.grader.codec` in both paths, so a notebook check and the
 classroom grader accept exactly the same answers.
 """
 from __future__ import annotations

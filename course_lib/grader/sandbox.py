@@ -1,7 +1,7 @@
 """The grader's side of the sandbox: send exercises to the warm zygote, validate what comes back.
 
-:class:`Pool` starts ``python -m course_lib.zygote`` once (it imports the heavy libraries once),
-then grades each exercise in a child forked from it (see :mod:`course_lib.zygote` for the limits and
+:class:`Pool` starts ``python -m course_lib.grader.zygote`` once (it imports the heavy libraries once),
+then grades each exercise in a child forked from it (see :mod:`course_lib.grader.zygote` for the limits and
 the isolation). The submission's code and the cases travel in a job file readable only by the grader;
 the answer comes back as one JSON line that is validated here (types, sizes, known tags) before
 anything is compared: a malformed answer is a failed exercise, never a grader crash. The expected
@@ -90,13 +90,13 @@ class Pool:
         self._jobdir = tempfile.mkdtemp(prefix="grader-jobs-")   # mode 700: only the grader reads it
         env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self._process = subprocess.Popen([sys.executable, "-m", "course_lib.zygote", "--jobs", str(jobs)],
+        self._process = subprocess.Popen([sys.executable, "-m", "course_lib.grader.zygote", "--jobs", str(jobs)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                          env=env, start_new_session=True)
         first = self._readline(self.limits.startup_timeout_s)
         if not first:
             self.close()
-            raise RuntimeError("the grading server (python -m course_lib.zygote) failed to start")
+            raise RuntimeError("the grading server (python -m course_lib.grader.zygote) failed to start")
         self.isolation = json.loads(first)["isolation"]
         self._lock = threading.Lock()
         self._next_id = 0

@@ -28,7 +28,7 @@ __all__ = ["Exercise", "get", "names", "by_chapter", "chapters", "case_rng", "AL
 
 # Every module that holds references (or wraps them) is unavailable while a submission is graded.
 ALWAYS_FORBIDDEN = tuple(f"course_lib.{m}" for m in (
-    "measurement", "timing", "grading", "pruning", "quantization", "lowrank", "distillation",
+    "measurement", "timing", "grader.grading", "pruning", "quantization", "lowrank", "distillation",
     "local_explanation", "global_explanation", "compress_explain"))
 
 

@@ -1,0 +1,225 @@
+"""Grade classroom submissions: ``python -m course_lib.grade SUBMISSION... [options]``.
+
+Each submission (``.py`` or ``.ipynb``) is reduced to its top-level imports and function
+definitions (:mod:`course_lib.grader.submission`). Each exercise is graded in its own limited process
+(:mod:`course_lib.grader.sandbox`) on hidden inputs drawn from ``--seed``; the expected results are
+computed here, in the grader, and never enter the submission's process. An exercise the
+submission does not define is reported ``missing``. A submission that loops, runs out of memory,
+exits, raises, prints too much, monkeypatches torch/numpy or calls the reference fails *that*
+exercise, with the reason in the message, and grading goes on.
+
+Output: a long CSV (``submission,exercise,passed,score,max_score,message``), optionally a gradebook
+CSV (one row per student, one column per exercise, a total), and summary tables per submission and
+per exercise (how many passed, the most common failure).
+
+Examples
+--------
+    python -m course_lib.grade class/*.ipynb --out grades.csv
+    python -m course_lib.grade alice.py --exercise conv2d_macs --timeout 5
+    python -m course_lib.grade class/*.ipynb --gradebook book.csv --roster roster.csv --seed 2027 --jobs 2
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import exercises, grading
+from .sandbox import Pool, SandboxLimits, hidden_paths
+from .submission import load_submission
+
+__all__ = ["GradeRow", "grade_submissions", "main"]
+
+CSV_COLUMNS = ["submission", "exercise", "passed", "score", "max_score", "message"]
+
+
+@dataclass
+class GradeRow:
+    submission: str
+    exercise: str
+    passed: bool
+    score: float
+    max_score: float
+    message: str
+
+    def as_csv(self) -> list:
+        return [self.submission, self.exercise, self.passed, self.score, self.max_score, self.message]
+
+
+def _exercises_for(functions: Sequence[str], only: Sequence[str] | None) -> list[exercises.Exercise]:
+    """``--exercise`` if given, else every exercise of each chapter the submission touches."""
+    if only:
+        return [exercises.get(name) for name in only]
+    touched = {exercises.get(n).chapter for n in functions if n in exercises.names()}
+    return [ex for chapter in sorted(touched) for ex in exercises.by_chapter(chapter)]
+
+
+def _student_id(path: str, roster: dict[str, str]) -> str:
+    """The roster's id for this file (matched by file name or stem), else the file's stem."""
+    name = Path(path).name
+    return roster.get(name) or roster.get(Path(path).stem) or Path(path).stem
+
+
+def read_roster(path: str | Path) -> dict[str, str]:
+    """A roster CSV with the columns ``file`` and ``student_id`` (a header row, any other columns ignored)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"file", "student_id"} <= set(reader.fieldnames):
+            raise ValueError(f"roster must be a CSV with the columns 'file' and 'student_id', "
+                             f"got columns {reader.fieldnames!r}")
+        return {row["file"].strip(): row["student_id"].strip() for row in reader if row.get("file")}
+
+
+def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None = None, seed: int = 0,
+                      limits: SandboxLimits | None = None, jobs: int | None = None, progress: bool = False,
+                      hide: Sequence[str | Path] = ()) -> list[GradeRow]:
+    """Grade every submission; one row per (submission, exercise).
+
+    The same ``seed`` and submissions give the same rows: every case is drawn from ``seed``, and the
+    expected results are computed once per exercise, here, for the whole class.
+    """
+    from tqdm.auto import tqdm
+
+    limits = limits or SandboxLimits()
+    jobs = jobs or os.cpu_count() or 1
+    cache: dict[str, tuple[list[dict], list]] = {}
+
+    def cases_for(name: str) -> tuple[list[dict], list]:
+        if name not in cache:
+            cases = grading.make_cases(name, seed)
+            cache[name] = (cases, grading.expected_outcomes(name, cases))
+        return cache[name]
+
+    tasks, rows = [], []
+    remaining: dict[str, int] = {}
+    for path in paths:
+        sub = load_submission(path)
+        chosen = _exercises_for(sub.functions, only)
+        if not chosen:
+            rows.append(GradeRow(sub.path, "-", False, 0.0, 0.0,
+                                 "no exercise of the course is defined here" + "; ".join([""] + sub.notes)))
+        for ex in chosen:
+            if ex.name not in sub.functions:
+                rows.append(GradeRow(sub.path, ex.name, False, 0.0, ex.max_score, "missing"))
+            else:
+                tasks.append((sub.path, sub.code, ex, *cases_for(ex.name)))
+                remaining[sub.path] = remaining.get(sub.path, 0) + 1
+    bar = tqdm(total=len(paths), desc="grading", unit="submission", disable=not progress)
+    bar.update(len(paths) - len(remaining))
+    if tasks:
+        hidden = hidden_paths([*map(str, paths), *map(str, hide)])
+        with Pool(min(jobs, len(tasks)), limits, hide=hidden) as pool:
+            for index, result in pool.run([(code, ex.name, cases) for _, code, ex, cases, _ in tasks]):
+                path, _, ex, cases, expected = tasks[index]
+                if result.error is not None:
+                    rows.append(GradeRow(path, ex.name, False, 0.0, ex.max_score, result.error))
+                else:
+                    passed, message = grading.judge(ex.name, cases, expected, result.outcomes)
+                    rows.append(GradeRow(path, ex.name, passed, ex.max_score if passed else 0.0, ex.max_score, message))
+                remaining[path] -= 1
+                if remaining[path] == 0:
+                    bar.update(1)
+    bar.close()
+    order = {str(p): i for i, p in enumerate(map(str, paths))}
+    names = exercises.names()
+    rows.sort(key=lambda r: (order.get(r.submission, 0), names.index(r.exercise) if r.exercise in names else -1))
+    return rows
+
+
+def write_csv(rows: Sequence[GradeRow], path: str | Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(row.as_csv() for row in rows)
+
+
+def write_gradebook(rows: Sequence[GradeRow], path: str | Path, roster: dict[str, str] | None = None) -> None:
+    """One row per submission (``student_id``, one column per exercise with its score, ``total``,
+    ``max_total``): importable into a spreadsheet or an LMS gradebook as is."""
+    roster = roster or {}
+    graded = [r for r in rows if r.exercise != "-"]
+    columns = list(dict.fromkeys(r.exercise for r in graded))
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["student_id", "file", *columns, "total", "max_total"])
+        for sub in dict.fromkeys(r.submission for r in rows):
+            mine = {r.exercise: r for r in graded if r.submission == sub}
+            scores = [f"{mine[c].score:g}" if c in mine else "" for c in columns]
+            total = sum(r.score for r in mine.values())
+            max_total = sum(r.max_score for r in mine.values())
+            writer.writerow([_student_id(sub, roster), Path(sub).name, *scores, f"{total:g}", f"{max_total:g}"])
+
+
+def summary_table(rows: Sequence[GradeRow]) -> str:
+    """One line per submission: score, total, and the exercises it failed."""
+    lines = [f"{'submission':40s} {'score':>7s}  failed or missing"]
+    for sub in dict.fromkeys(r.submission for r in rows):
+        mine = [r for r in rows if r.submission == sub]
+        score, total = sum(r.score for r in mine), sum(r.max_score for r in mine)
+        failed = ", ".join(r.exercise + (" (missing)" if r.message == "missing" else "")
+                           for r in mine if not r.passed)
+        lines.append(f"{Path(sub).name[:40]:40s} {score:g}/{total:g}".ljust(49) + f"  {failed or '-'}")
+    return "\n".join(lines)
+
+
+def exercise_summary(rows: Sequence[GradeRow]) -> str:
+    """Per exercise: how many passed, and the most common reason for failing."""
+    lines = [f"{'exercise':24s} {'passed':>9s}  most common failure"]
+    for name in dict.fromkeys(r.exercise for r in rows if r.exercise != "-"):
+        mine = [r for r in rows if r.exercise == name]
+        reasons = Counter(r.message.split("\n")[0][:90] for r in mine if not r.passed)
+        common = f"{reasons.most_common(1)[0][0]} ({reasons.most_common(1)[0][1]}x)" if reasons else "-"
+        lines.append(f"{name:24s} {sum(r.passed for r in mine):>4d}/{len(mine):<4d}  {common}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.grade", description=__doc__.split("\n\n")[0])
+    parser.add_argument("submissions", nargs="+", help=".ipynb or .py files")
+    parser.add_argument("--out", default=None, help="write the long CSV here")
+    parser.add_argument("--exercise", action="append", choices=exercises.names(), metavar="NAME",
+                        help="grade only this exercise (repeatable)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per exercise (default 10)")
+    parser.add_argument("--memory-mb", type=int, default=2048, help="memory per exercise above the imports")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the hidden inputs (default 0)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="exercises graded in parallel (default: the number of CPU cores)")
+    parser.add_argument("--gradebook", default=None,
+                        help="also write a gradebook CSV: one row per student, one column per exercise, a total")
+    parser.add_argument("--roster", default=None,
+                        help="CSV with columns file,student_id (default id: the file name without extension)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    missing = [p for p in args.submissions if not Path(p).is_file()]
+    if missing:
+        print(f"error: submission files not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        roster = read_roster(args.roster) if args.roster else {}
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    limits = SandboxLimits(timeout_s=args.timeout, memory_mb=args.memory_mb)
+    rows = grade_submissions(args.submissions, only=args.exercise, seed=args.seed, limits=limits,
+                             jobs=args.jobs, progress=True,
+                             hide=[p for p in (args.roster, args.out, args.gradebook) if p])
+    if args.out:
+        write_csv(rows, args.out)
+    if args.gradebook:
+        write_gradebook(rows, args.gradebook, roster)
+    print(summary_table(rows))
+    print()
+    print(exercise_summary(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
