@@ -13,19 +13,38 @@ import pytest
 from course_lib.grader import grading
 
 SEEDS = [0, 1, 2]
+WRONG_SEEDS = list(range(8))      # a wrong answer must be caught on every seed, not most
 
 
-def grade(name, fn, seed):
-    """(passed, message) of ``fn`` as exercise ``name`` on the hidden inputs of ``seed``, in-process."""
+def grade(name, fn, seed, strict_errors=False):
+    """The verdict on ``fn`` as exercise ``name`` on the hidden inputs of ``seed``, in-process
+    (unpacks as ``passed, message``; ``.notes`` holds the invalid-input notes)."""
     cases = grading.make_cases(name, seed)
-    return grading.judge(name, cases, grading.expected_outcomes(name, cases), grading.run_cases(fn, name, cases))
+    return grading.judge(name, cases, grading.expected_outcomes(name, cases), grading.run_cases(fn, name, cases),
+                         strict_errors=strict_errors)
+
+
+def grades_the_idea(no_validation: dict, seeds=SEEDS):
+    """Grade the idea: a right answer that skips input validation passes (invalid-input cases become
+    notes naming the reference's exception), and fails only with ``strict_errors``."""
+    @pytest.mark.parametrize("name,fn", [(n, f) for n, fs in no_validation.items() for f in fs],
+                             ids=lambda v: getattr(v, "__name__", v))
+    @pytest.mark.parametrize("seed", seeds)
+    def passes_without_validation(name, fn, seed):
+        verdict = grade(name, fn, seed)
+        assert verdict.passed, verdict.message
+        assert verdict.notes and "the reference raises" in verdict.notes[0]
+        strict = grade(name, fn, seed, strict_errors=True)
+        assert not strict.passed and "the reference raises" in strict.message
+
+    return passes_without_validation
 
 
 def stub(*args, **kwargs):
     raise NotImplementedError
 
 
-def contract_tests(wrong: dict, seeds=SEEDS):
+def contract_tests(wrong: dict, seeds=SEEDS, wrong_seeds=WRONG_SEEDS):
     assert all(len(fns) >= 3 for fns in wrong.values()), "each exercise needs >= 3 wrong answers"
 
     @pytest.mark.parametrize("name", list(wrong))
@@ -41,7 +60,7 @@ def contract_tests(wrong: dict, seeds=SEEDS):
 
     @pytest.mark.parametrize("name,wrong_fn", [(n, w) for n, ws in wrong.items() for w in ws],
                              ids=lambda v: getattr(v, "__name__", v))
-    @pytest.mark.parametrize("seed", seeds)
+    @pytest.mark.parametrize("seed", wrong_seeds)
     def rejects_wrong_answer(name, wrong_fn, seed):
         passed, message = grade(name, wrong_fn, seed)
         assert not passed

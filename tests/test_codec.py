@@ -28,7 +28,33 @@ def test_roundtrip_nan_inf_and_arrays():
 
 
 def test_unsupported_objects_become_placeholders():
-    assert codec.loads(codec.dumps(nn.Linear(2, 2))) == codec.Unsupported("Linear")
+    assert isinstance(codec.loads(codec.dumps(nn.LSTM(2, 2))), codec.Unsupported)
+    assert isinstance(codec.loads(codec.dumps(object())), codec.Unsupported)
+
+
+def test_layers_travel_as_settings_and_state():
+    layer = nn.Conv2d(2, 3, (3, 1), stride=2, padding=(1, 0), bias=False).double()
+    again = codec.loads(codec.dumps(nn.Sequential(layer, nn.ReLU())))
+    x = torch.randn(1, 2, 7, 5, dtype=torch.float64)
+    assert isinstance(again[0], nn.Conv2d) and again[0].bias is None and again[0].stride == (2, 2)
+    torch.testing.assert_close(again(x), torch.relu(layer(x)), rtol=0, atol=0)
+
+
+def test_layer_settings_cannot_make_the_grader_allocate():
+    data = json.loads(codec.dumps(nn.Linear(2, 2)))
+    data["config"]["in_features"] = 10**12                 # settings that disagree with the state
+    with pytest.raises(codec.DecodeError, match="does not match"):
+        codec.decode(data)
+
+
+def test_npy_header_cannot_make_the_grader_allocate():
+    import base64
+    import io
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(3))
+    raw = buffer.getvalue().replace(b"(3,)", b"(1000,)")   # a header claiming 1000 values over the bytes of 3
+    with pytest.raises(codec.DecodeError):
+        codec.decode({"__ndarray__": base64.b64encode(raw).decode()})
 
 
 @pytest.mark.parametrize("text", ['{"__pickle__": "x"}', "not json", '{"__ndarray__": "@@@"}', '{}',

@@ -49,7 +49,7 @@ def test_generated_chapter_scores_zero(graded):
 
 
 @pytest.mark.parametrize("exercise,message", [
-    ("count_parameters", "timed out"),
+    ("count_parameters", "time limit of"),
     ("model_size_bytes", "out of memory"),
     ("conv2d_macs", "sys.exit"),
     ("summarize_timings", "printed more than"),
@@ -61,8 +61,8 @@ def test_hostile_a_fails_each_exercise_alone(graded, exercise, message):
 
 @pytest.mark.parametrize("exercise,message", [
     ("count_parameters", "os._exit"),
-    ("model_size_bytes", "modified torch.Tensor.element_size"),
-    ("conv2d_macs", "FlopCounterMode is not available while grading"),
+    ("model_size_bytes", "expected"),          # patching torch in the child changes nothing: compared in the grader
+    ("conv2d_macs", "FlopCounterMode.__init__ is not available while grading"),
     ("summarize_timings", "course_lib.measurement.summarize_timings is not available while grading"),
 ])
 def test_hostile_b_cheats_get_no_points(graded, exercise, message):

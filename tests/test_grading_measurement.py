@@ -8,7 +8,7 @@ from torch import nn
 
 from course_lib.grader import grading
 from course_lib import measurement
-from grader_contract import SEEDS, contract_tests, grade, stub
+from grader_contract import SEEDS, grades_the_idea, contract_tests, grade, stub
 
 
 
@@ -144,10 +144,8 @@ WRONG = {
     "count_parameters": [count_tensors, count_ignoring_trainable, count_state_dict, count_named_with_duplicates,
                          count_weights_only, count_as_float],
     "model_size_bytes": [size_assuming_float32, size_parameters_only, size_state_dict, size_without_dedup],
-    "conv2d_macs": [macs_ignoring_groups, macs_as_flops, macs_square_kernel_only, macs_groups_twice,
-                    macs_no_validation],
-    "summarize_timings": [summary_with_mean, summary_upper_middle, summary_exclusive_quartiles, summary_std,
-                          summary_no_validation],
+    "conv2d_macs": [macs_ignoring_groups, macs_as_flops, macs_square_kernel_only, macs_groups_twice],
+    "summarize_timings": [summary_with_mean, summary_upper_middle, summary_exclusive_quartiles, summary_std],
 }
 
 
@@ -214,3 +212,7 @@ def test_check_draws_fresh_inputs_each_call():
 def test_check_unknown_exercise_lists_names():
     with pytest.raises(ValueError, match="exercise must be one of .*count_parameters"):
         grading.check("count_params", count_tensors)
+
+
+# Grade the idea: these are right but skip the input checks; they pass, with notes.
+test_grader_grades_the_idea = grades_the_idea({"conv2d_macs": [macs_no_validation], "summarize_timings": [summary_no_validation]})

@@ -7,7 +7,7 @@ from torch import nn
 
 from course_lib.grader import grading
 from course_lib import pruning
-from grader_contract import SEEDS, contract_tests, grade, stub
+from grader_contract import SEEDS, grades_the_idea, contract_tests, grade, stub
 
 
 
@@ -349,18 +349,17 @@ def shrink_in_place(conv, next_conv, keep):
 
 WRONG = {
     "magnitude_mask": [magnitude_largest, magnitude_floor, magnitude_half_up, magnitude_no_abs,
-                       magnitude_threshold_with_ties, magnitude_int_as_fraction, magnitude_no_validation,
+                       magnitude_threshold_with_ties, magnitude_int_as_fraction,
                        magnitude_bool_mask, magnitude_in_place],
     "global_magnitude_masks": [global_layerwise, global_normalized, global_signed, global_floor,
                                global_threshold_with_ties],
     "structured_mask": [structured_ignores_dim, structured_ignores_n, structured_prunes_largest,
                         structured_signed_sum, structured_floor, structured_unstructured],
-    "n_m_mask": [n_m_smallest, n_m_no_abs, n_m_first_dim, n_m_keeps_m_minus_n, n_m_per_row,
-                 n_m_no_divisibility_check],
+    "n_m_mask": [n_m_smallest, n_m_no_abs, n_m_first_dim, n_m_keeps_m_minus_n, n_m_per_row],
     "polynomial_sparsity": [schedule_not_clamped, schedule_wrong_direction, schedule_integer_division,
                             schedule_ignores_power, schedule_swapped],
     "shrink_conv_pair": [shrink_forgets_next, shrink_next_output_dim, shrink_drops_bias, shrink_keeps_complement,
-                         shrink_default_settings, shrink_no_validation, shrink_in_place],
+                         shrink_default_settings, shrink_in_place],
 }
 
 
@@ -500,3 +499,7 @@ def test_check_returns_learner_function_or_reference(capsys):
     assert grading.check("n_m_mask", n_m_smallest, seed=3) is pruning.n_m_mask
     out = capsys.readouterr().out
     assert "FAIL" in out and "inputs:" in out
+
+
+# Grade the idea: these are right but skip the input checks; they pass, with notes.
+test_grader_grades_the_idea = grades_the_idea({"magnitude_mask": [magnitude_no_validation], "n_m_mask": [n_m_no_divisibility_check], "shrink_conv_pair": [shrink_no_validation]})

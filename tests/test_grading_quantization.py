@@ -7,7 +7,7 @@ import torch
 
 from course_lib.grader import grading
 from course_lib import quantization as Q
-from grader_contract import SEEDS, contract_tests, grade, stub
+from grader_contract import SEEDS, grades_the_idea, contract_tests, grade, stub
 
 
 
@@ -126,6 +126,11 @@ def q_always_unsigned(x, scale, zero_point, num_bits=8, signed=False):
     if not scale > 0:
         raise ValueError("bad scale")
     return (torch.round(x / scale) + zero_point).clamp(qmin, qmax).long()
+
+
+def q_zero_point_before_rounding(x, scale, zero_point, num_bits=8, signed=False):
+    qmin, qmax = (-(2 ** (num_bits - 1)), 2 ** (num_bits - 1) - 1) if signed else (0, 2 ** num_bits - 1)
+    return torch.clamp(torch.round(x / scale + zero_point), qmin, qmax).to(torch.int64)
 
 
 def q_no_validation(x, scale, zero_point, num_bits=8, signed=False):
@@ -296,8 +301,8 @@ WRONG = {
     "minmax_qparams": [mm_half_up, mm_floor, mm_trunc, mm_range_without_zero, mm_two_to_the_b,
                        mm_narrow_symmetric, mm_zero_point_sign_flipped, mm_no_eps, mm_returns_tensors],
     "quantize_affine": [q_half_up, q_trunc, q_no_clamp, q_zero_point_subtracted, q_float_codes, q_always_unsigned,
-                        q_no_validation],
-    "dequantize_affine": [dq_uint8_wraps, dq_plus_zero_point, dq_float64, dq_scale_before_shift, dq_no_validation],
+                        q_zero_point_before_rounding],
+    "dequantize_affine": [dq_uint8_wraps, dq_plus_zero_point, dq_float64, dq_scale_before_shift],
     "per_channel_qparams": [pc_reduces_over_axis, pc_no_eps, pc_per_tensor, pc_range_without_zero,
                             pc_two_to_the_b_minus_1, pc_int32_zero_points],
     "fake_quantize": [fq_gradient_everywhere, fq_no_ste, fq_mask_on_the_real_range, fq_mask_strict, fq_no_clamp,
@@ -402,3 +407,7 @@ def test_fake_quantize_is_graded_in_the_sandbox():
                        "fake_quantize", cases, limits)
     assert good.error is None and grading.judge("fake_quantize", cases, expected, good.outcomes)[0]
     assert bad.error is None and "x.grad" in grading.judge("fake_quantize", cases, expected, bad.outcomes)[1]
+
+
+# Grade the idea: these are right but skip the input checks; they pass, with notes.
+test_grader_grades_the_idea = grades_the_idea({"quantize_affine": [q_no_validation], "dequantize_affine": [dq_no_validation]})

@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import exercises, grading
-from .sandbox import Pool, SandboxLimits, hidden_paths
+from .sandbox import Pool, SandboxLimits, _clean, hidden_paths
 from .submission import load_submission
 
 __all__ = ["GradeRow", "grade_submissions", "main"]
 
+NO_EXERCISE = "(none)"     # the exercise column of a submission that defines no exercise
 CSV_COLUMNS = ["submission", "exercise", "passed", "score", "max_score", "message"]
 
 
@@ -51,12 +52,26 @@ class GradeRow:
         return [self.submission, self.exercise, self.passed, self.score, self.max_score, self.message]
 
 
-def _exercises_for(functions: Sequence[str], only: Sequence[str] | None) -> list[exercises.Exercise]:
-    """``--exercise`` if given, else every exercise of each chapter the submission touches."""
+def _exercises_for(sub, only: Sequence[str] | None, chapter: str | None) -> list[exercises.Exercise]:
+    """``--exercise`` if given; else every exercise of each chapter the submission touches (by the
+    functions it defines, else by ``--chapter`` or its file name, so an empty notebook counts 0 of
+    its chapter's exercises)."""
     if only:
         return [exercises.get(name) for name in only]
-    touched = {exercises.get(n).chapter for n in functions if n in exercises.names()}
-    return [ex for chapter in sorted(touched) for ex in exercises.by_chapter(chapter)]
+    touched = {exercises.get(n).chapter for n in sub.functions if n in exercises.names()}
+    if not touched:
+        guess = chapter or _chapter_from_name(sub.path)
+        touched = {guess} if guess else set()
+    return [ex for ch in sorted(touched) for ex in exercises.by_chapter(ch)]
+
+
+def _chapter_from_name(path: str) -> str | None:
+    """The chapter whose id (``00_measurement``) or number (``00_``) starts the file name."""
+    stem = Path(path).stem
+    for chapter in exercises.chapters():
+        if stem.startswith(chapter) or stem.startswith(chapter.split("_")[0] + "_"):
+            return chapter
+    return None
 
 
 def _student_id(path: str, roster: dict[str, str]) -> str:
@@ -75,13 +90,21 @@ def read_roster(path: str | Path) -> dict[str, str]:
         return {row["file"].strip(): row["student_id"].strip() for row in reader if row.get("file")}
 
 
+def _missing_message(name: str, notes: list[str]) -> str:
+    unparsed = [n for n in notes if "does not parse" in n]
+    return "missing" + (f" ({'; '.join(unparsed)})" if unparsed else "")
+
+
 def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None = None, seed: int = 0,
                       limits: SandboxLimits | None = None, jobs: int | None = None, progress: bool = False,
-                      hide: Sequence[str | Path] = ()) -> list[GradeRow]:
+                      hide: Sequence[str | Path] = (), strict_errors: bool = False,
+                      chapter: str | None = None) -> list[GradeRow]:
     """Grade every submission; one row per (submission, exercise).
 
     The same ``seed`` and submissions give the same rows: every case is drawn from ``seed``, and the
-    expected results are computed once per exercise, here, for the whole class.
+    expected results are computed once per exercise, here, for the whole class. A submission that
+    cannot be read or parsed, or an exercise whose answer cannot be decoded or compared, becomes
+    that row's message: the run always finishes.
     """
     from tqdm.auto import tqdm
 
@@ -99,13 +122,13 @@ def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None
     remaining: dict[str, int] = {}
     for path in paths:
         sub = load_submission(path)
-        chosen = _exercises_for(sub.functions, only)
+        chosen = _exercises_for(sub, only, chapter)
         if not chosen:
-            rows.append(GradeRow(sub.path, "-", False, 0.0, 0.0,
+            rows.append(GradeRow(sub.path, NO_EXERCISE, False, 0.0, 0.0,
                                  "no exercise of the course is defined here" + "; ".join([""] + sub.notes)))
         for ex in chosen:
             if ex.name not in sub.functions:
-                rows.append(GradeRow(sub.path, ex.name, False, 0.0, ex.max_score, "missing"))
+                rows.append(GradeRow(sub.path, ex.name, False, 0.0, ex.max_score, _missing_message(ex.name, sub.notes)))
             else:
                 tasks.append((sub.path, sub.code, ex, *cases_for(ex.name)))
                 remaining[sub.path] = remaining.get(sub.path, 0) + 1
@@ -116,11 +139,7 @@ def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None
         with Pool(min(jobs, len(tasks)), limits, hide=hidden) as pool:
             for index, result in pool.run([(code, ex.name, cases) for _, code, ex, cases, _ in tasks]):
                 path, _, ex, cases, expected = tasks[index]
-                if result.error is not None:
-                    rows.append(GradeRow(path, ex.name, False, 0.0, ex.max_score, result.error))
-                else:
-                    passed, message = grading.judge(ex.name, cases, expected, result.outcomes)
-                    rows.append(GradeRow(path, ex.name, passed, ex.max_score if passed else 0.0, ex.max_score, message))
+                rows.append(_row(path, ex, cases, expected, result, strict_errors, seed))
                 remaining[path] -= 1
                 if remaining[path] == 0:
                     bar.update(1)
@@ -131,28 +150,63 @@ def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None
     return rows
 
 
+def _row(path: str, ex: exercises.Exercise, cases: list[dict], expected: list, result, strict_errors: bool,
+         seed: int) -> GradeRow:
+    """Judge one exercise's answers (``derive`` applied here, in the grader); never raises."""
+    if result.error is not None:
+        return GradeRow(path, ex.name, False, 0.0, ex.max_score, result.error)
+    try:
+        got = [grading.derived(ex, case, outcome) for case, outcome in zip(cases, result.outcomes)]
+        verdict = grading.judge(ex.name, cases, expected, got, strict_errors=strict_errors)
+        message = verdict.text()
+        if not verdict.passed and not message.startswith(("not implemented", "answered")):
+            message += f"\n  reproduce in the notebook: check({ex.name!r}, {ex.name}, seed={seed})"
+    except Exception as exc:  # noqa: BLE001 - one answer never costs the class its grades
+        verdict, message = None, f"the answer could not be graded: {type(exc).__name__}: {exc}"
+    passed = bool(verdict and verdict.passed)
+    return GradeRow(path, ex.name, passed, ex.max_score if passed else 0.0, ex.max_score, message)
+
+
+def _safe_cell(value) -> str | float | bool:
+    """A CSV cell a spreadsheet will not run as a formula, without control characters."""
+    if not isinstance(value, str):
+        return value
+    text = _clean(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def write_csv(rows: Sequence[GradeRow], path: str | Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
-        writer.writerows(row.as_csv() for row in rows)
+        writer.writerows([_safe_cell(v) for v in row.as_csv()] for row in rows)
 
 
 def write_gradebook(rows: Sequence[GradeRow], path: str | Path, roster: dict[str, str] | None = None) -> None:
-    """One row per submission (``student_id``, one column per exercise with its score, ``total``,
-    ``max_total``): importable into a spreadsheet or an LMS gradebook as is."""
+    """One row per student (``student_id``, ``file``, one column per exercise with its score, ``total``,
+    ``max_total``, ``note``): importable into a spreadsheet or an LMS gradebook as is. Every roster
+    student is listed; one without a submission gets 0 and the note "no submission"."""
     roster = roster or {}
-    graded = [r for r in rows if r.exercise != "-"]
+    graded = [r for r in rows if r.exercise != NO_EXERCISE]
     columns = list(dict.fromkeys(r.exercise for r in graded))
+    max_all = sum(exercises.get(c).max_score for c in columns if c in exercises.names())
+    submitted = set()
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["student_id", "file", *columns, "total", "max_total"])
+        writer.writerow(["student_id", "file", *columns, "total", "max_total", "note"])
         for sub in dict.fromkeys(r.submission for r in rows):
+            submitted.update({Path(sub).name, Path(sub).stem})
             mine = {r.exercise: r for r in graded if r.submission == sub}
             scores = [f"{mine[c].score:g}" if c in mine else "" for c in columns]
             total = sum(r.score for r in mine.values())
             max_total = sum(r.max_score for r in mine.values())
-            writer.writerow([_student_id(sub, roster), Path(sub).name, *scores, f"{total:g}", f"{max_total:g}"])
+            note = "" if mine else "no exercise of the course found"
+            writer.writerow([_safe_cell(v) for v in (_student_id(sub, roster), Path(sub).name, *scores,
+                                                      f"{total:g}", f"{max_total:g}", note)])
+        for file, student in roster.items():
+            if file not in submitted and Path(file).stem not in submitted:
+                writer.writerow([_safe_cell(v) for v in (student, file, *["0"] * len(columns), "0",
+                                                          f"{max_all:g}", "no submission")])
 
 
 def summary_table(rows: Sequence[GradeRow]) -> str:
@@ -161,20 +215,20 @@ def summary_table(rows: Sequence[GradeRow]) -> str:
     for sub in dict.fromkeys(r.submission for r in rows):
         mine = [r for r in rows if r.submission == sub]
         score, total = sum(r.score for r in mine), sum(r.max_score for r in mine)
-        failed = ", ".join(r.exercise + (" (missing)" if r.message == "missing" else "")
+        failed = ", ".join(r.exercise + (" (missing)" if r.message.startswith("missing") else "")
                            for r in mine if not r.passed)
-        lines.append(f"{Path(sub).name[:40]:40s} {score:g}/{total:g}".ljust(49) + f"  {failed or '-'}")
+        lines.append(_clean(f"{Path(sub).name[:40]:40s} {score:g}/{total:g}".ljust(49) + f"  {failed or '-'}"))
     return "\n".join(lines)
 
 
 def exercise_summary(rows: Sequence[GradeRow]) -> str:
     """Per exercise: how many passed, and the most common reason for failing."""
     lines = [f"{'exercise':24s} {'passed':>9s}  most common failure"]
-    for name in dict.fromkeys(r.exercise for r in rows if r.exercise != "-"):
+    for name in dict.fromkeys(r.exercise for r in rows if r.exercise != NO_EXERCISE):
         mine = [r for r in rows if r.exercise == name]
         reasons = Counter(r.message.split("\n")[0][:90] for r in mine if not r.passed)
         common = f"{reasons.most_common(1)[0][0]} ({reasons.most_common(1)[0][1]}x)" if reasons else "-"
-        lines.append(f"{name:24s} {sum(r.passed for r in mine):>4d}/{len(mine):<4d}  {common}")
+        lines.append(_clean(f"{name:24s} {sum(r.passed for r in mine):>4d}/{len(mine):<4d}  {common}"))
     return "\n".join(lines)
 
 
@@ -191,6 +245,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="exercises graded in parallel (default: the number of CPU cores)")
     parser.add_argument("--gradebook", default=None,
                         help="also write a gradebook CSV: one row per student, one column per exercise, a total")
+    parser.add_argument("--strict-errors", action="store_true",
+                        help="invalid-input cases count too (default: they are notes; valid inputs decide)")
+    parser.add_argument("--chapter", default=None, choices=exercises.chapters(),
+                        help="the chapter of submissions that define none of its functions (default: from the file name)")
     parser.add_argument("--roster", default=None,
                         help="CSV with columns file,student_id (default id: the file name without extension)")
     return parser
@@ -209,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     limits = SandboxLimits(timeout_s=args.timeout, memory_mb=args.memory_mb)
     rows = grade_submissions(args.submissions, only=args.exercise, seed=args.seed, limits=limits,
-                             jobs=args.jobs, progress=True,
+                             jobs=args.jobs, progress=True, strict_errors=args.strict_errors, chapter=args.chapter,
                              hide=[p for p in (args.roster, args.out, args.gradebook) if p])
     if args.out:
         write_csv(rows, args.out)

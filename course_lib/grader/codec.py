@@ -49,10 +49,27 @@ def _array_to_text(array: np.ndarray) -> str:
 
 
 def _text_to_array(text: str) -> np.ndarray:
+    """Read an ``.npy`` file's bytes, checking the header before anything is allocated: the shape and
+    dtype must describe exactly the bytes that follow, within :data:`MAX_ARRAY_BYTES`."""
+    if not isinstance(text, str) or len(text) > (MAX_ARRAY_BYTES + 4096) * 4 // 3 + 4:
+        raise DecodeError(f"an array must be at most {MAX_ARRAY_BYTES} bytes")
     raw = base64.b64decode(text.encode("ascii"), validate=True)
-    if len(raw) > MAX_ARRAY_BYTES:
-        raise DecodeError(f"array of {len(raw)} bytes is larger than the limit {MAX_ARRAY_BYTES}")
-    return np.load(io.BytesIO(raw), allow_pickle=False)
+    stream = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(stream, max_header_size=10_000)
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise DecodeError(f"not an .npy array: {exc}") from None
+    if dtype.hasobject or dtype.itemsize == 0 and dtype.kind not in "SUV":
+        raise DecodeError(f"unsupported array dtype {dtype}")
+    count = math.prod(shape)
+    if count * max(dtype.itemsize, 1) > MAX_ARRAY_BYTES or count * dtype.itemsize != len(raw) - stream.tell():
+        raise DecodeError(f"the array header (shape {shape}, dtype {dtype}) does not match its "
+                          f"{len(raw) - stream.tell()} bytes of data, or exceeds {MAX_ARRAY_BYTES} bytes")
+    array = np.frombuffer(raw, dtype=dtype, count=count, offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran else "C").copy()
 
 
 def encode(value: Any, _depth: int = 0) -> Any:
@@ -84,7 +101,90 @@ def encode(value: Any, _depth: int = 0) -> Any:
         if all(isinstance(k, str) for k in value):
             return {"__dict__": [[k, encode(v, _depth + 1)] for k, v in value.items()]}
         return {"__unsupported__": "dict with non-string keys"}
+    if isinstance(value, torch.nn.Module):
+        return _encode_module(value, _depth)
     return {"__unsupported__": type(value).__name__}
+
+
+# --------------------------------------------------------------------------- layers
+# The layers an exercise may return, with the constructor arguments that describe each. A returned
+# layer travels as its type, those settings and its state (parameters and buffers); the grader
+# rebuilds it from them, so what it runs there is the learner's layer and nothing else.
+_LAYERS: dict[str, tuple[str, ...]] = {
+    "Linear": ("in_features", "out_features"),
+    "Conv1d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+               "padding_mode"),
+    "Conv2d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+               "padding_mode"),
+    "BatchNorm1d": ("num_features", "eps", "momentum", "affine", "track_running_stats"),
+    "BatchNorm2d": ("num_features", "eps", "momentum", "affine", "track_running_stats"),
+    "ReLU": (), "Identity": (), "Flatten": ("start_dim", "end_dim"), "Dropout": ("p",),
+    "MaxPool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+    "AvgPool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
+    "AdaptiveAvgPool2d": ("output_size",),
+    "Sequential": (),
+}
+_WITH_BIAS = ("Linear", "Conv1d", "Conv2d")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _encode_module(module: torch.nn.Module, depth: int) -> Any:
+    kind = type(module).__name__
+    if kind not in _LAYERS or type(module) is not getattr(torch.nn, kind):
+        return {"__unsupported__": f"{kind} (a layer type the grader does not rebuild)"}
+    config = {name: _plain(getattr(module, name)) for name in _LAYERS[kind]}
+    if kind in _WITH_BIAS:
+        config["bias"] = module.bias is not None
+    children = [[name, encode(child, depth + 1)] for name, child in module.named_children()] \
+        if kind == "Sequential" else []
+    state = {k: encode(v, depth + 1) for k, v in module.state_dict().items()} if kind != "Sequential" else {}
+    return {"__module__": kind, "config": config, "state": state, "children": children,
+            "training": bool(module.training)}
+
+
+def _decode_module(data: dict, depth: int) -> torch.nn.Module:
+    kind = data.get("__module__")
+    if kind not in _LAYERS or not isinstance(data.get("config"), dict):
+        raise DecodeError(f"unknown layer {kind!r}")
+    if kind == "Sequential":
+        children = data.get("children")
+        if not isinstance(children, list) or len(children) > 256:
+            raise DecodeError("a Sequential needs a list of at most 256 children")
+        module = torch.nn.Sequential()
+        for item in children:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+                raise DecodeError("malformed Sequential child")
+            child = decode(item[1], depth + 1)
+            if not isinstance(child, torch.nn.Module):
+                raise DecodeError("a Sequential child must be a layer")
+            module.add_module(item[0], child)
+    else:
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items()
+                  if k in _LAYERS[kind] + (("bias",) if kind in _WITH_BIAS else ())}
+        state = data.get("state")
+        if not isinstance(state, dict):
+            raise DecodeError("a layer needs its state")
+        tensors = {str(k): decode(v, depth + 1) for k, v in state.items()}
+        if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+            raise DecodeError("a layer's state must hold tensors")
+        try:
+            with torch.device("meta"):            # no allocation from the settings: only the state's tensors
+                module = getattr(torch.nn, kind)(**config)
+            expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+            got = {k: tuple(v.shape) for k, v in tensors.items()}
+            if expected != got:
+                raise DecodeError(f"the {kind}'s state {got} does not match its settings {expected}")
+            module.load_state_dict(tensors, strict=True, assign=True)
+        except DecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any bad setting is a malformed answer
+            raise DecodeError(f"cannot rebuild the {kind}: {type(exc).__name__}: {exc}") from None
+        module.requires_grad_(False)
+    module.train(bool(data.get("training", False)))
+    return module
 
 
 def decode(data: Any, _depth: int = 0) -> Any:
@@ -116,6 +216,8 @@ def decode(data: Any, _depth: int = 0) -> Any:
         return tensor.to(torch.bfloat16) if data.get("dtype") == "bfloat16" else tensor
     if tag == "__unsupported__":
         return Unsupported(str(data[tag]))
+    if tag == "__module__":
+        return _decode_module(data, _depth)
     raise DecodeError(f"unknown tag {tag!r} in encoded data")
 
 
@@ -162,11 +264,16 @@ class Outcome:
 
 
 def call(fn: Callable, args: tuple, kwargs: dict,
-         harness: Callable[[Callable, tuple, dict], Any] | None = None) -> Outcome:
-    """Call ``fn`` (through ``harness`` if given) and record what happened; the value goes through
-    the codec as in the sandbox."""
+         runner: Callable[[Callable, tuple, dict], Any] | None = None, *, roundtrip: bool = True) -> Outcome:
+    """Call ``fn`` (through the exercise's ``runner`` if it has one) and record what happened. With
+    ``roundtrip`` the value goes through the codec, as an answer from the sandbox does."""
     try:
-        value = harness(fn, args, kwargs) if harness is not None else fn(*args, **kwargs)
+        value = runner(fn, args, kwargs) if runner is not None else fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - a learner's error is data here
         return Outcome(error_types=tuple(c.__name__ for c in type(exc).__mro__), error_message=str(exc))
-    return Outcome(value=decode(encode(value)))
+    if not roundtrip:
+        return Outcome(value=value)
+    try:
+        return Outcome(value=decode(encode(value)))
+    except (DecodeError, RecursionError) as exc:
+        return Outcome(value=Unsupported(f"value that cannot be sent ({exc})"))

@@ -5,26 +5,38 @@ In a notebook::
     count_parameters = check("count_parameters", count_parameters)
 
 runs the learner's function and the reference on the same hidden inputs, prints *pass* or the
-smallest failing case (inputs, expected, got), and returns the learner's function if it passed,
-else the reference (with a notice), so the rest of the notebook still runs. A stub that raises
-``NotImplementedError`` is reported as "not implemented yet", never as a crash.
+first failing case (inputs, expected, got, and for a tensor the first differing element), and
+returns the learner's function if it passed, else the reference (with a notice), so the rest of
+the notebook still runs. A stub that raises ``NotImplementedError`` is reported as "not implemented
+yet", never as a crash.
+
+**Grade the idea.** A case on which the reference raises is an *invalid-input case* (a wrong type,
+an out-of-range argument). An exercise passes when every **valid-input** case passes; what a
+function does on invalid input is reported as a note after PASS ("also: for ... the reference
+raises ValueError; yours returned ..."), and counts only with ``strict_errors=True`` (the
+classroom grader's ``--strict-errors``).
 
 The classroom grader (``python -m course_lib.grade``) uses the same cases and the same
-:func:`judge`, but runs the learner's code in a separate, limited process (``course_lib.grader.sandbox``).
-Every answer passes through :mod:`course_lib.grader.codec` in both paths, so a notebook check and the
-classroom grader accept exactly the same answers.
+:func:`judge`, but runs the learner's code in a separate, confined process; the expected values,
+the ``derive`` step and every comparison stay in the grader's process. Every answer passes through
+:mod:`course_lib.grader.codec` in both paths, so a notebook check and the classroom grader accept
+exactly the same answers.
 """
 from __future__ import annotations
 
 import importlib
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
 from . import codec, exercises
 from .codec import Outcome, call
 
-__all__ = ["Outcome", "check", "judge", "reference", "run_cases", "expected_outcomes", "make_cases"]
+__all__ = ["Outcome", "Verdict", "check", "judge", "reference", "run_cases", "expected_outcomes", "make_cases",
+           "derived"]
 
-_MAX_SHOWN = 1200
+_MAX_SHOWN = 1500
+_MAX_NOTES = 3
 
 
 def reference(name: str) -> Callable:
@@ -37,17 +49,29 @@ def make_cases(name: str, seed: int) -> list[dict]:
     return exercises.get(name).make_cases(exercises.case_rng(seed, name))
 
 
+def derived(ex: exercises.Exercise, case: dict, outcome: Outcome) -> Outcome:
+    """Apply the exercise's ``derive`` step (grader side) to a returned value; its failure is a
+    failed case, never a crash."""
+    if ex.derive is None or outcome.raised or isinstance(outcome.value, codec.Unsupported):
+        return outcome
+    try:
+        return Outcome(value=ex.derive(case, outcome.value))
+    except Exception as exc:  # noqa: BLE001 - a malformed answer is a wrong answer
+        return Outcome(value=codec.Unsupported(f"answer the grader cannot use ({type(exc).__name__}: {exc})"))
+
+
 def expected_outcomes(name: str, cases: Sequence[dict]) -> list[Outcome]:
     """The reference's outcome on every case (computed in the grader's process only)."""
     ex, ref = exercises.get(name), reference(name)
-    return [call(ref, *ex.build(case), ex.harness) for case in cases]
+    return [derived(ex, case, call(ref, *ex.build(case), ex.runner)) for case in cases]
 
 
 def run_cases(fn: Callable, name: str, cases: Sequence[dict], stop_at_first_error: bool = False) -> list[Outcome]:
+    """``fn``'s outcome on every case, in this process (the notebook path), ``derive`` applied."""
     ex = exercises.get(name)
     outcomes = []
     for case in cases:
-        outcomes.append(call(fn, *ex.build(case), ex.harness))
+        outcomes.append(derived(ex, case, call(fn, *ex.build(case), ex.runner)))
         if stop_at_first_error and outcomes[-1].error_types[:1] == ("NotImplementedError",):
             break
     return outcomes
@@ -63,35 +87,72 @@ def _explain(ex: exercises.Exercise, expected: Outcome, got: Outcome) -> str | N
         wanted = expected.error_types[0]
         if got.raised:
             return None if wanted in got.error_types else \
-                f"expected {wanted}, but it raised {got.error_types[0]}: {got.error_message}"
-        return f"expected {wanted} (the input is invalid), but it returned {got.value!r}"
+                f"the reference raises {wanted}; yours raised {got.error_types[0]}: {got.error_message}"
+        return f"the reference raises {wanted} (the input is invalid); yours returned {got.value!r}"
     if got.raised:
         return f"raised {got.error_types[0]}: {got.error_message}"
     if isinstance(got.value, codec.Unsupported):
         return f"returned {got.value!r}, which is not a value this exercise can return"
-    return ex.compare(expected.value, got.value)
+    try:
+        return ex.compare(expected.value, got.value)
+    except Exception as exc:  # noqa: BLE001 - a value compare() did not foresee is a wrong answer
+        return f"returned a value the grader cannot compare ({type(exc).__name__}: {exc})"
 
 
-def judge(name: str, cases: Sequence[dict], expected: Sequence[Outcome],
-          got: Sequence[Outcome]) -> tuple[bool, str]:
-    """Compare outcomes case by case; on the first mismatch, a counterexample message."""
+@dataclass
+class Verdict:
+    """The grade of one exercise: passed, the message (counterexample or summary), notes on invalid input."""
+
+    passed: bool
+    message: str
+    notes: list[str] = field(default_factory=list)
+
+    def __iter__(self):        # ``passed, message = judge(...)`` keeps working
+        return iter((self.passed, self.message))
+
+    def __getitem__(self, index: int):
+        return (self.passed, self.message)[index]
+
+    def text(self) -> str:
+        return self.message + "".join(f"\n  also: {note}" for note in self.notes)
+
+
+def judge(name: str, cases: Sequence[dict], expected: Sequence[Outcome], got: Sequence[Outcome], *,
+          strict_errors: bool = False, seed: int | None = None) -> Verdict:
+    """Compare outcomes case by case. Passes when every valid-input case (the reference returns) has
+    a right outcome; invalid-input cases (the reference raises) give notes, or decide too with
+    ``strict_errors``. ``got`` must hold one outcome per case (fewer only after NotImplementedError)."""
     ex = exercises.get(name)
-    if len(got) < len(expected) and (not got or not got[-1].raised):
-        return False, f"returned {len(got)} results for {len(expected)} cases"
+    if got and got[-1].error_types[:1] == ("NotImplementedError",):
+        return Verdict(False, "not implemented yet (the function raises NotImplementedError)")
+    if len(got) != len(expected):
+        return Verdict(False, f"answered {len(got)} of {len(expected)} cases: every case needs an answer")
+    reproduce = f"\n  reproduce: check({name!r}, {name}, seed={seed})" if seed is not None else ""
+    notes, n_valid = [], 0
     for i, (case, exp, out) in enumerate(zip(cases, expected, got)):
-        if out.error_types[:1] == ("NotImplementedError",):
-            return False, "not implemented yet (the function raises NotImplementedError)"
+        n_valid += not exp.raised
         reason = _explain(ex, exp, out)
-        if reason is not None:
-            shown_expected = f"raises {exp.error_types[0]}" if exp.raised else repr(exp.value)
-            shown_got = f"raises {out.error_types[0]}: {out.error_message}" if out.raised else repr(out.value)
-            return False, _shorten(
-                f"case {i + 1} of {len(cases)}: {reason}\n  inputs:   {ex.describe(case)}\n"
-                f"  expected: {shown_expected}\n  got:      {shown_got}")
-    return True, f"passed all {len(cases)} cases"
+        if reason is None:
+            continue
+        shown_expected = f"raises {exp.error_types[0]}" if exp.raised else repr(exp.value)
+        shown_got = f"raises {out.error_types[0]}: {out.error_message}" if out.raised else repr(out.value)
+        if exp.raised and not strict_errors:
+            if len(notes) < _MAX_NOTES:
+                notes.append(_shorten(f"for {ex.describe(case)}: {reason}").replace("\n", "; "))
+            continue
+        return Verdict(False, _shorten(
+            f"case {i + 1} of {len(cases)}: {reason}\n  inputs:   {ex.describe(case)}\n"
+            f"  expected: {_shorten(shown_expected)}\n  got:      {_shorten(shown_got)}") + reproduce)
+    n_invalid = len(cases) - n_valid
+    summary = f"passed all {n_valid} valid-input cases" + (
+        f" and {n_invalid - len(notes)} of {n_invalid} invalid-input cases" if n_invalid else "")
+    if notes and not strict_errors:
+        summary += " (invalid input is advice, not graded: see the notes)"
+    return Verdict(True, summary, notes)
 
 
-def check(name: str, fn: Callable, *, seed: int | None = None, verbose: bool = True) -> Callable:
+def check(name: str, fn: Callable, *, seed: int | None = None, verbose: bool = True,
+          strict_errors: bool = False) -> Callable:
     """Grade ``fn`` as exercise ``name`` on fresh random inputs; return ``fn`` if it passed, else the reference.
 
     Parameters
@@ -101,7 +162,10 @@ def check(name: str, fn: Callable, *, seed: int | None = None, verbose: bool = T
     fn : callable
         Your implementation.
     seed : int, optional
-        Fix the hidden inputs (default: fresh ones each call).
+        Fix the hidden inputs (default: fresh ones each call); a failure message says which seed
+        reproduces it.
+    strict_errors : bool, default=False
+        Also require the reference's exceptions on invalid input.
     """
     ex = exercises.get(name)
     if not callable(fn):
@@ -109,14 +173,14 @@ def check(name: str, fn: Callable, *, seed: int | None = None, verbose: bool = T
     seed = secrets.randbelow(2**31) if seed is None else seed
     cases = make_cases(name, seed)
     got = run_cases(fn, name, cases, stop_at_first_error=True)
-    passed, message = judge(name, cases, expected_outcomes(name, cases), got)
+    verdict = judge(name, cases, expected_outcomes(name, cases), got, strict_errors=strict_errors, seed=seed)
     if verbose:
-        if passed:
-            print(f"PASS {name}: {message} (seed {seed}).")
-        elif message.startswith("not implemented"):
+        if verdict.passed:
+            print(f"PASS {name}: {verdict.text()} (seed {seed}).")
+        elif verdict.message.startswith("not implemented"):
             print(f"TODO {name}: not implemented yet; the notebook goes on with the reference "
                   f"{ex.reference_path}.")
         else:
-            print(f"FAIL {name} (seed {seed}): {message}\n"
+            print(f"FAIL {name} (seed {seed}): {verdict.message}\n"
                   f"The notebook goes on with the reference {ex.reference_path}; fix yours and re-run this cell.")
-    return fn if passed else reference(name)
+    return fn if verdict.passed else reference(name)

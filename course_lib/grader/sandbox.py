@@ -2,15 +2,16 @@
 
 :class:`Pool` starts ``python -m course_lib.grader.zygote`` once (it imports the heavy libraries once),
 then grades each exercise in a child forked from it (see :mod:`course_lib.grader.zygote` for the limits and
-the isolation). The submission's code and the cases travel in a job file readable only by the grader;
-the answer comes back as one JSON line that is validated here (types, sizes, known tags) before
-anything is compared: a malformed answer is a failed exercise, never a grader crash. The expected
-results never leave the grader's process.
+the isolation). The submission's code travels in a file readable only by the grader (the graded child
+reads and deletes it); the cases go to the zygote, which hands the child one at a time. The answer
+comes back as one outcome per case, each decoded here with size and depth limits before anything is
+compared: a malformed answer is a failed exercise, never a grader crash. The expected results, the
+``derive`` step and every comparison never leave the grader's process.
 
-Which protections are active depends on the machine: ``Pool.isolation`` says
-(``namespaces``: private mount and network namespaces; ``uid_drop``: a uid of its own per child).
-Both need root (CI and a classroom server run as root; on a laptop as a normal user, the limits,
-the session, the stubbed references and the output cap still apply).
+Which protections are active depends on the machine: ``Pool.isolation`` says (``namespaces``: mount,
+network, IPC namespaces; ``pid_namespace``; ``uid_drop``: a uid slot per child; ``cgroup``: a memory
+limit for the exercise as a whole). They need root (CI and a classroom server run as root); as a
+normal user the limits, the session, the disabled modules and the output cap still apply.
 """
 from __future__ import annotations
 
@@ -45,25 +46,36 @@ class SandboxResult:
     seconds: float = 0.0
 
 
-def parse_reply(reply: str | None, error: str | None, n_cases: int, seconds: float) -> SandboxResult:
-    """Validate a child's answer line; anything malformed becomes an error result."""
+def parse_answer(answer: dict, n_cases: int) -> SandboxResult:
+    """Decode the zygote's answer for one exercise: one outcome per case it holds, each decoded with
+    size and depth limits; anything malformed becomes an error result, never a grader crash."""
     from .codec import DecodeError, Outcome
 
-    if error is not None or reply is None:
-        return SandboxResult(error=str(error or "no answer")[:4000], seconds=seconds)
-    try:
-        data = json.loads(reply)
-        if not isinstance(data, dict):
-            raise DecodeError("the reply is not a JSON object")
-        printed = str(data.get("printed", ""))[:MAX_PRINTED_CHARS]
-        if data.get("error"):
-            return SandboxResult(error=str(data["error"])[:4000], printed=printed, seconds=seconds)
-        raw = data.get("outcomes")
-        if not isinstance(raw, list) or len(raw) > n_cases:
-            raise DecodeError("'outcomes' must be a list with at most one entry per case")
-        return SandboxResult(outcomes=[Outcome.from_json(o) for o in raw], printed=printed, seconds=seconds)
-    except (ValueError, TypeError, RecursionError, DecodeError) as exc:
-        return SandboxResult(error=f"the grading process returned a malformed answer ({exc})", seconds=seconds)
+    seconds = float(answer.get("seconds") or 0.0) if isinstance(answer.get("seconds"), (int, float)) else 0.0
+    printed = _clean(str(answer.get("printed") or ""))[:MAX_PRINTED_CHARS]
+    if answer.get("error"):
+        return SandboxResult(error=_clean(str(answer["error"]))[:4000], printed=printed, seconds=seconds)
+    raw = answer.get("outcomes")
+    if not isinstance(raw, list) or len(raw) > n_cases:
+        return SandboxResult(error="the grading process returned a malformed answer", seconds=seconds)
+    outcomes = []
+    for i, text in enumerate(raw):
+        try:
+            if not isinstance(text, str):
+                raise DecodeError("not text")
+            outcomes.append(Outcome.from_json(json.loads(text)))
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError, MemoryError, OverflowError,
+                DecodeError) as exc:
+            return SandboxResult(error=f"the answer to case {i + 1} could not be read: {_clean(str(exc))[:300]}",
+                                 printed=printed, seconds=seconds)
+    return SandboxResult(outcomes=outcomes, printed=printed, seconds=seconds)
+
+
+def _clean(text: str) -> str:
+    """Text safe to print or store: no terminal escapes, no control characters but newline and tab."""
+    import re
+    text = re.sub(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])", "", text)
+    return "".join(ch for ch in text if ch in "\n\t" or (ord(ch) >= 32 and not 0x7f <= ord(ch) < 0xa0))
 
 
 def hidden_paths(paths: Iterable[str | Path]) -> list[str]:
@@ -109,17 +121,20 @@ class Pool:
         return result[0] if result else b""
 
     def run(self, tasks: Sequence[tuple[str, str, list[dict]]]) -> Iterator[tuple[int, SandboxResult]]:
-        """Grade ``(code, exercise, cases)`` tasks; yield ``(task index, result)`` as they finish."""
+        """Grade ``(code, exercise, cases)`` tasks; yield ``(task index, result)`` as they finish.
+
+        The code travels in a file only the grader can read (the graded child reads and deletes it);
+        the cases go to the zygote, which hands them to the child one at a time."""
         ids = {}
         lines = []
         for index, (code, exercise, cases) in enumerate(tasks):
             job_id, self._next_id = self._next_id, self._next_id + 1
             path = os.path.join(self._jobdir, f"{job_id}.json")
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
-                json.dump({"code": code, "exercise": exercise, "cases": cases}, handle)
+                json.dump({"code": code}, handle)
             ids[job_id] = (index, len(cases))
-            lines.append(json.dumps({"id": job_id, "job": path, "timeout_s": self.limits.timeout_s,
-                                     "memory_mb": self.limits.memory_mb,
+            lines.append(json.dumps({"id": job_id, "job": path, "exercise": exercise, "cases": cases,
+                                     "timeout_s": self.limits.timeout_s, "memory_mb": self.limits.memory_mb,
                                      "file_size_mb": self.limits.file_size_mb, "hide": self.hide}))
         writer = threading.Thread(target=self._write, args=("\n".join(lines) + "\n" if lines else "",), daemon=True)
         writer.start()
@@ -129,7 +144,7 @@ class Pool:
                 raise RuntimeError("the grading server stopped unexpectedly")
             answer = json.loads(line)
             index, n_cases = ids.pop(answer["id"])
-            yield index, parse_reply(answer.get("reply"), answer.get("error"), n_cases, answer.get("seconds", 0.0))
+            yield index, parse_answer(answer, n_cases)
         writer.join()
 
     def _write(self, text: str) -> None:

@@ -6,7 +6,12 @@ top-level statements are kept, from a ``.py`` file or from the code cells of an 
 ``import``, ``from ... import``, ``def`` and ``async def`` (decorators and default values
 included: they are evaluated when the ``def`` runs, inside the limited subprocess).
 Class definitions and every other statement are dropped; IPython magics (``%``, ``!``) are
-removed; a cell that does not parse is skipped with a note.
+removed; a cell that does not parse is skipped with a note ("cell 3 does not parse: line 2, ...")
+that the grader shows for every exercise the submission then lacks.
+
+Nothing a submission holds can stop the grading of a class: an unreadable or huge file, a notebook
+that is not JSON, JSON or expressions nested deeply enough to exhaust the parser, each becomes a
+note on that submission.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from pathlib import Path
 __all__ = ["Submission", "load_submission", "extract_definitions"]
 
 _KEPT = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef)
+MAX_BYTES = 20 * 2**20
+_PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError, TypeError)
 
 
 @dataclass
@@ -44,14 +51,16 @@ def extract_definitions(sources: list[str]) -> tuple[str, list[str], list[str]]:
     for index, source in enumerate(sources):
         try:
             tree = ast.parse(_strip_magics(source))
-        except SyntaxError as exc:
-            notes.append(f"chunk {index + 1} skipped: it does not parse ({exc.msg}, line {exc.lineno})")
+            parts = [(ast.unparse(node), node) for node in tree.body if isinstance(node, _KEPT)]
+        except _PARSE_ERRORS as exc:
+            where = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, SyntaxError) else \
+                f"{type(exc).__name__}, e.g. nested too deeply"
+            notes.append(f"cell {index + 1} does not parse ({where})")
             continue
-        for node in tree.body:
-            if isinstance(node, _KEPT):
-                kept.append(ast.unparse(node))
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    functions.append(node.name)
+        for text, node in parts:
+            kept.append(text)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                functions.append(node.name)
     return "\n\n".join(kept) + "\n", list(dict.fromkeys(functions)), notes
 
 
@@ -60,15 +69,24 @@ def load_submission(path: str | Path) -> Submission:
     path = Path(path)
     if path.suffix not in (".py", ".ipynb"):
         raise ValueError(f"submission must be a .py or .ipynb file, got {path.name!r}")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            return Submission(str(path), "", [], [f"larger than {MAX_BYTES // 2**20} MB: not graded"])
+        text = path.read_text(encoding="utf-8", errors="replace").replace("\x00", "")
+    except OSError as exc:
+        return Submission(str(path), "", [], [f"cannot be read: {exc.strerror}"])
     if path.suffix == ".py":
         sources = [text]
     else:
         try:
             notebook = json.loads(text)
-            sources = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-                       for c in notebook.get("cells", []) if c.get("cell_type") == "code"]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            return Submission(str(path), "", [], [f"not a readable notebook: {exc}"])
+            sources = []
+            for cell in notebook.get("cells", []):
+                if cell.get("cell_type") == "code":
+                    source = cell.get("source", "")
+                    sources.append("".join(source) if isinstance(source, list) else str(source))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError) as exc:
+            return Submission(str(path), "", [], [f"not a readable notebook (not valid notebook JSON: "
+                                                  f"{type(exc).__name__})"])
     code, functions, notes = extract_definitions(sources)
     return Submission(str(path), code, functions, notes)

@@ -7,10 +7,18 @@ An exercise is a pure top-level function with a fixed name. Its reference implem
 - ``build(case)``: turns one description into real arguments ``(args, kwargs)`` (tensors, models);
 - ``describe(case)``: a short text of those inputs, printed with a counterexample;
 - ``compare(expected, got)``: ``None`` when ``got`` is right, else the reason it is not;
-- ``forbidden``: dotted names a submission may not call to get the answer (the reference, or the
-  library function that computes the same thing);
-- ``harness`` (optional): ``harness(fn, args, kwargs)`` calls the function and returns what is graded,
-  when that is more than the return value (e.g. the value *and* the gradient it lets through).
+- ``forbidden``: what computes the answer and is off limits while grading: library **modules**
+  (``"torch.nn.utils.prune"``, ``"captum"``: every function in them is disabled, whatever path
+  reaches it) and dispatcher operators (``"aten::fake_quantize_per_tensor_affine"``); see
+  :mod:`course_lib.grader.guards`. The course's reference modules are always off limits;
+- ``runner`` (optional): ``runner(fn, args, kwargs)`` runs where the learner's function runs (the
+  sandboxed child, or the notebook): it calls ``fn`` and packages only what ``fn`` returned (call it
+  twice to see it is deterministic; the gradient of the returned tensor). It holds nothing that
+  decides the grade;
+- ``derive`` (optional): ``derive(case, answer)`` runs in the grader only, on the decoded answer:
+  it computes what ``compare`` sees (outputs of returned layers rebuilt from their state, the scores
+  a pruning rule ranks, the truth a LIME fit is compared with). The expected value is
+  ``derive(case, runner(reference, *build(case)))``, computed in the grader.
 
 Nothing here imports a topic module, so a grading subprocess can build inputs without ever
 holding a reference implementation or an expected result.
@@ -24,12 +32,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Exercise", "get", "names", "by_chapter", "chapters", "case_rng", "ALWAYS_FORBIDDEN"]
+__all__ = ["Exercise", "get", "names", "by_chapter", "chapters", "case_rng", "keep_inputs", "inputs_changed"]
 
-# Every module that holds references (or wraps them) is unavailable while a submission is graded.
-ALWAYS_FORBIDDEN = tuple(f"course_lib.{m}" for m in (
-    "measurement", "timing", "grader.grading", "pruning", "quantization", "lowrank", "distillation",
-    "local_explanation", "global_explanation", "compress_explain"))
 
 
 @dataclass(frozen=True)
@@ -43,15 +47,13 @@ class Exercise:
     compare: Callable[[Any, Any], str | None]
     forbidden: tuple[str, ...] = ()
     max_score: float = 1.0
-    harness: Callable[[Callable, tuple, dict], Any] | None = None
+    runner: Callable[[Callable, tuple, dict], Any] | None = None
+    derive: Callable[[dict, Any], Any] | None = None
 
     @property
     def reference_path(self) -> str:
         return f"course_lib.{self.topic}.{self.name}"
 
-    @property
-    def all_forbidden(self) -> tuple[str, ...]:
-        return ALWAYS_FORBIDDEN + self.forbidden
 
 
 _REGISTRY: dict[str, Exercise] = {}
@@ -90,7 +92,32 @@ def case_rng(seed: int, name: str) -> np.random.Generator:
 
 # One spec module per chapter module, named like it; each defines EXERCISES. Listed in course order.
 _CHAPTER_SPECS = ("measurement", "pruning", "quantization", "lowrank", "distillation", "local_explanation",
-                  "global_explanation", "compress_explain")
+                  "global_explanation", "compression_explanation")
+
+
+def keep_inputs(fn: Callable, args: tuple, kwargs: dict) -> dict:
+    """A ``runner`` that sends back the result *and* the positional arguments as they are after the
+    call, so the grader can see whether the function changed its inputs in place."""
+    result = fn(*args, **kwargs)
+    return {"result": result, "inputs_after": list(args)}
+
+
+def inputs_changed(original: tuple, after: list) -> bool:
+    """Whether ``after`` (decoded in the grader) differs from the freshly built ``original`` arguments."""
+    import torch
+
+    def same(a, b) -> bool:
+        if isinstance(a, torch.Tensor):
+            return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a.detach().to(b.dtype), b)
+        if isinstance(a, torch.nn.Module):
+            if not isinstance(b, torch.nn.Module):
+                return False
+            sa, sb = a.state_dict(), b.state_dict()
+            return sa.keys() == sb.keys() and all(same(sa[k], sb[k]) for k in sa)
+        if isinstance(a, (list, tuple)):
+            return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same, a, b))
+        return True
+    return not (isinstance(after, list) and len(after) == len(original) and all(map(same, original, after)))
 
 
 def _load_specs() -> None:

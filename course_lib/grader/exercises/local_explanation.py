@@ -8,8 +8,8 @@ wrong answers: per-row targets, small ``steps`` (left vs midpoint Riemann), non-
 overlapping and cut-off occlusion windows, Grad-CAMs with negative parts, deletion with tied
 attributions and ``n * k / steps`` not an integer.
 
-``lime_tabular`` cannot be compared bit for bit (the sampling is the learner's choice): its harness calls
-the function twice with the same arguments and grades properties against a truth stored with the case:
+``lime_tabular`` cannot be compared bit for bit (the sampling is the learner's choice): its runner calls
+the function twice with the same arguments; the grader (``derive``) computes the truth from the case:
 exact weights of a linear ``f`` (tolerance 1e-6), the gradient of a curved ``f`` at ``x`` with a small
 kernel (tolerance 0.15 in max-abs error), and identical results for the same seed.
 """
@@ -267,7 +267,8 @@ def _shapley_describe(case: dict) -> str:
 
 # --------------------------------------------------------------------------- lime_tabular
 class _LimeTarget:
-    """A linear f (truth: its weights) or f(z) = sum_i a_i sin(b_i z_i) (truth: the gradient at x)."""
+    """A linear f or f(z) = sum_i a_i sin(b_i z_i). What a LIME fit is compared with (the weights, or the
+    gradient at x) is computed by :func:`_lime_truth` in the grader, never stored on f."""
 
     def __init__(self, kind: str, seed: int, x: np.ndarray):
         rng = np.random.default_rng(seed)
@@ -275,10 +276,8 @@ class _LimeTarget:
         M = len(x)
         if kind == "linear":
             self.w, self.b = np.round(rng.normal(size=M), 3), float(np.round(rng.normal(), 3))
-            self.truth, self.tol = self.w.copy(), 1e-6
         else:
             self.a, self.freq = rng.uniform(0.5, 1.5, size=M), rng.uniform(1.0, 2.0, size=M)
-            self.truth, self.tol = self.a * self.freq * np.cos(self.freq * x), 0.15
 
     def __call__(self, z):
         z = np.asarray(z, dtype=np.float64)
@@ -322,14 +321,26 @@ def _lime_describe(case: dict) -> str:
     truth = "its weights" if case["kind"] == "linear" else "the gradient of f at x (max-abs error <= 0.15)"
     return (f"{f!r}, x = np.array({x.tolist()}), scale = {case['scale']!r}, n_samples={kw['n_samples']}, "
             f"kernel_width={kw['kernel_width']}, seed={kw['seed']}; graded against {truth} = "
-            f"{np.round(f.truth, 4).tolist()}, called twice")
+            f"{np.round(_lime_truth(case)[0], 4).tolist()}, called twice")
 
 
-def _lime_harness(fn, args: tuple, kwargs: dict):
-    """Call twice with the same arguments; return (coef, coef_again, truth, tolerance)."""
-    first = fn(*args, **kwargs)
-    again = fn(*args, **kwargs)
-    return first, again, args[0].truth, args[0].tol
+def _lime_truth(case: dict) -> tuple[np.ndarray, float]:
+    """(truth, tolerance) for a case, computed in the grader from its seed."""
+    x = np.array(case["x"], dtype=np.float64)
+    f = _LimeTarget(case["kind"], case["seed"], x)
+    if case["kind"] == "linear":
+        return f.w.copy(), 1e-6
+    return f.a * f.freq * np.cos(f.freq * x), 0.15
+
+
+def _lime_runner(fn, args: tuple, kwargs: dict):
+    """Call twice with the same arguments (the same seed must give the same coefficients)."""
+    return fn(*args, **kwargs), fn(*args, **kwargs)
+
+
+def _lime_derive(case: dict, answer) -> tuple:
+    """In the grader: (coef, coef_again, truth, tolerance)."""
+    return (*answer, *_lime_truth(case))
 
 
 def _lime_compare(expected: tuple, got) -> str | None:
@@ -390,24 +401,25 @@ def _deletion_describe(case: dict) -> str:
 
 
 # --------------------------------------------------------------------------- the exercises
-def _exercise(name, make_cases, build, describe, compare, forbidden=(), harness=None):
+def _exercise(name, make_cases, build, describe, compare, forbidden=(), runner=None, derive=None):
     from . import Exercise
     return Exercise(name=name, chapter=CHAPTER, topic="local_explanation", make_cases=make_cases, build=build,
-                    describe=describe, compare=compare, forbidden=tuple(forbidden), harness=harness)
+                    describe=describe, compare=compare, forbidden=tuple(forbidden), runner=runner, derive=derive)
 
 
-_CAPTUM = "captum.attr."
+# Off limits in every exercise of this chapter: the explanation libraries, whole packages.
+_EXPLAINERS = ("captum", "shap", "lime")
 EXERCISES = [
     _exercise("saliency", lambda rng: _gradient_cases(rng, ig=False), _saliency_build, _model_describe, _map_compare,
-              [_CAPTUM + "Saliency"]),
+              _EXPLAINERS),
     _exercise("integrated_gradients", lambda rng: _gradient_cases(rng, ig=True), _ig_build, _model_describe,
-              _map_compare, [_CAPTUM + "IntegratedGradients"]),
-    _exercise("occlusion", _occlusion_cases, _occlusion_build, _model_describe, _map_compare, [_CAPTUM + "Occlusion"]),
+              _map_compare, _EXPLAINERS),
+    _exercise("occlusion", _occlusion_cases, _occlusion_build, _model_describe, _map_compare, _EXPLAINERS),
     _exercise("grad_cam", _grad_cam_cases, _grad_cam_build, _model_describe, _map_compare,
-              [_CAPTUM + "LayerGradCam"]),
+              _EXPLAINERS),
     _exercise("exact_shapley", _shapley_cases, _shapley_build, _shapley_describe, _array_compare,
-              ["shap.explainers.Exact", "shap.KernelExplainer", "shap.Explainer"]),
+              _EXPLAINERS),
     _exercise("lime_tabular", _lime_cases, _lime_build, _lime_describe, _lime_compare,
-              ["lime.lime_tabular.LimeTabularExplainer"], harness=_lime_harness),
-    _exercise("deletion_curve", _deletion_cases, _deletion_build, _deletion_describe, _curve_compare),
+              _EXPLAINERS, runner=_lime_runner, derive=_lime_derive),
+    _exercise("deletion_curve", _deletion_cases, _deletion_build, _deletion_describe, _curve_compare, _EXPLAINERS),
 ]

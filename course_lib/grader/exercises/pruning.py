@@ -8,9 +8,9 @@ N:M that are not rows, steps outside ``[0, T]`` (clamped), strided/padded/dilate
 convolutions, and invalid arguments.
 
 Ties. Masks are graded by the pruning *rule*, so every valid choice among tied scores passes:
-the harness hands ``compare`` the scores the rule ranks (``|w|``, slice norms), and a mask that
+the grader (``derive``) hands ``compare`` the scores the rule ranks (``|w|``, slice norms), and a mask that
 differs from the reference passes when it prunes as many units and no pruned unit scores more than
-a kept one (within the group, for N:M). ``shrink_conv_pair`` is graded by its harness too: the
+a kept one (within the group, for N:M). ``shrink_conv_pair`` is graded in the grader too, on the returned layers rebuilt there: the
 layers' settings and ``next_conv(relu(conv(x)))`` on a fixed input, and the inputs left untouched.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import inputs_changed, keep_inputs
 from ._compare import close_float, type_name
 
 CHAPTER = "01_pruning"
@@ -101,22 +102,23 @@ def _ranking_reason(expected: torch.Tensor, got: torch.Tensor, scores: torch.Ten
     return None
 
 
-def _scored(fn, args, kwargs, scores_of, keep: tuple[str, ...] = ()) -> dict | str:
-    """Call ``fn``; return ``{"mask": result, "scores": scores_of(args, kwargs)}`` plus the keyword
-    arguments named in ``keep`` (or why not)."""
-    before = [a.detach().clone() if isinstance(a, torch.Tensor) else None for a in args]
-    result = fn(*args, **kwargs)
-    if any(b is not None and not torch.equal(b, a.detach()) for a, b in zip(args, before)):
-        return _CHANGED.format(what="mask")
-    try:
-        scores = scores_of(*[b if b is not None else a for a, b in zip(args, before)], **kwargs)
-    except Exception:  # noqa: BLE001 - invalid arguments: the reference raised, judge reports that
-        scores = None
-    return {"mask": result, "scores": scores, **{key: kwargs[key] for key in keep}}
+def _scored(build, scores_of, keep: tuple[str, ...] = ()):
+    """A ``derive`` (runs in the grader): the returned mask, the scores the rule ranks (computed here from
+    the rebuilt inputs) and the keyword arguments named in ``keep``; or why the answer is wrong."""
+    def derive(case: dict, answer) -> dict | str:
+        args, kwargs = build(case)
+        if inputs_changed(args, answer["inputs_after"]):
+            return _CHANGED.format(what="mask")
+        try:
+            scores = scores_of(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - invalid arguments: the reference raised, judge reports that
+            scores = None
+        return {"mask": answer["result"], "scores": scores, **{key: kwargs[key] for key in keep}}
+    return derive
 
 
 def _settled(expected: dict, got) -> tuple[bool, str | None]:
-    """(True, verdict) when the verdict needs no ranking check: a harness message, a malformed mask,
+    """(True, verdict) when the verdict needs no ranking check: a message from ``derive``, a malformed mask,
     or the reference's own mask; else (False, None)."""
     if isinstance(got, str):
         return True, got
@@ -173,10 +175,6 @@ def _magnitude_describe(case: dict) -> str:
     return f"weight = {_show(_tensor(case['weight']))}\namount = {case['amount']!r}"
 
 
-def _magnitude_harness(fn, args, kwargs):
-    return _scored(fn, args, kwargs, lambda w, *_: w.abs())
-
-
 # --------------------------------------------------------------------------- global_magnitude_masks
 def _global_cases(rng: np.random.Generator) -> list[dict]:
     fixed = [
@@ -220,15 +218,14 @@ def _global_describe(case: dict) -> str:
     return f"weights = {brackets[0]}{shown}{brackets[1]}\namount = {amount!r}"
 
 
-def _global_harness(fn, args, kwargs):
-    weights = args[0]
-    if not isinstance(weights, (list, tuple)) or not all(isinstance(w, torch.Tensor) for w in weights):
-        return fn(*args, **kwargs)
-    before = [w.detach().clone() for w in weights]
-    result = fn(*args, **kwargs)
-    if any(not torch.equal(b, w.detach()) for b, w in zip(before, weights)):
+def _global_derive(case: dict, answer) -> dict | str:
+    args, _ = _global_build(case)
+    if inputs_changed(args, answer["inputs_after"]):
         return _CHANGED.format(what="list of masks")
-    return {"masks": result, "scores": [b.abs() for b in before]}
+    weights = args[0]
+    if not isinstance(weights, (list, tuple)):
+        return {"masks": answer["result"], "scores": []}
+    return {"masks": answer["result"], "scores": [w.detach().abs() for w in weights]}
 
 
 def _global_compare(expected: dict, got) -> str | None:
@@ -300,10 +297,6 @@ def _structured_describe(case: dict) -> str:
             f"dim = {case['dim']!r}")
 
 
-def _structured_harness(fn, args, kwargs):
-    return _scored(fn, args, kwargs, _slice_norms, keep=("dim",))
-
-
 def _structured_compare(expected: dict, got) -> str | None:
     done, reason = _settled(expected, got)
     if done:
@@ -353,10 +346,6 @@ def _n_m_build(case: dict) -> tuple[tuple, dict]:
 
 def _n_m_describe(case: dict) -> str:
     return f"weight = {_show(_tensor(case['weight']))}\nn = {case['n']!r}, m = {case['m']!r}"
-
-
-def _n_m_harness(fn, args, kwargs):
-    return _scored(fn, args, kwargs, lambda w, **_: w.abs(), keep=("m",))
 
 
 def _n_m_compare(expected: dict, got) -> str | None:
@@ -480,15 +469,12 @@ def _layout(conv: nn.Conv2d) -> dict:
     return out
 
 
-def _shrink_harness(fn, args, kwargs):
-    conv, next_conv, keep = args
-    before = {k: v.detach().clone() for k, v in [*conv.state_dict().items(), *(
-        (f"next.{k}", v) for k, v in next_conv.state_dict().items())]} if isinstance(conv, nn.Module) and \
-        isinstance(next_conv, nn.Module) else {}
-    result = fn(*args, **kwargs)
-    after = {**conv.state_dict(), **{f"next.{k}": v for k, v in next_conv.state_dict().items()}} if before else {}
-    if any(not torch.equal(v, after[k]) for k, v in before.items()):
+def _shrink_derive(case: dict, answer) -> dict | str:
+    """In the grader: the returned layers (rebuilt from their settings and state) run on a fixed input."""
+    (conv, next_conv, keep), _ = _shrink_build(case)
+    if inputs_changed((conv, next_conv), answer["inputs_after"][:2]):
         return _CHANGED.format(what="pair of layers")
+    result = answer["result"]
     if not (isinstance(result, (tuple, list)) and len(result) == 2 and all(isinstance(r, nn.Conv2d) for r in result)):
         return result
     new, new_next = result
@@ -523,25 +509,27 @@ def _shrink_compare(expected: dict, got) -> str | None:
 
 
 # --------------------------------------------------------------------------- the exercises
-def _exercise(name, make_cases, build, describe, compare, forbidden=(), harness=None):
+def _exercise(name, make_cases, build, describe, compare, forbidden=(), derive=None):
     from . import Exercise
     return Exercise(name=name, chapter=CHAPTER, topic="pruning", make_cases=make_cases, build=build,
-                    describe=describe, compare=compare, forbidden=tuple(forbidden), harness=harness)
+                    describe=describe, compare=compare, forbidden=tuple(forbidden),
+                    runner=keep_inputs if derive else None, derive=derive)
 
 
-_PRUNE = "torch.nn.utils.prune."
-_UNSTRUCTURED = tuple(_PRUNE + f for f in ("l1_unstructured", "L1Unstructured", "global_unstructured"))
+_PRUNE = ("torch.nn.utils.prune", "torch.ao.pruning")     # modules: every function in them is off limits
+_UNSTRUCTURED = _PRUNE
 
 EXERCISES = [
     _exercise("magnitude_mask", _magnitude_cases, _magnitude_build, _magnitude_describe, _mask_compare,
-              _UNSTRUCTURED, harness=_magnitude_harness),
+              _UNSTRUCTURED, derive=_scored(_magnitude_build, lambda w, *_: w.detach().abs())),
     _exercise("global_magnitude_masks", _global_cases, _global_build, _global_describe, _global_compare,
-              _UNSTRUCTURED, harness=_global_harness),
+              _UNSTRUCTURED, derive=_global_derive),
     _exercise("structured_mask", _structured_cases, _structured_build, _structured_describe, _structured_compare,
-              (_PRUNE + "ln_structured", _PRUNE + "LnStructured"), harness=_structured_harness),
+              _PRUNE, derive=_scored(_structured_build, _slice_norms, keep=("dim",))),
     _exercise("n_m_mask", _n_m_cases, _n_m_build, _n_m_describe, _n_m_compare,
-              ("torch.ao.pruning.WeightNormSparsifier",), harness=_n_m_harness),
-    _exercise("polynomial_sparsity", _schedule_cases, _schedule_build, _schedule_describe, _schedule_compare),
+              _PRUNE, derive=_scored(_n_m_build, lambda w, **_: w.detach().abs(), keep=("m",))),
+    _exercise("polynomial_sparsity", _schedule_cases, _schedule_build, _schedule_describe, _schedule_compare,
+              _PRUNE),
     _exercise("shrink_conv_pair", _shrink_cases, _shrink_build, _shrink_describe, _shrink_compare,
-              harness=_shrink_harness),
+              _PRUNE, derive=_shrink_derive),
 ]

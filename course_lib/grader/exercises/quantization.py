@@ -8,8 +8,12 @@ last code from outside the real range (the straight-through mask). Random values
 ties, so float32 and float64 arithmetic give the same codes.
 
 ``fake_quantize`` is graded on its value *and* its gradient without changing its signature: its
-harness calls the function on an ``x`` with ``requires_grad=True``, backpropagates the case's fixed
-upstream gradient and grades ``torch.stack([value, x.grad])``.
+runner calls the function on an ``x`` with ``requires_grad=True``, backpropagates the case's fixed
+upstream gradient through the returned tensor's own graph and sends back ``torch.stack([value, x.grad])``.
+
+Off limits while grading (blocked by module and by dispatcher operator, see
+:mod:`course_lib.grader.guards`): ``torch.ao.quantization`` (observers, fake-quant modules), the
+older alias ``torch.quantization``, and torch's quantize / fake-quantize / choose-qparams operators.
 """
 from __future__ import annotations
 
@@ -162,6 +166,7 @@ def _quantize_cases(rng: np.random.Generator) -> list[dict]:
         ([0.25, 0.75, 1.25, -0.25, -0.75, -1.25, 1.0], 0.5, 10, 8, False),   # ties: half to even
         ([-10.0, 0.0, 200.0, 300.0], 1.0, 0, 8, False),                      # clamp to [0, 255]
         ([0.0, 0.04, 0.3], 0.1, 128, 8, False),                               # the zero point is added
+        ([0.25, 0.75, -0.25, 1.25], 0.5, 3, 8, False),                        # ties, odd zero point: round, then add
         ([-3.0, -1.0, -0.125, 0.0, 1.0, 3.0], 0.25, 0, 4, True),              # signed codes [-8, 7]
         ([[2.5, 3.5], [-2.5, -3.5]], 1.0, 0, 8, True),                        # ties, signed, 2-D
         ([-1.0, 0.0, 1.0], 0.5, 1, 2, False),                                 # 2 bits: codes [0, 3]
@@ -264,7 +269,7 @@ def _per_channel_describe(case: dict) -> str:
 
 # --------------------------------------------------------------------------- fake_quantize
 def _value_and_grad(fn, args: tuple, kwargs: dict):
-    """Harness: call ``fn``, backpropagate the case's upstream gradient to ``x``, return both.
+    """Runner: call ``fn``, backpropagate the case's upstream gradient to ``x``, return both.
 
     Returns ``torch.stack([value, x.grad])`` (``x.grad`` all nan when no gradient reaches ``x``), or
     the raw result when it is not a tensor shaped like ``x`` (the comparison then says why).
@@ -312,7 +317,7 @@ def _upstream(case: dict, x: torch.Tensor) -> torch.Tensor:
 
 def _fake_quant_build(case: dict) -> tuple[tuple, dict]:
     x = _tensor(case["x"]).requires_grad_(True)
-    x.upstream_grad = _upstream(case, x.detach())     # used by the harness, after the call
+    x.upstream_grad = _upstream(case, x.detach())     # used by the runner, after the call (an input, not an answer)
     return (x, case["scale"], case["zero_point"]), {"num_bits": case["num_bits"]}
 
 
@@ -352,17 +357,22 @@ def _binarize_describe(case: dict) -> str:
 
 
 # --------------------------------------------------------------------------- the exercises
-def _exercise(name, make_cases, build, describe, compare, forbidden=(), harness=None):
+def _exercise(name, make_cases, build, describe, compare, forbidden=(), runner=None):
     from . import Exercise
     return Exercise(name=name, chapter=CHAPTER, topic="quantization", make_cases=make_cases, build=build,
-                    describe=describe, compare=compare, forbidden=tuple(forbidden), harness=harness)
+                    describe=describe, compare=compare, forbidden=tuple(forbidden), runner=runner)
 
 
-_OBSERVERS = ("torch.ao.quantization.MinMaxObserver", "torch.ao.quantization.observer.MinMaxObserver",
-              "torch.ao.quantization.PerChannelMinMaxObserver",
-              "torch.ao.quantization.observer.PerChannelMinMaxObserver")
-_TORCH_QUANT = ("torch.quantize_per_tensor", "torch.quantize_per_channel", "torch.fake_quantize_per_tensor_affine",
-                "torch.fake_quantize_per_channel_affine", "torch._make_per_tensor_quantized_tensor")
+_QUANT_MODULES = ("torch.ao.quantization", "torch.quantization", "torch.ao.nn.quantized", "torch.nn.quantized")
+_QUANT_OPS = tuple("aten::" + op for op in (
+    "quantize_per_tensor", "quantize_per_channel", "quantize_per_tensor_dynamic", "fake_quantize_per_tensor_affine",
+    "fake_quantize_per_tensor_affine_cachemask", "_fake_quantize_per_tensor_affine_cachemask_tensor_qparams",
+    "fake_quantize_per_channel_affine", "fake_quantize_per_channel_affine_cachemask",
+    "_fake_quantize_learnable_per_tensor_affine", "_fake_quantize_learnable_per_channel_affine",
+    "fused_moving_avg_obs_fake_quant", "_fused_moving_avg_obs_fq_helper", "_choose_qparams_per_tensor",
+    "choose_qparams_optimized", "_make_per_tensor_quantized_tensor", "_make_per_channel_quantized_tensor"))
+_OBSERVERS = _QUANT_MODULES + _QUANT_OPS
+_TORCH_QUANT = _QUANT_MODULES + _QUANT_OPS
 
 EXERCISES = [
     _exercise("minmax_qparams", _minmax_cases, _minmax_build, _minmax_describe, _qparams_compare, _OBSERVERS),
@@ -371,6 +381,6 @@ EXERCISES = [
     _exercise("per_channel_qparams", _per_channel_cases, _per_channel_build, _per_channel_describe,
               _per_channel_compare, _OBSERVERS),
     _exercise("fake_quantize", _fake_quant_cases, _fake_quant_build, _fake_quant_describe, _fake_quant_compare,
-              _TORCH_QUANT, harness=_value_and_grad),
-    _exercise("binarize", _binarize_cases, _binarize_build, _binarize_describe, _binarize_compare),
+              _TORCH_QUANT, runner=_value_and_grad),
+    _exercise("binarize", _binarize_cases, _binarize_build, _binarize_describe, _binarize_compare, _TORCH_QUANT),
 ]
