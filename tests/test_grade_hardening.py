@@ -212,3 +212,16 @@ def test_roster_must_have_the_columns(tmp_path):
     bad.write_text("name,id\nalice,1\n")
     with pytest.raises(ValueError, match="roster must be a CSV with the columns 'file' and 'student_id'"):
         grade.read_roster(bad)
+
+
+def test_without_root_protections_the_grades_are_the_same(tmp_path, monkeypatch):
+    """As a normal user (no namespaces, uid slots or cgroup) the grader still runs and grades alike:
+    the limits, the disabled modules and the grader-side comparisons do not need root."""
+    folder = ROOT / "tests" / "fixtures" / "sample_class"
+    subs = sorted(folder.glob("*.py"))
+    with_root = grade.grade_submissions(subs, limits=SandboxLimits(timeout_s=4))
+    monkeypatch.setenv("COURSE_GRADER_ISOLATION", "off")
+    with Pool(1) as pool:
+        assert not pool.isolation["namespaces"] and not pool.isolation["uid_drop"]
+    without = grade.grade_submissions(subs, limits=SandboxLimits(timeout_s=4))
+    assert [(r.exercise, r.passed) for r in with_root] == [(r.exercise, r.passed) for r in without]

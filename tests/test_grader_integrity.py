@@ -273,7 +273,7 @@ def test_malformed_submissions_become_rows_with_reasons(graded):
     assert "not a readable notebook" in row(graded, "notjson.ipynb", "(none)")["message"]
     assert "not a readable notebook" in row(graded, "nested.ipynb", "(none)")["message"]
     syntax = row(graded, "syntax.ipynb", "count_parameters")["message"]
-    assert syntax.startswith("missing") and "does not parse (line 3" in syntax
+    assert syntax.startswith("does not parse: line 3 of cell 1") and "count_parameters is not defined" in syntax
     assert row(graded, "syntax.ipynb", "model_size_bytes")["passed"] == "True"
 
 

@@ -91,8 +91,9 @@ def read_roster(path: str | Path) -> dict[str, str]:
 
 
 def _missing_message(name: str, notes: list[str]) -> str:
-    unparsed = [n for n in notes if "does not parse" in n]
-    return "missing" + (f" ({'; '.join(unparsed)})" if unparsed else "")
+    """``missing``, or why the function may be missing: a cell that does not parse."""
+    unparsed = [n for n in notes if n.startswith("does not parse")]
+    return "; ".join(unparsed) + f", so {name} is not defined" if unparsed else "missing"
 
 
 def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None = None, seed: int = 0,

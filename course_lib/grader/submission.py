@@ -6,7 +6,7 @@ top-level statements are kept, from a ``.py`` file or from the code cells of an 
 ``import``, ``from ... import``, ``def`` and ``async def`` (decorators and default values
 included: they are evaluated when the ``def`` runs, inside the limited subprocess).
 Class definitions and every other statement are dropped; IPython magics (``%``, ``!``) are
-removed; a cell that does not parse is skipped with a note ("cell 3 does not parse: line 2, ...")
+removed; a cell that does not parse is skipped with a note ("does not parse: line 2 of cell 3 (...)")
 that the grader shows for every exercise the submission then lacks.
 
 Nothing a submission holds can stop the grading of a class: an unreadable or huge file, a notebook
@@ -53,9 +53,9 @@ def extract_definitions(sources: list[str]) -> tuple[str, list[str], list[str]]:
             tree = ast.parse(_strip_magics(source))
             parts = [(ast.unparse(node), node) for node in tree.body if isinstance(node, _KEPT)]
         except _PARSE_ERRORS as exc:
-            where = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, SyntaxError) else \
-                f"{type(exc).__name__}, e.g. nested too deeply"
-            notes.append(f"cell {index + 1} does not parse ({where})")
+            where = f"line {exc.lineno} of cell {index + 1} ({exc.msg})" if isinstance(exc, SyntaxError) else \
+                f"cell {index + 1} ({type(exc).__name__}: nested too deeply?)"
+            notes.append(f"does not parse: {where}")
             continue
         for text, node in parts:
             kept.append(text)

@@ -40,7 +40,8 @@ import time
 
 from . import confinement as cf
 
-MAX_REPLY_BYTES = 32 * 2**20
+MAX_REPLY_BYTES = 32 * 2**20     # all of one exercise's answers
+MAX_ANSWER_BYTES = 8 * 2**20     # one case's answer (bounds what json.loads builds in the grader)
 MAX_PRINTED_CHARS = 100_000
 _SLACK_S = 1.0
 _COW_SLACK_MB = 768          # pages of the zygote a child touches are charged to the child's cgroup
@@ -266,6 +267,7 @@ class Server:
         self.cgroups: list[cf.MemoryCgroup | None] = [None] * jobs
         if self.isolation["cgroup"]:
             try:
+                cf.MemoryCgroup.remove_stale()
                 self.cgroups = [cf.MemoryCgroup(f"course-grader-{os.getpid()}-{i}") for i in range(jobs)]
             except OSError:
                 self.isolation["cgroup"] = None
@@ -375,6 +377,9 @@ class Server:
         elif kind == "outcome" and job.ready and job.next < len(job.cases) and \
                 frame.get("i") == job.next and frame.get("nonce") == job.nonce and \
                 isinstance(frame.get("outcome"), str) and job.nonce:
+            if len(frame["outcome"]) > MAX_ANSWER_BYTES:
+                job.error = f"the answer to case {job.next + 1} is larger than {MAX_ANSWER_BYTES // 2**20} MB"
+                return True
             job.outcomes.append(frame["outcome"])
             job.printed = str(frame.get("printed", ""))[:MAX_PRINTED_CHARS]
             job.next += 1
