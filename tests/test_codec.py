@@ -47,6 +47,13 @@ def test_layer_settings_cannot_make_the_grader_allocate():
         codec.decode(data)
 
 
+def test_layer_settings_that_size_the_work_are_bounded():
+    data = json.loads(codec.dumps(nn.Conv2d(2, 1, 3, padding=1, bias=False)))
+    data["config"]["padding"] = [2500, 2500]                  # tiny weights, a huge output on any input
+    with pytest.raises(codec.DecodeError, match="padding must be at most"):
+        codec.decode(data)
+
+
 def test_npy_header_cannot_make_the_grader_allocate():
     import base64
     import io

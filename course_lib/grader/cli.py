@@ -241,7 +241,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="grade only this exercise (repeatable)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per exercise (default 10)")
     parser.add_argument("--memory-mb", type=int, default=2048, help="memory per exercise above the imports")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the hidden inputs (default 0)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the hidden inputs (default: a fresh random one, printed, so that no answer "
+                             "table can be prepared in advance; pass it again to reproduce a run)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="exercises graded in parallel (default: the number of CPU cores)")
     parser.add_argument("--gradebook", default=None,
@@ -255,12 +257,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(options, submissions): an argument that names an existing ``.py``/``.ipynb`` file is a submission
+    even when it starts with ``-`` (a student's file called ``--gradebook=bob.ipynb`` must not become an
+    option when a shell glob expands it)."""
+    options, files = [], []
+    for arg in argv:
+        if arg.startswith("-") and arg.endswith((".py", ".ipynb")) and os.path.isfile(arg):
+            files.append(arg)
+        else:
+            options.append(arg)
+    return options, files
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    options, files = _split_argv(list(sys.argv[1:] if argv is None else argv))
+    if files and not any(not o.startswith("-") for o in options):
+        options.append(files.pop(0))           # argparse needs one positional; the rest follow
+    args = _parser().parse_args(options)
+    args.submissions = [*args.submissions, *files]
     missing = [p for p in args.submissions if not Path(p).is_file()]
     if missing:
         print(f"error: submission files not found: {', '.join(missing)}", file=sys.stderr)
         return 2
+    submissions = {os.path.realpath(p) for p in args.submissions}
+    for what, target in (("--out", args.out), ("--gradebook", args.gradebook)):
+        if target and (os.path.realpath(target) in submissions or target.endswith((".py", ".ipynb"))):
+            print(f"error: {what} must be a new .csv file, not a submission: {target}", file=sys.stderr)
+            return 2
+    if args.seed is None:
+        import secrets
+        args.seed = secrets.randbelow(2**31)
+    print(f"grading with seed {args.seed} (--seed {args.seed} reproduces this run)")
     try:
         roster = read_roster(args.roster) if args.roster else {}
     except (OSError, ValueError) as exc:

@@ -125,6 +125,10 @@ _LAYERS: dict[str, tuple[str, ...]] = {
     "Sequential": (),
 }
 _WITH_BIAS = ("Linear", "Conv1d", "Conv2d")
+# Settings that size the work a layer does on an input of fixed size: bounded, so a returned layer
+# cannot make the grader compute (or allocate) without limit when it runs it (a padding of 2500 would).
+_SETTING_LIMITS = {"kernel_size": 64, "stride": 64, "padding": 64, "dilation": 64, "output_size": 1024,
+                   "start_dim": 8, "end_dim": 8}
 
 
 def _plain(value: Any) -> Any:
@@ -164,6 +168,11 @@ def _decode_module(data: dict, depth: int) -> torch.nn.Module:
     else:
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items()
                   if k in _LAYERS[kind] + (("bias",) if kind in _WITH_BIAS else ())}
+        for key, limit in _SETTING_LIMITS.items():
+            values = config.get(key, 0)
+            values = values if isinstance(values, tuple) else (values,)
+            if len(values) > 3 or not all(v is None or (isinstance(v, int) and abs(v) <= limit) for v in values):
+                raise DecodeError(f"the {kind}'s {key} must be at most {limit}, got {config.get(key)!r}")
         state = data.get("state")
         if not isinstance(state, dict):
             raise DecodeError("a layer needs its state")

@@ -32,7 +32,7 @@ REFERENCE_MODULES = tuple(f"course_lib.{m}" for m in (
     "measurement", "pruning", "quantization", "lowrank", "distillation", "local_explanation",
     "global_explanation", "compression_explanation", "grader.grading"))
 
-_KERNEL_KEYS = ("CPU", "AutogradCPU", "CompositeImplicitAutograd", "CompositeExplicitAutograd")
+_KERNEL_KEYS = ("CPU", "QuantizedCPU", "AutogradCPU", "CompositeImplicitAutograd", "CompositeExplicitAutograd")
 
 
 class ForbiddenError(RuntimeError):
@@ -180,11 +180,21 @@ def _resolve(dotted: str):
         return None
 
 
-def classify(forbidden: tuple[str, ...]) -> dict[str, list[str]]:
-    """Sort ``forbidden`` into modules, aten operators and other objects (done in the zygote, where the
-    files are still visible; the child's mount namespace hides them)."""
+def classify(forbidden: tuple[str, ...]) -> dict[str, list]:
+    """Sort ``forbidden`` into modules, aten operators and other objects, and find every function
+    object defined in the forbidden modules, wherever it is referenced from (``gc``: wrapped
+    originals behind decorators, closures, copies in other modules). Done once in the zygote, where
+    the files are still visible; the forked child inherits the very same objects and disables them."""
+    import gc
+
     modules, operators, objects = _split(tuple(forbidden))
-    return {"modules": list(modules), "operators": list(operators), "objects": list(objects)}
+    prefixes = modules + REFERENCE_MODULES
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        functions = [obj for obj in gc.get_objects()
+                     if isinstance(obj, types.FunctionType) and _under(obj.__module__, prefixes)]
+    return {"modules": list(modules), "operators": list(operators), "objects": list(objects),
+            "functions": functions}
 
 
 def install(forbidden: tuple[str, ...], kinds: dict[str, list[str]] | None = None) -> None:
@@ -193,8 +203,12 @@ def install(forbidden: tuple[str, ...], kinds: dict[str, list[str]] | None = Non
     kinds = kinds or classify(forbidden)
     modules, operators, objects = (tuple(kinds[k]) for k in ("modules", "operators", "objects"))
     references = tuple(m for m in REFERENCE_MODULES)
-    _disable_module_code(modules + references)
     cache: dict[int, types.CodeType] = {}
+    if "functions" in kinds:           # found by classify() through gc: methods and wrapped originals included
+        for fn in kinds["functions"]:
+            _disable_function(fn, f"{fn.__module__}.{fn.__qualname__}", cache)
+    else:
+        _disable_module_code(modules + references)
     for dotted in objects:
         target = _resolve(dotted)
         if isinstance(target, types.FunctionType):
@@ -212,7 +226,6 @@ def install(forbidden: tuple[str, ...], kinds: dict[str, list[str]] | None = Non
         if parent in sys.modules:
             setattr(sys.modules[parent], attr, stub)
     sys.meta_path.insert(0, _BlockImports(modules + references))
-    importlib.invalidate_caches()
 
 
 def files_to_hide(forbidden: tuple[str, ...]) -> list[str]:

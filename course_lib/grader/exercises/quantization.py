@@ -364,13 +364,19 @@ def _exercise(name, make_cases, build, describe, compare, forbidden=(), runner=N
 
 
 _QUANT_MODULES = ("torch.ao.quantization", "torch.quantization", "torch.ao.nn.quantized", "torch.nn.quantized")
+# Every operator that makes, reads or computes with quantized tensors or quantization parameters,
+# whichever Python path reaches it (torch.x, Tensor.x, torch.ops.aten.x, torch._C): see guards.
 _QUANT_OPS = tuple("aten::" + op for op in (
-    "quantize_per_tensor", "quantize_per_channel", "quantize_per_tensor_dynamic", "fake_quantize_per_tensor_affine",
-    "fake_quantize_per_tensor_affine_cachemask", "_fake_quantize_per_tensor_affine_cachemask_tensor_qparams",
-    "fake_quantize_per_channel_affine", "fake_quantize_per_channel_affine_cachemask",
-    "_fake_quantize_learnable_per_tensor_affine", "_fake_quantize_learnable_per_channel_affine",
-    "fused_moving_avg_obs_fake_quant", "_fused_moving_avg_obs_fq_helper", "_choose_qparams_per_tensor",
-    "choose_qparams_optimized", "_make_per_tensor_quantized_tensor", "_make_per_channel_quantized_tensor"))
+    "quantize_per_tensor", "quantize_per_channel", "quantize_per_tensor_dynamic", "dequantize", "int_repr",
+    "fake_quantize_per_tensor_affine", "fake_quantize_per_tensor_affine_cachemask",
+    "_fake_quantize_per_tensor_affine_cachemask_tensor_qparams", "fake_quantize_per_channel_affine",
+    "fake_quantize_per_channel_affine_cachemask", "_fake_quantize_learnable_per_tensor_affine",
+    "_fake_quantize_learnable_per_channel_affine", "fused_moving_avg_obs_fake_quant", "_fused_moving_avg_obs_fq_helper",
+    "_choose_qparams_per_tensor", "choose_qparams_optimized", "_make_per_tensor_quantized_tensor",
+    "_make_per_channel_quantized_tensor", "_empty_affine_quantized", "_empty_per_channel_affine_quantized",
+    "empty_quantized", "q_scale", "q_zero_point", "q_per_channel_scales", "q_per_channel_zero_points",
+    "fbgemm_linear_quantize_weight", "fbgemm_linear_int8_weight", "fbgemm_linear_int8_weight_fp32_activation",
+    "fbgemm_pack_quantized_matrix", "_dyn_quant_pack_4bit_weight", "_dyn_quant_matmul_4bit"))
 _OBSERVERS = _QUANT_MODULES + _QUANT_OPS
 _TORCH_QUANT = _QUANT_MODULES + _QUANT_OPS
 
