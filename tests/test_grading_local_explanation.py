@@ -5,15 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from course_lib.grader import grading
 from course_lib import local_explanation as L
 from grader_contract import SEEDS, contract_tests, grade, stub
-
-
-
-
-
 
 
 def _t(model, x, target):
@@ -269,6 +265,79 @@ def del_logits(model, x, target, attribution, steps=10, baseline=0.0):
     return _del(model, x, target, attribution, steps, baseline, logits=True)
 
 
+# ----------------------------------------------------------------------------- cascading_randomization
+def _redraw(layer, gen):
+    with torch.no_grad():
+        for p in (layer.weight, layer.bias):
+            if p is not None:
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(layer.weight[0].numel()))
+
+
+def _spearman(a, b, pearson=False, ordinal=False):
+    from scipy.stats import pearsonr, rankdata, spearmanr
+    a, b = a.detach().flatten().double().numpy(), b.detach().flatten().double().numpy()
+    if pearson:
+        return float(pearsonr(a, b)[0])
+    if ordinal:
+        return float(np.corrcoef(rankdata(a, method="ordinal"), rankdata(b, method="ordinal"))[0, 1])
+    return float(spearmanr(a, b)[0])
+
+
+def _cascade(model, explain, x, target, seed=0, cumulative=True, input_first=False, corr=_spearman,
+             abs_maps=False, pooled=False, in_place=False, reset=False):
+    import copy
+    if x.dim() < 2:
+        raise ValueError("x needs a batch dim")
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = layers if input_first else layers[::-1]
+    gen = torch.Generator().manual_seed(seed)
+    if reset:
+        torch.manual_seed(seed)
+    f = (lambda m: explain(m, x, target).abs()) if abs_maps else (lambda m: explain(m, x, target))
+    before = f(model)
+    current, out = (model if in_place else copy.deepcopy(model)), []
+    for name in layers:
+        m = current if cumulative else copy.deepcopy(model)
+        layer = m.get_submodule(name)
+        layer.reset_parameters() if reset else _redraw(layer, gen)
+        after = f(m)
+        rho = corr(before, after) if pooled else float(np.mean([corr(b, a) for b, a in zip(before, after)]))
+        out.append((name, rho))
+    return out
+
+
+def casc_independent(model, explain, x, target, seed=0):
+    return _cascade(model, explain, x, target, seed, cumulative=False)
+
+
+def casc_input_first(model, explain, x, target, seed=0):
+    return _cascade(model, explain, x, target, seed, input_first=True)
+
+
+def casc_pearson(model, explain, x, target, seed=0):
+    return _cascade(model, explain, x, target, seed, corr=lambda a, b: _spearman(a, b, pearson=True))
+
+
+def casc_ordinal_ranks(model, explain, x, target, seed=0):
+    return _cascade(model, explain, x, target, seed, corr=lambda a, b: _spearman(a, b, ordinal=True))
+
+
+def casc_abs_maps(model, explain, x, target, seed=0):
+    return _cascade(model, explain, x, target, seed, abs_maps=True)
+
+
+def casc_whole_batch(model, explain, x, target, seed=0):
+    return _cascade(model, explain, x, target, seed, pooled=True)
+
+
+def casc_in_place(model, explain, x, target, seed=0):
+    return _cascade(model, explain, x, target, seed, in_place=True)
+
+
+def casc_reset_parameters(model, explain, x, target, seed=0):
+    return _cascade(model, explain, x, target, seed, reset=True)
+
+
 WRONG = {
     "saliency": [sal_no_abs, sal_probability, sal_times_input, sal_first_target_for_all],
     "integrated_gradients": [ig_left_riemann, ig_right_riemann, ig_no_input_factor, ig_probability,
@@ -278,6 +347,8 @@ WRONG = {
     "exact_shapley": [sh_banzhaf, sh_off_by_one_weights, sh_leave_one_out, sh_add_one_to_baseline],
     "lime_tabular": [lime_unweighted, lime_no_intercept, lime_global_rng, lime_returns_intercept],
     "deletion_curve": [del_ascending, del_round, del_ties_high_index_first, del_logits],
+    "cascading_randomization": [casc_independent, casc_input_first, casc_pearson, casc_ordinal_ranks,
+                                casc_abs_maps, casc_whole_batch, casc_in_place, casc_reset_parameters],
 }
 
 
@@ -315,10 +386,15 @@ def deletion_loop(model, x, target, attribution, steps=10, baseline=0.0):
     return _del(model, x, target, attribution, steps, baseline)
 
 
+def cascade_scipy(model, explain, x, target, seed=0):
+    return _cascade(model, explain, x, target, seed)
+
+
 @pytest.mark.parametrize("name,fn", [("saliency", saliency_loop), ("integrated_gradients", ig_loop),
                                      ("occlusion", occlusion_loop), ("grad_cam", grad_cam_hooks),
                                      ("exact_shapley", shapley_combinations), ("lime_tabular", lime_other_sampling),
-                                     ("deletion_curve", deletion_loop)])
+                                     ("deletion_curve", deletion_loop),
+                                     ("cascading_randomization", cascade_scipy)])
 def test_grader_accepts_independent_correct_versions(name, fn):
     for seed in (7, 8):
         passed, message = grade(name, fn, seed)
@@ -327,7 +403,7 @@ def test_grader_accepts_independent_correct_versions(name, fn):
 
 def test_lime_grader_says_why():
     _, message = grade("lime_tabular", lime_unweighted, 0)
-    assert "from the truth" in message and "gradient" in message
+    assert "from the truth" in message and "converges to with many samples" in message
     _, message = grade("lime_tabular", lime_global_rng, 0)
     assert "same seed" in message
 
