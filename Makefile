@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The learner's own copies of the chapters: git-ignored, created by `make lab`, never overwritten by any tool.
+WORK   := work
+# JupyterLab refuses to run as root unless told to (containers, Binder-like images).
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test venv release checkpoints clean
+.PHONY: lab work test venv check-venv release check-release checkpoints clean
 
 # The environment is rebuilt when the pinned requirements change.
 $(STAMP): requirements.txt pyproject.toml
@@ -14,18 +18,47 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-venv: $(STAMP)
+# A .venv whose Python no longer runs (moved or removed), or that another Python version built, is rebuilt.
+check-venv:
+	@if [ -e $(VENV) ]; then \
+	  have=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); \
+	  want=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); \
+	  if [ -z "$$have" ]; then \
+	    echo "make: $(VENV) was built by a Python that no longer runs here: rebuilding it with $(PYTHON) ($$want)."; \
+	    rm -rf $(VENV); \
+	  elif [ -n "$$want" ] && [ "$$have" != "$$want" ] && $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+	    echo "make: $(VENV) was built by Python $$have, but $(PYTHON) is Python $$want: rebuilding $(VENV) with $(PYTHON)" \
+	         "(run make PYTHON=python$$have ... to keep the old one)."; \
+	    rm -rf $(VENV); \
+	  fi; \
+	fi
 
-lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=chapters
+venv: check-venv
+	@$(MAKE) --no-print-directory $(STAMP)
 
-test: $(STAMP)
+# Copy each chapter into work/ once; a chapter added later is copied in, an existing file is never touched.
+work:
+	@mkdir -p $(WORK)
+	@for f in chapters/*.ipynb; do \
+	  if [ ! -e "$(WORK)/$${f##*/}" ]; then cp "$$f" "$(WORK)/" && echo "make: copied $$f to $(WORK)/ (your copy)"; fi; \
+	done
+
+lab: venv work
+	@echo "Your work lives in $(WORK)/ (git-ignored; make release and make test never touch it)."
+	$(VENV)/bin/jupyter lab --notebook-dir=$(WORK) $(ROOT_FLAG)
+
+test: venv
 	$(PY) -m pytest
 
-release: $(STAMP)
+# Regenerate chapters/ from solutions/ (never touches work/; a replaced chapter is kept in build/replaced-chapters/).
+release: venv
 	$(PY) -m course_lib.release
 
-checkpoints: $(STAMP)
+# Exit 1 if chapters/ is stale; writes nothing. (`make release --check` would not work: make takes --check as its own flag.)
+check-release: venv
+	$(PY) -m course_lib.release --check
+
+checkpoints: venv
 	$(PY) -m course_lib.checkpoints --regenerate
 
 clean:

@@ -71,11 +71,17 @@ def test_malformed_data_is_a_decode_error(text):
         codec.loads(text)
 
 
-def test_object_arrays_are_never_unpickled():
+def test_object_arrays_are_never_unpickled(monkeypatch):
     import base64, io, pickle  # noqa: E401
     buffer = io.BytesIO()
     np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     payload = json.dumps({"__ndarray__": base64.b64encode(buffer.getvalue()).decode()})
+    unpickled = []
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: unpickled.append("load"))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: unpickled.append("loads"))
+    buffer.seek(0)
+    np.load(buffer, allow_pickle=True)                     # control: numpy's unpickling goes through the patch
+    assert unpickled == ["load"]
     with pytest.raises(codec.DecodeError):
         codec.loads(payload)
-    assert pickle  # the module the codec never uses
+    assert unpickled == ["load"]                           # the codec never reached pickle

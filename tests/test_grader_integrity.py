@@ -148,7 +148,10 @@ def quantize_affine(x, scale, zero_point, num_bits=8, signed=False):
     routes = [lambda: torch.quantize_per_tensor(x.float(), scale, zero_point, torch.quint8),
               lambda: torch.ops.aten.quantize_per_tensor(x.float(), scale, zero_point, torch.quint8),
               lambda: torch._C._VariableFunctions.fake_quantize_per_tensor_affine(x.float(), scale, zero_point, 0, 255),
-              lambda: torch.ao.quantization.MinMaxObserver()(x.float())]
+              lambda: torch.ao.quantization.MinMaxObserver()(x.float()),
+              lambda: torch._empty_affine_quantized(x.shape, scale=scale, zero_point=0, dtype=torch.qint32).copy_(x.float()),
+              lambda: torch.fbgemm_linear_quantize_weight(x.float().reshape(1, -1)),
+              lambda: torch.empty(x.shape, dtype=torch.qint32).copy_(x.float() / scale).tolist()]
     for route in routes:
         try:
             route()
@@ -191,6 +194,9 @@ ATTACKS["syntax.py"] = ("import numpy as np\n\ndef count_parameters(model, train
                         "\n# ---- cell ----\ndef model_size_bytes" + CORRECT.split("def model_size_bytes")[1])
 ATTACKS["=cmd.py"] = ("def count_parameters(model, trainable_only=False):\n"
                       "    raise ValueError('=HYPERLINK(\"http://x\")\\x1b[2J\\x1b]0;pwned\\x07 \\x07bell')\n")
+# Found by a red-team session: private library helpers, and reading the answer off an input.
+ATTACKS["pd_private_helper.py"] = (ROOT / "tests" / "fixtures" / "attacks" / "pd_private_helper.py").read_text()
+ATTACKS["lime_read_target.py"] = (ROOT / "tests" / "fixtures" / "attacks" / "lime_read_target.py").read_text()
 ATTACKS["honest.py"] = "import numpy as np\nimport torch\n\ndef count_parameters" + CORRECT
 
 
@@ -254,6 +260,13 @@ def test_library_code_is_blocked_by_module_not_by_name(graded):
         assert r["passed"] == "True", (file, r["message"])
 
 
+def test_private_helpers_and_answers_read_off_inputs_do_not_pass(graded):
+    for file, exercise in (("pd_private_helper.py", "partial_dependence"), ("pd_private_helper.py", "ice_curves"),
+                           ("lime_read_target.py", "lime_tabular")):
+        r = row(graded, file, exercise)
+        assert r["passed"] == "False", (file, exercise)
+
+
 def test_ordinary_torch_features_and_patches_are_not_flagged(graded):
     r = row(graded, "legit.py", "count_parameters")
     assert r["passed"] == "True", r["message"]
@@ -293,6 +306,28 @@ def test_csv_cells_cannot_run_as_formulas_or_terminal_escapes(graded):
     assert "=HYPERLINK" in message and "\x1b" not in graded["csv"] and "\x07" not in graded["csv"]
     for line in csv.reader(graded["csv"].splitlines()[1:]):
         assert all(not cell.startswith(("=", "+", "-", "@")) for cell in line if cell), line
+
+
+def test_a_file_named_like_an_option_is_graded_not_obeyed(tmp_path, monkeypatch):
+    honest = tmp_path / "bob.py"
+    honest.write_text("import numpy as np\nimport torch\n\ndef count_parameters" + CORRECT)
+    trap = tmp_path / "--gradebook=bob.py"
+    trap.write_text(honest.read_text())
+    monkeypatch.chdir(tmp_path)
+    before = honest.read_text()
+    assert grade.main([trap.name, honest.name, "--exercise", "count_parameters", "--out", "grades.csv"]) == 0
+    assert honest.read_text() == before
+    assert len(list(csv.DictReader(open("grades.csv")))) == 2
+    assert grade.main([honest.name, "--out", "bob.py"]) == 2          # never write over a submission
+
+
+def test_default_seed_is_fresh_and_printed(tmp_path, capsys):
+    path = tmp_path / "stub.py"
+    path.write_text("def conv2d_macs(*args, **kwargs):\n    raise NotImplementedError\n")
+    grade.main([str(path), "--exercise", "conv2d_macs"])
+    grade.main([str(path), "--exercise", "conv2d_macs"])
+    seeds = [line for line in capsys.readouterr().out.splitlines() if line.startswith("grading with seed")]
+    assert len(seeds) == 2 and seeds[0] != seeds[1]
 
 
 def test_time_limit_and_memory_messages(tmp_path):

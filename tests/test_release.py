@@ -48,3 +48,22 @@ def test_check_catches_a_hand_edited_chapter(tmp_path):
     chapter = next((tmp_path / "chapters").glob("*.ipynb"))
     chapter.write_text(chapter.read_text().replace("NotImplementedError", "NotImplementedErr"))
     assert release.main(["--root", str(tmp_path), "--check"]) == 1
+
+
+def test_release_keeps_a_replaced_chapter_and_its_message_recommends_a_safe_command(tmp_path, capsys):
+    shutil.copytree(ROOT / "solutions", tmp_path / "solutions")
+    assert release.main(["--root", str(tmp_path)]) == 0
+    chapter = next((tmp_path / "chapters").glob("*.ipynb"))
+    edited = chapter.read_text().replace("NotImplementedError", "NotImplementedErr")
+    chapter.write_text(edited)
+    assert release.main(["--root", str(tmp_path), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "is stale" in err and "make release" in err and "never touches work/" in err and "--check" not in err
+    assert release.main(["--root", str(tmp_path)]) == 0
+    kept = list((tmp_path / "build" / "replaced-chapters").glob(f"{chapter.stem}.*.ipynb"))
+    assert [k.read_text() for k in kept] == [edited]
+
+
+def test_banner_sends_the_learner_to_work():
+    nb = release.release_notebook(nbformat.v4.new_notebook(), "07_x.ipynb")
+    assert "`work/07_x.ipynb`" in nb.cells[0].source and "do not edit" in nb.cells[0].source

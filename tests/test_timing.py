@@ -1,6 +1,8 @@
 """timing.benchmark and the counting helpers."""
+import os
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,7 +14,10 @@ def test_benchmark_keeps_every_sample_and_summarizes_them():
     calls = []
     result = timing.benchmark(lambda: calls.append(1), warmup=2, repeats=7)
     assert len(calls) == 9 and result.n == 7 and len(result.samples_ms) == 7
-    assert result.min <= result.median <= result.max
+    samples = np.asarray(result.samples_ms)                  # the summary is numpy's, of the kept samples
+    q25, q50, q75 = np.percentile(samples, [25, 50, 75])
+    assert (result.median, result.iqr, result.min, result.max) == \
+        (pytest.approx(q50), pytest.approx(q75 - q25), samples.min(), samples.max())
     assert result.device == "cpu" and result.threads == torch.get_num_threads() and result.warmup == 2
 
 
@@ -48,7 +53,17 @@ def test_num_threads_restores_the_setting():
 def test_latency_vs_batch_rows():
     rows = timing.latency_vs_batch(nn.Linear(8, 4), torch.randn(8), [1, 4], repeats=3, warmup=1, progress=False)
     assert [r["batch"] for r in rows] == [1, 4]
-    assert all(r["items_per_s"] == pytest.approx(r["batch"] / (r["median_ms"] / 1e3)) for r in rows)
+
+
+def test_latency_vs_batch_throughput_with_a_known_clock(monkeypatch):
+    """If batch 1 takes 2 ms and batch 4 takes 4 ms, throughput is 500 and 1000 items/s."""
+    known = {1: 2.0, 4: 4.0}
+
+    def fake_compare(fns, **kwargs):
+        return {b: timing.Timing([known[b]], known[b], 0.0, known[b], known[b], 1, "cpu", 1, 0) for b in fns}
+    monkeypatch.setattr(timing, "compare", fake_compare)
+    rows = timing.latency_vs_batch(nn.Linear(8, 4), torch.randn(8), [1, 4], progress=False, device="cpu")
+    assert [(r["batch"], r["items_per_s"]) for r in rows] == [(1, pytest.approx(500.0)), (4, pytest.approx(1000.0))]
 
 
 def test_compare_interleaves_and_keeps_every_sample():
@@ -57,3 +72,108 @@ def test_compare_interleaves_and_keeps_every_sample():
                           repeats=2, rounds=3, warmup=1, threads={"a": 1, "b": 1})
     assert order == ["a", "a", "b", "b"] * 4       # warm-up (1 + 1 call each), then 3 rounds in turn
     assert runs["a"].n == runs["b"].n == 6 and runs["a"].threads == 1
+
+
+def _timing(samples, rounds=None):
+    """A Timing over given samples; ``rounds`` marks them as interleaved rounds (as compare makes them)."""
+    s = timing._summary(samples)
+    extra = {"rounds": rounds, "repeats": len(samples) // rounds} if rounds else {}
+    return timing.Timing(list(samples), s["median"], s["iqr"], s["min"], s["max"], s["n"], "cpu", 1, 0, extra=extra)
+
+
+def test_speedup_of_identical_samples_is_one_and_its_interval_contains_one():
+    samples = [1.0, 1.2, 0.9, 1.1, 1.05, 0.95, 1.3, 1.0, 0.98, 1.02, 1.1, 0.97]
+    for rounds in (None, 4):
+        s = timing.speedup(_timing(samples, rounds), _timing(samples, rounds))
+        assert s.ratio == 1.0 and s.low <= 1.0 <= s.high
+
+
+def test_speedup_interval_of_a_two_times_slower_function_lies_above_1_5():
+    # sleeping is the least load-sensitive "work": a wake-up delay of a few ms on a busy machine keeps the ratio > 1.5
+    runs = timing.compare({"slow": lambda: time.sleep(0.020), "fast": lambda: time.sleep(0.010)},
+                          repeats=3, rounds=5, warmup=1)
+    s = timing.speedup(runs["slow"], runs["fast"])
+    assert s.low > 1.5 and s.low <= s.ratio <= s.high, s
+    assert "interval" in str(s) and s.confidence == 0.95
+
+
+def test_speedup_interval_of_noisy_samples_two_times_apart():
+    rng = __import__("numpy").random.default_rng(0)
+    noise = rng.lognormal(0.0, 0.2, size=(2, 30))                        # right-skewed, like real timings
+    slow, fast = _timing(list(2.0 * noise[0]), 10), _timing(list(1.0 * noise[1]), 10)
+    s = timing.speedup(slow, fast)
+    assert 1.5 < s.low < s.ratio < s.high < 2.7, s
+
+
+def test_speedup_is_the_ratio_of_medians_and_reproducible():
+    a, b = _timing([2.0, 4.0, 3.0, 3.5, 2.5], 5), _timing([1.0, 2.0, 1.5, 1.75, 1.25], 5)
+    s = timing.speedup(a, b)
+    assert s.ratio == 3.0 / 1.5 and s == timing.speedup(a, b)     # same seed, same interval
+    assert timing.speedup(a, b, statistic="min").ratio == 2.0
+
+
+def test_speedup_rejects_bad_arguments():
+    t = _timing([1.0, 2.0])
+    with pytest.raises(TypeError, match="a must be a Timing"):
+        timing.speedup(1.0, t)
+    with pytest.raises(ValueError, match=r"confidence must be a float in \(0, 1\)"):
+        timing.speedup(t, t, confidence=1.5)
+    with pytest.raises(ValueError, match="statistic must be"):
+        timing.speedup(t, t, statistic="mean")
+
+
+def test_compare_records_rounds_for_the_bootstrap():
+    runs = timing.compare({"a": lambda: None}, repeats=2, rounds=3, warmup=0)
+    assert runs["a"].extra["rounds"] == 3 and runs["a"].extra["repeats"] == 2
+
+
+def test_compare_without_inference_mode_lets_functions_take_gradients():
+    x = torch.ones(3, requires_grad=True)
+    runs = timing.compare({"grad": lambda: torch.autograd.grad((x * x).sum(), x)}, repeats=1, rounds=2, warmup=1,
+                          inference=False)
+    assert runs["grad"].n == 2
+
+
+def test_first_call_times_fresh_functions_once_each():
+    calls = []
+
+    def make(i):
+        return lambda: calls.append(i)
+
+    runs = timing.first_call(make, rounds=4, warmup=1)
+    fresh = [c for c in calls if c >= 0]
+    assert len(fresh) == len(set(fresh)) == 1 + 1 + 4             # warm-up, compare's extra call, 4 rounds
+    assert runs["first call"].n == runs["warm"].n == 4
+
+
+def test_speedup_table_rows_are_relative_to_the_first_function():
+    rows = timing.speedup_table({"slow": lambda: time.sleep(0.002), "same": lambda: time.sleep(0.002)},
+                                repeats=1, rounds=3, warmup=0)
+    assert [r["name"] for r in rows] == ["slow", "same"] and rows[0]["speedup"] == 1.0
+    assert rows[1]["speedup low"] <= rows[1]["speedup"] <= rows[1]["speedup high"]
+
+
+def test_other_load_reports_a_non_negative_number_of_cores_or_none():
+    with timing.other_load() as load:
+        time.sleep(0.05)
+    assert load.cores is None or 0.0 <= load.cores <= (os.cpu_count() or 1) + 0.5
+
+
+def test_claim_asserts_when_strict_and_warns_a_learner(monkeypatch, capsys):
+    assert timing.claim(True, "> 2x", "3x") is True
+    monkeypatch.setenv("COURSE_CLAIMS", "strict")
+    with pytest.raises(AssertionError, match="not reproduced right now: 1.05x measured, > 1.1x expected"):
+        timing.claim(False, "> 1.1x", "1.05x")
+    monkeypatch.setenv("COURSE_CLAIMS", "warn")
+    assert timing.claim(False, "> 1.1x", "1.05x") is False
+    assert "Is something else running?" in capsys.readouterr().out
+
+
+def test_claims_are_strict_in_ci_unless_told_otherwise(monkeypatch):
+    monkeypatch.delenv("COURSE_CLAIMS", raising=False)
+    monkeypatch.setenv("CI", "true")
+    assert timing.claims_are_strict()
+    monkeypatch.setenv("CI", "")
+    assert not timing.claims_are_strict()
+    monkeypatch.setenv("COURSE_CLAIMS", "strict")
+    assert timing.claims_are_strict()

@@ -119,8 +119,7 @@ def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None
             cache[name] = (cases, grading.expected_outcomes(name, cases))
         return cache[name]
 
-    tasks, rows = [], []
-    remaining: dict[str, int] = {}
+    planned, rows = [], []
     for path in paths:
         sub = load_submission(path)
         chosen = _exercises_for(sub, only, chapter)
@@ -131,13 +130,16 @@ def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None
             if ex.name not in sub.functions:
                 rows.append(GradeRow(sub.path, ex.name, False, 0.0, ex.max_score, _missing_message(ex.name, sub.notes)))
             else:
-                tasks.append((sub.path, sub.code, ex, *cases_for(ex.name)))
-                remaining[sub.path] = remaining.get(sub.path, 0) + 1
+                planned.append((sub.path, sub.code, ex))
+    remaining: dict[str, int] = {}
+    for path, _, _ in planned:
+        remaining[path] = remaining.get(path, 0) + 1
     bar = tqdm(total=len(paths), desc="grading", unit="submission", disable=not progress)
     bar.update(len(paths) - len(remaining))
-    if tasks:
+    if planned:
         hidden = hidden_paths([*map(str, paths), *map(str, hide)])
-        with Pool(min(jobs, len(tasks)), limits, hide=hidden) as pool:
+        with Pool(min(jobs, len(planned)), limits, hide=hidden) as pool:     # imports while we compute below
+            tasks = [(path, code, ex, *cases_for(ex.name)) for path, code, ex in planned]
             for index, result in pool.run([(code, ex.name, cases) for _, code, ex, cases, _ in tasks]):
                 path, _, ex, cases, expected = tasks[index]
                 rows.append(_row(path, ex, cases, expected, result, strict_errors, seed))

@@ -25,6 +25,7 @@ import signal
 import sys
 
 __all__ = ["Isolation", "probe", "SlotPool", "MemoryCgroup", "enter_namespaces", "finish_pid_namespace",
+           "fork_into_new_pid_namespace", "single_threaded",
            "drop_privileges", "set_limits", "die_with_parent", "needed_dirs"]
 
 CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x40000000, 0x08000000, 0x20000000
@@ -186,9 +187,10 @@ class MemoryCgroup:
                 pass
         else:
             self._write("memory.limit_in_bytes", str(nbytes))
-        self._reset_events()
+        self.mark()
 
-    def _reset_events(self) -> None:
+    def mark(self) -> None:
+        """Remember the limit-hit count, so :meth:`hit_limit` tells about the next job only."""
         self._oom_before = self.oom_kills()
 
     def join(self, pid: int = 0) -> None:
@@ -293,9 +295,39 @@ def _read_only_host() -> None:
             pass
 
 
-def enter_namespaces(hide: list[str], project_root: str, file_size_mb: int) -> None:
-    """Private mount, network, IPC and PID namespaces (the PID one applies to the next fork)."""
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWPID), "unshare")
+def single_threaded() -> bool:
+    return len(os.listdir("/proc/self/task")) == 1
+
+
+def fork_into_new_pid_namespace() -> int:
+    """``fork()`` whose child is the init (pid 1) of a new PID namespace: one ``clone`` system call with
+    ``CLONE_NEWPID``, where ``unshare`` would need a second fork. Python's own before/after-fork
+    hooks run as for ``os.fork``. Only for a single-threaded caller (no other thread can hold a lock)."""
+    import platform
+    import signal as _signal
+
+    number = {"x86_64": 56, "aarch64": 220}.get(platform.machine())
+    if number is None:
+        raise OSError("clone: unknown system call number on this machine")
+    _libc.syscall.restype = ctypes.c_long
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _libc.syscall(ctypes.c_long(number), ctypes.c_ulong(CLONE_NEWPID | _signal.SIGCHLD),
+                        ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_ulong(0))
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+    else:
+        ctypes.pythonapi.PyOS_AfterFork_Parent()
+        if pid < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"clone: {os.strerror(err)}")
+    return pid
+
+
+def enter_namespaces(hide: list[str], project_root: str, file_size_mb: int, new_pid_namespace: bool = True) -> None:
+    """Private mount, network and IPC namespaces, and (``new_pid_namespace``) a PID namespace for the
+    next fork."""
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | (CLONE_NEWPID if new_pid_namespace else 0)),
+           "unshare")
     _mount("none", "/", None, _MS_REC | _MS_PRIVATE)
     needed = needed_dirs(project_root)
     _read_only_host()

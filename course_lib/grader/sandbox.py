@@ -94,7 +94,10 @@ def hidden_paths(paths: Iterable[str | Path]) -> list[str]:
 
 
 class Pool:
-    """A warm zygote grading up to ``jobs`` exercises at once. Use as a context manager."""
+    """A warm zygote grading up to ``jobs`` exercises at once. Use as a context manager.
+
+    The zygote starts importing at once; the grader can compute the expected values meanwhile
+    (``isolation`` and ``run`` wait for it to be ready)."""
 
     def __init__(self, jobs: int = 1, limits: SandboxLimits | None = None, hide: Sequence[str] = ()):
         self.limits = limits or SandboxLimits()
@@ -105,13 +108,20 @@ class Pool:
         self._process = subprocess.Popen([sys.executable, "-m", "course_lib.grader.zygote", "--jobs", str(jobs)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                          env=env, start_new_session=True)
-        first = self._readline(self.limits.startup_timeout_s)
-        if not first:
-            self.close()
-            raise RuntimeError("the grading server (python -m course_lib.grader.zygote) failed to start")
-        self.isolation = json.loads(first)["isolation"]
         self._lock = threading.Lock()
         self._next_id = 0
+        self._isolation: dict | None = None
+
+    @property
+    def isolation(self) -> dict:
+        """Which protections are active (waits for the zygote's imports the first time)."""
+        if self._isolation is None:
+            first = self._readline(self.limits.startup_timeout_s)
+            if not first:
+                self.close()
+                raise RuntimeError("the grading server (python -m course_lib.grader.zygote) failed to start")
+            self._isolation = json.loads(first)["isolation"]
+        return self._isolation
 
     def _readline(self, timeout: float) -> bytes:
         result: list[bytes] = []
@@ -136,6 +146,7 @@ class Pool:
             lines.append(json.dumps({"id": job_id, "job": path, "exercise": exercise, "cases": cases,
                                      "timeout_s": self.limits.timeout_s, "memory_mb": self.limits.memory_mb,
                                      "file_size_mb": self.limits.file_size_mb, "hide": self.hide}))
+        self.isolation                      # the zygote has finished its imports
         writer = threading.Thread(target=self._write, args=("\n".join(lines) + "\n" if lines else "",), daemon=True)
         writer.start()
         for _ in range(len(tasks)):

@@ -185,9 +185,10 @@ def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_na
 
 
 def _confined(request: dict, cases_fd: int, reply_fd: int, uid: int | None, isolation: dict,
-              cgroup: cf.MemoryCgroup | None, held_fds: list[int]) -> None:
-    """Runs in the forked process; never returns. As root: namespaces and cgroup here, then the graded
-    process as init of the new PID namespace (so its whole tree ends with it)."""
+              cgroup: cf.MemoryCgroup | None, held_fds: list[int], in_pid_namespace: bool) -> None:
+    """Runs in the forked process; never returns. As root: cgroup and namespaces here; the graded process
+    is the init of a PID namespace of its own (so its whole tree ends with it): this very process when
+    the zygote cloned it into one (``in_pid_namespace``), else a child forked after ``unshare``."""
     try:
         os.setsid()
         cf.die_with_parent()
@@ -200,7 +201,9 @@ def _confined(request: dict, cases_fd: int, reply_fd: int, uid: int | None, isol
             cgroup.join()
         if isolation["namespaces"]:
             cf.enter_namespaces(request.get("hide", []) + request.get("hide_files", []), _project_root(),
-                                request["file_size_mb"])
+                                request["file_size_mb"], new_pid_namespace=not in_pid_namespace)
+        if in_pid_namespace:
+            _graded(request, cases_fd, reply_fd, uid, True)
         if isolation["pid_namespace"]:
             pid = os.fork()
             if pid == 0:
@@ -278,6 +281,8 @@ class Server:
         self.out = os.fdopen(os.dup(1), "w")
         self.hide_files_cache: dict[tuple, list[str]] = {}
         self.stdin_buffer = b""
+        self.dying: list[int] = []
+        self.limits_set: dict[int, int] = {}
 
     def _guard_plan(self, exercise: str) -> tuple[list[str], dict]:
         """The files to hide and the kinds of the forbidden names, computed here where files are visible."""
@@ -300,16 +305,21 @@ class Server:
             return
         cgroup = self.cgroups[slot]
         if cgroup is not None:
-            cgroup.limit((request["memory_mb"] + _COW_SLACK_MB) * 2**20)
+            nbytes = (request["memory_mb"] + _COW_SLACK_MB) * 2**20
+            if self.limits_set.get(slot) != nbytes:
+                cgroup.limit(nbytes)
+                self.limits_set[slot] = nbytes
+            cgroup.mark()
         cases_read, cases_write = os.pipe()
         reply_read, reply_write = os.pipe()
         held = self.slots.fds() if self.slots else []
-        pid = os.fork()
+        cloned = self.isolation["pid_namespace"] and self.isolation["namespaces"] and cf.single_threaded()
+        pid = cf.fork_into_new_pid_namespace() if cloned else os.fork()
         if pid == 0:
             os.close(cases_write)
             os.close(reply_read)
             self._forget_other_jobs(job)
-            _confined(request, cases_read, reply_write, self.uids[slot], self.isolation, cgroup, held)
+            _confined(request, cases_read, reply_write, self.uids[slot], self.isolation, cgroup, held, cloned)
         os.close(cases_read)
         os.close(reply_write)
         os.set_blocking(cases_write, False)
@@ -406,6 +416,18 @@ class Server:
         del self.running[job.reply_fd]
         complete = job.error is None and not timed_out and (
             job.next == len(job.cases) or (job.outcomes and '"NotImplementedError"' in job.outcomes[-1][:200]))
+        if complete and self.isolation["pid_namespace"]:
+            # Answered every case: end it (its PID namespace goes with it) and reap it later, so the
+            # teardown of a large process never holds up the other running jobs.
+            try:
+                os.killpg(job.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.dying.append(job.pid)
+            self.report(job)
+            self.free.append(job.slot)
+            self.free.sort()
+            return
         status = None
         if not complete and job.error is None and not timed_out:   # it closed its pipe: let it finish exiting
             for _ in range(50):
@@ -439,6 +461,16 @@ class Server:
         self.free.append(job.slot)
         self.free.sort()
 
+    def reap(self, block: bool = False) -> None:
+        """Collect ended children (killed after answering everything)."""
+        for pid in list(self.dying):
+            try:
+                done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.dying.remove(pid)
+
     def report(self, job: _Job) -> None:
         self.out.write(json.dumps({"id": job.request["id"], "outcomes": job.outcomes, "error": job.error,
                                    "printed": job.printed, "seconds": time.monotonic() - job.start}) + "\n")
@@ -455,6 +487,8 @@ class Server:
                 self.start(self.pending.pop(0))
             now = time.monotonic()
             timeout = min((job.deadline for job in self.running.values()), default=now + 3600) - now
+            if self.dying:
+                timeout = min(timeout, 0.05)
             for key, _ in self.selector.select(timeout=max(0.0, timeout)):
                 if key.data == "stdin":
                     if not self.read_requests():
@@ -470,6 +504,8 @@ class Server:
                         self.finish(job)
             for job in [j for j in self.running.values() if time.monotonic() > j.deadline]:
                 self.finish(job, timed_out=True)
+            self.reap()
+        self.reap(block=True)
         for cgroup in self.cgroups:
             if cgroup is not None:
                 cgroup.remove()

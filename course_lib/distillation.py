@@ -1,0 +1,561 @@
+"""Chapter 04 -- knowledge distillation: soft targets, Hinton's loss with T^2, attention transfer.
+
+A small **student** learns from a trained **teacher** by matching the teacher's output
+distribution softened by a temperature ``T``:
+
+.. math::  p_k(z; T) = \\frac{\\exp(z_k / T)}{\\sum_j \\exp(z_j / T)}, \\qquad
+           L = \\alpha\\, T^2\\, \\mathrm{KL}\\big(p(z^t; T)\\,\\|\\,p(z^s; T)\\big)
+               + (1 - \\alpha)\\, \\mathrm{CE}(z^s, y)
+
+and, optionally, by matching the teacher's spatial **attention maps** (Zagoruyko & Komodakis, 2017).
+The first four functions are the references of the chapter's exercises; the rest are the helpers
+the notebook calls (a distillation training loop on top of :func:`course_lib.models.train`, the
+protocols that compare students, the leaky protocol of a widespread tutorial, plots).
+
+References
+----------
+Hinton, G., Vinyals, O. and Dean, J. (2015). Distilling the Knowledge in a Neural Network.
+arXiv:1503.02531.
+Zagoruyko, S. and Komodakis, N. (2017). Paying More Attention to Attention: Improving the
+Performance of Convolutional Neural Networks via Attention Transfer. ICLR. arXiv:1612.03928.
+
+Taught in: 04_distillation.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import models
+from .validation import check_float, check_module, check_tensor
+
+__all__ = ["soft_targets", "kd_loss", "attention_map", "attention_transfer_loss", "logits_of", "features_of",
+           "soft_term_gradient_norms", "class_similarity", "train_student", "sweep_temperature_alpha",
+           "compare_students", "leaky_protocol", "summarize", "plot_gradient_norms", "plot_class_similarity",
+           "plot_sweep", "plot_protocols", "plot_soft_targets", "plot_attention_maps"]
+
+
+# --------------------------------------------------------------------------- argument checks
+def _check_positive(name: str, value: object) -> float:
+    """``value`` as a float, if it is a finite real number > 0 (``bool`` is not a number)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a finite float > 0, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
+    return float(value)
+
+
+def _check_logits(name: str, logits: object) -> torch.Tensor:
+    check_tensor(name, logits)
+    if logits.ndim != 2 or not logits.is_floating_point() or logits.shape[1] == 0:
+        raise ValueError(f"{name} must be a float tensor of shape (N, C), got {logits.dtype} of shape "
+                         f"{tuple(logits.shape)}")
+    return logits
+
+
+def _check_features(name: str, features: object) -> torch.Tensor:
+    check_tensor(name, features)
+    if features.ndim != 4 or not features.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor of shape (N, C, H, W), got {features.dtype} of shape "
+                         f"{tuple(features.shape)}; add a batch dim with .unsqueeze(0)")
+    return features
+
+
+# --------------------------------------------------------------------------- exercises
+def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The teacher's softened class probabilities: softmax of ``logits / T`` along dim 1.
+
+    .. math::  p_{ik} = \\frac{\\exp(z_{ik} / T)}{\\sum_j \\exp(z_{ij} / T)}
+
+    Parameters
+    ----------
+    logits : Tensor of shape (N, C), float
+    temperature : float
+        ``T > 0``, finite. ``T = 1`` is the ordinary softmax; a larger ``T`` flattens the
+        distribution and shows the small probabilities of the wrong classes.
+
+    Returns
+    -------
+    Tensor of shape (N, C)
+        Same dtype as ``logits``; each row sums to 1. Computed stably (large logits do not overflow).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``logits`` is not a float (N, C) tensor; ``temperature`` is not a finite number > 0.
+
+    Examples
+    --------
+    >>> soft_targets(torch.tensor([[0.0, 2.0]]), 2.0)
+    tensor([[0.2689, 0.7311]])
+
+    Taught in: 04_distillation §1
+    """
+    _check_logits("logits", logits)
+    T = _check_positive("temperature", temperature)
+    return torch.softmax(logits / T, dim=1)  # (N, C)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """Hinton's distillation loss: soft term with the T^2 factor plus the hard cross-entropy.
+
+    .. math::  L = \\alpha\\, T^2\\, \\frac{1}{N}\\sum_i \\sum_k p^t_{ik} \\log\\frac{p^t_{ik}}{p^s_{ik}}
+               + (1 - \\alpha)\\, \\frac{1}{N}\\sum_i -\\log \\mathrm{softmax}(z^s_i)_{y_i}
+
+    with :math:`p^t = \\mathrm{softmax}(z^t / T)`, :math:`p^s = \\mathrm{softmax}(z^s / T)`. The KL term is
+    ``F.kl_div(log_softmax(z^s / T), softmax(z^t / T), reduction="batchmean")`` (summed over classes,
+    averaged over the batch); the cross-entropy is at ``T = 1``. Its gradient with respect to
+    :math:`z^s` is :math:`\\alpha\\,T\\,(p^s - p^t)/N + (1-\\alpha)(\\mathrm{softmax}(z^s) - \\mathrm{onehot}(y))/N`:
+    the :math:`T^2` keeps the soft term's gradient of the same size whatever ``T``.
+
+    Parameters
+    ----------
+    student_logits : Tensor of shape (N, C), float
+    teacher_logits : Tensor of shape (N, C), float
+        Detached: no gradient flows into the teacher.
+    labels : Tensor of shape (N,), int64
+        True classes in ``[0, C)``.
+    temperature : float, default=4.0
+        Finite, > 0.
+    alpha : float, default=0.9
+        Weight of the soft term, in [0, 1].
+
+    Returns
+    -------
+    Tensor of shape ()
+        The loss, in ``student_logits``' dtype, differentiable with respect to ``student_logits``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Wrong types, shapes that disagree, labels outside ``[0, C)``, ``temperature <= 0``,
+        ``alpha`` outside [0, 1].
+
+    References
+    ----------
+    Hinton, Vinyals & Dean (2015), arXiv:1503.02531, section 2.
+
+    Examples
+    --------
+    >>> z = torch.tensor([[1.0, 0.0]])
+    >>> float(kd_loss(z, z, torch.tensor([0]), temperature=2.0, alpha=1.0))
+    0.0
+
+    Taught in: 04_distillation §2
+    """
+    _check_logits("student_logits", student_logits)
+    _check_logits("teacher_logits", teacher_logits)
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher_logits must have the shape of student_logits {tuple(student_logits.shape)}, "
+                         f"got {tuple(teacher_logits.shape)}")
+    _check_labels(labels, *student_logits.shape)
+    T = _check_positive("temperature", temperature)
+    alpha = check_float("alpha", alpha, 0.0, 1.0)
+    log_p_student = F.log_softmax(student_logits / T, dim=1)            # (N, C)
+    p_teacher = F.softmax(teacher_logits.detach() / T, dim=1)           # (N, C), no gradient
+    soft = F.kl_div(log_p_student, p_teacher.to(log_p_student.dtype), reduction="batchmean")
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * T ** 2 * soft + (1.0 - alpha) * hard
+
+
+def _check_labels(labels: object, n: int, n_classes: int) -> torch.Tensor:
+    check_tensor("labels", labels)
+    if labels.dtype != torch.int64 or tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must be an int64 tensor of shape ({n},), got {labels.dtype} of shape "
+                         f"{tuple(labels.shape)}")
+    if n and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must be classes in [0, {n_classes}), got values from {int(labels.min())} "
+                         f"to {int(labels.max())}")
+    return labels
+
+
+def attention_map(features: torch.Tensor, p: float = 2) -> torch.Tensor:
+    """Spatial attention map of a feature tensor: channel mean of ``|A|^p``, flattened, L2-normalised.
+
+    .. math::  Q_i = \\frac{v_i}{\\max(\\lVert v_i \\rVert_2, \\varepsilon)}, \\qquad
+               v_i = \\mathrm{vec}\\Big(\\frac{1}{C}\\sum_c |A_{ic}|^p\\Big), \\quad \\varepsilon = 10^{-12}
+
+    Parameters
+    ----------
+    features : Tensor of shape (N, C, H, W), float
+        Activations of one layer.
+    p : float, default=2
+        The power, > 0 (Zagoruyko & Komodakis use 2).
+
+    Returns
+    -------
+    Tensor of shape (N, H * W)
+        Same dtype as ``features``; each row has unit L2 norm (or is 0 for an all-zero example).
+        ``F.normalize(..., dim=1, eps=1e-12)``.
+
+    References
+    ----------
+    Zagoruyko & Komodakis (2017), arXiv:1612.03928, section 3.1.
+
+    Examples
+    --------
+    >>> attention_map(torch.tensor([[[[3.0, 4.0]]]]), p=1)
+    tensor([[0.6000, 0.8000]])
+
+    Taught in: 04_distillation §5
+    """
+    _check_features("features", features)
+    p = _check_positive("p", p)
+    v = features.abs().pow(p).mean(dim=1).flatten(1)                    # (N, H*W)
+    return F.normalize(v, p=2.0, dim=1, eps=1e-12)
+
+
+def attention_transfer_loss(student_features: torch.Tensor, teacher_features: torch.Tensor,
+                            p: float = 2) -> torch.Tensor:
+    """Batch mean of the L2 distance between the student's and the teacher's attention maps.
+
+    .. math::  L_{AT} = \\frac{1}{N}\\sum_i \\lVert Q^s_i - Q^t_i \\rVert_2
+
+    (the distance, not its square). Channel counts may differ; batch and spatial sizes must match.
+    The teacher's features are detached.
+
+    Parameters
+    ----------
+    student_features : Tensor of shape (N, C_s, H, W), float
+    teacher_features : Tensor of shape (N, C_t, H, W), float
+    p : float, default=2
+
+    Returns
+    -------
+    Tensor of shape ()
+        In ``student_features``' dtype, in [0, 2].
+
+    Raises
+    ------
+    ValueError
+        Not 4-D, or ``N``, ``H``, ``W`` differ.
+
+    Examples
+    --------
+    >>> a = torch.ones(2, 3, 4, 4)
+    >>> float(attention_transfer_loss(a, torch.ones(2, 8, 4, 4)))
+    0.0
+
+    Taught in: 04_distillation §5
+    """
+    _check_features("student_features", student_features)
+    _check_features("teacher_features", teacher_features)
+    s_shape, t_shape = student_features.shape, teacher_features.shape
+    if s_shape[0] != t_shape[0] or s_shape[2:] != t_shape[2:]:
+        raise ValueError(f"teacher_features must have the batch and spatial sizes of student_features "
+                         f"(N={s_shape[0]}, H, W={tuple(s_shape[2:])}), got shape {tuple(t_shape)}")
+    q_student = attention_map(student_features, p)                      # (N, H*W)
+    q_teacher = attention_map(teacher_features.detach(), p).to(q_student.dtype)
+    return torch.linalg.vector_norm(q_student - q_teacher, dim=1).mean()
+
+
+# --------------------------------------------------------------------------- model outputs
+@torch.no_grad()
+def logits_of(model: nn.Module, X: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """The model's logits on ``X`` in eval mode, without gradient (the model's mode is restored)."""
+    check_module("model", model)
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(X[i:i + batch_size]) for i in range(0, len(X), batch_size)])  # (N, K)
+    finally:
+        model.train(was_training)
+
+
+def _layer(model: nn.Module, layer: str) -> nn.Module:
+    return dict(model.named_modules())[layer]
+
+
+@torch.no_grad()
+def features_of(model: nn.Module, X: torch.Tensor, layer: str = "features.3") -> torch.Tensor:
+    """Output of the submodule ``layer`` (a name from ``model.named_modules()``) on ``X``, in eval mode.
+
+    ``"features.3"`` of a :class:`course_lib.models.SmallCNN` is the ReLU after the second convolution:
+    ``(N, channels[1], S, S)``, before pooling.
+    """
+    batches: list[torch.Tensor] = []
+    handle = _layer(model, layer).register_forward_hook(lambda m, i, out: batches.append(out))
+    try:
+        logits_of(model, X)
+    finally:
+        handle.remove()
+    return torch.cat(batches)
+
+
+# --------------------------------------------------------------------------- why T^2, what soft targets carry
+def soft_term_gradient_norms(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                             temperatures: Sequence[float]) -> list[dict]:
+    """Norm of the soft term's gradient w.r.t. the student's logits, with and without the T^2 factor.
+
+    For each ``T``: ``||d KL(p^t_T || p^s_T) / d z^s||`` (batchmean KL) and ``T^2`` times it. For large
+    ``T`` the first shrinks like :math:`1/T^2` (:math:`\\approx (z^s - z^t)/(C T^2)` per row, centred logits).
+    """
+    rows = []
+    for T in temperatures:
+        z = student_logits.detach().clone().requires_grad_(True)
+        soft = F.kl_div(F.log_softmax(z / T, dim=1), F.softmax(teacher_logits / T, dim=1), reduction="batchmean")
+        grad, = torch.autograd.grad(soft, z)
+        norm = float(grad.norm())
+        rows.append({"T": float(T), "grad norm without T^2": norm, "grad norm with T^2": T ** 2 * norm})
+    return rows
+
+
+def class_similarity(teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean soft target of each true class: row ``k`` averages ``soft_targets`` over examples of class ``k``."""
+    p = soft_targets(teacher_logits, temperature)                       # (N, C)
+    n_classes = p.shape[1]
+    return torch.stack([p[labels == k].mean(dim=0) for k in range(n_classes)])  # (C, C)
+
+
+# --------------------------------------------------------------------------- training a student
+def train_student(student: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
+                  teacher_logits: torch.Tensor | None = None, temperature: float = 4.0, alpha: float = 0.9,
+                  teacher_features: torch.Tensor | None = None, beta: float = 0.0, layer: str = "features.3",
+                  epochs: int = 30, lr: float = 3e-3, batch_size: int = 64, seed: int = 0,
+                  X_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
+                  progress: bool = False, losses: dict[str, Callable] | None = None) -> dict[str, list[float]]:
+    """Train ``student`` in place with :func:`course_lib.models.train` on the distillation loss.
+
+    .. math::  L = \\mathrm{kd\\_loss}(z^s, z^t, y; T, \\alpha) + \\beta\\, L_{AT}(A^s, A^t)
+
+    Without ``teacher_logits`` it is the plain cross-entropy on ``y`` (a student from scratch, or on the
+    teacher's hard pseudo-labels when ``y`` holds them). The teacher's logits (and features, for
+    ``beta > 0``) are computed once beforehand on ``X`` (``logits_of``, ``features_of``); each batch looks
+    up its rows: ``models.train`` is handed the row indices as its targets. The student's features come
+    from a forward hook on ``layer``. ``losses`` may replace the two loss functions by your own
+    (``{"kd_loss": ..., "attention_transfer_loss": ...}``, same signatures).
+    """
+    check_module("student", student)
+    kd = (losses or {}).get("kd_loss", kd_loss)
+    at = (losses or {}).get("attention_transfer_loss", attention_transfer_loss)
+    if teacher_logits is None:
+        return models.train(student, X, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                            X_val=X_val, y_val=y_val, progress=progress)
+    _check_positive("temperature", temperature)
+    check_float("alpha", alpha, 0.0, 1.0)
+    check_float("beta", beta, 0.0)
+    store: dict[str, torch.Tensor] = {}
+    handle = None
+    if beta > 0:
+        if teacher_features is None:
+            raise ValueError("teacher_features must be given when beta > 0, got None")
+        handle = _layer(student, layer).register_forward_hook(lambda m, i, out: store.__setitem__("a", out))
+
+    def loss_fn(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        loss = kd(out, teacher_logits[rows], y[rows], temperature, alpha)
+        if beta > 0:
+            loss = loss + beta * at(store["a"], teacher_features[rows])
+        return loss
+
+    try:
+        return models.train(student, X, torch.arange(len(X)), epochs=epochs, lr=lr, batch_size=batch_size,
+                            seed=seed, X_val=X_val, y_val=y_val, progress=progress, loss_fn=loss_fn)
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def _fresh(make_student: Callable[[], nn.Module], seed: int) -> nn.Module:
+    models.set_seed(seed)
+    return make_student()
+
+
+def sweep_temperature_alpha(teacher: nn.Module, make_student: Callable[[], nn.Module], split, *,
+                            temperatures: Sequence[float], alphas: Sequence[float], seeds: Sequence[int] = (0,),
+                            epochs: int = 30, lr: float = 3e-3, batch_size: int = 128,
+                            progress: bool = True, losses: dict[str, Callable] | None = None) -> list[dict]:
+    """Validation accuracy of distilled students for each (T, alpha, seed). The test split is never read."""
+    from tqdm.auto import tqdm
+
+    z_t = logits_of(teacher, split.X_train)
+    grid = [(T, a, s) for T in temperatures for a in alphas for s in seeds]
+    rows = []
+    for T, a, s in tqdm(grid, desc="T x alpha sweep", disable=not progress, leave=False):
+        student = _fresh(make_student, s)
+        train_student(student, split.X_train, split.y_train, teacher_logits=z_t, temperature=T, alpha=a,
+                      epochs=epochs, lr=lr, batch_size=batch_size, seed=s, losses=losses)
+        rows.append({"T": float(T), "alpha": float(a), "seed": s,
+                     "val accuracy": models.evaluate(student, split.X_val, split.y_val)})
+    return rows
+
+
+def compare_students(teacher: nn.Module, make_student: Callable[[], nn.Module], split, *,
+                     variants: dict[str, dict], seeds: Sequence[int] = (0, 1, 2), epochs: int = 30,
+                     lr: float = 3e-3, batch_size: int = 128, layer: str = "features.3",
+                     progress: bool = True, losses: dict[str, Callable] | None = None) -> list[dict]:
+    """Train one student per (variant, seed) on the train split; validation and test accuracy of each.
+
+    ``variants`` maps a name to its recipe: ``{}`` (from scratch, true labels), ``{"pseudo_labels": True}``
+    (cross-entropy on the teacher's argmax), or ``train_student`` keywords (``temperature``, ``alpha``,
+    ``beta``) for distillation. Every recipe was chosen beforehand on validation; this is the one final
+    test evaluation.
+    """
+    from tqdm.auto import tqdm
+
+    z_t = logits_of(teacher, split.X_train)
+    a_t = features_of(teacher, split.X_train, layer)
+    rows = []
+    for name, recipe in tqdm([(n, r) for n in variants for r in [variants[n]]], desc="students",
+                             disable=not progress, leave=False):
+        for s in seeds:
+            student = _fresh(make_student, s)
+            recipe = dict(recipe)
+            budget = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": s}
+            if recipe.pop("pseudo_labels", False):
+                train_student(student, split.X_train, z_t.argmax(dim=1), **budget)
+            elif not recipe:
+                train_student(student, split.X_train, split.y_train, **budget)
+            else:
+                train_student(student, split.X_train, split.y_train, teacher_logits=z_t, teacher_features=a_t,
+                              layer=layer, losses=losses, **budget, **recipe)
+            rows.append({"variant": name, "seed": s, "parameters": sum(p.numel() for p in student.parameters()),
+                         "val accuracy": models.evaluate(student, split.X_val, split.y_val),
+                         "test accuracy": models.evaluate(student, split.X_test, split.y_test),
+                         "model": student})
+    return rows
+
+
+def leaky_protocol(teacher: nn.Module, make_student: Callable[[], nn.Module], split, *,
+                   seeds: Sequence[int] = (0, 1, 2), epochs: int = 30, lr: float = 3e-3, batch_size: int = 128,
+                   progress: bool = True) -> list[dict]:
+    """A widespread tutorial's protocol, reproduced, next to a control that differs only in the leak.
+
+    Leaky: fit the student to the teacher's predictions (softmax at T = 1, no temperature) on the
+    **test** inputs and report its accuracy on that same test set. Control: the same recipe on the
+    validation inputs (as many images, equally unseen by the teacher's training), evaluated on the test
+    set it never saw. Each row: both accuracies and the leaky student's agreement with the teacher.
+    """
+    from tqdm.auto import tqdm
+
+    rows = []
+    for s in tqdm(list(seeds), desc="leaky protocol", disable=not progress, leave=False):
+        accuracy = {}
+        for name, X_fit, y_fit in (("leaky", split.X_test, split.y_test), ("control", split.X_val, split.y_val)):
+            student = _fresh(make_student, s)
+            train_student(student, X_fit, y_fit, teacher_logits=logits_of(teacher, X_fit), temperature=1.0,
+                          alpha=1.0, epochs=epochs, lr=lr, batch_size=batch_size, seed=s)
+            accuracy[name] = models.evaluate(student, split.X_test, split.y_test)
+            if name == "leaky":
+                same = logits_of(student, split.X_test).argmax(1) == logits_of(teacher, split.X_test).argmax(1)
+        rows.append({"seed": s, "reported (trained on test)": accuracy["leaky"],
+                     "control (trained on other images)": accuracy["control"],
+                     "agreement with teacher on test": same.double().mean().item()})
+    return rows
+
+
+def summarize(rows: Sequence[dict], by: str, columns: Sequence[str]):
+    """A pandas table of mean and std (over seeds, ``ddof=1``) of ``columns`` grouped by ``by``."""
+    import pandas as pd
+
+    frame = pd.DataFrame([{k: r[k] for k in (by, *columns)} for r in rows])
+    grouped = frame.groupby(by, sort=False)
+    out = pd.concat({"mean": grouped.mean(), "std": grouped.std(ddof=1)}, axis=1).swaplevel(axis=1)
+    out["n seeds"] = grouped.size()
+    return out[[(c, stat) for c in columns for stat in ("mean", "std")] + [("n seeds", "")]]
+
+
+# --------------------------------------------------------------------------- plots
+def plot_gradient_norms(rows: Sequence[dict]):
+    """Soft-term gradient norm against T, with and without T^2 (log-log)."""
+    import matplotlib.pyplot as plt
+
+    T = [r["T"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(T, [r["grad norm without T^2"] for r in rows], "o-", color="tab:red", label="KL only")
+    ax.plot(T, [r["grad norm with T^2"] for r in rows], "s-", color="tab:blue", label="$T^2$ · KL")
+    ax.set(xscale="log", yscale="log", xlabel="temperature T", ylabel="‖∂ loss / ∂ student logits‖",
+           title="soft term: gradient size vs temperature")
+    ax.legend()
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_class_similarity(matrix: torch.Tensor, classes: Sequence[str], temperature: float):
+    """Heat map of the teacher's mean soft targets per true class (diagonal hidden to show the dark knowledge)."""
+    import matplotlib.pyplot as plt
+
+    m = matrix.detach().double().clone()
+    m.fill_diagonal_(float("nan"))
+    fig, ax = plt.subplots(figsize=(4.8, 4))
+    image = ax.imshow(m.numpy(), cmap="viridis")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+           xlabel="class of the soft target", ylabel="true class",
+           title=f"teacher's mean soft targets, T = {temperature:g}\n(diagonal hidden)")
+    fig.colorbar(image, ax=ax, label="probability")
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_sweep(rows: Sequence[dict]):
+    """Validation accuracy against T, one line per alpha (mean over seeds)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    table = pd.DataFrame(rows).groupby(["alpha", "T"])["val accuracy"].mean().unstack(0)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for alpha in table.columns:
+        ax.plot(table.index, 100 * table[alpha], "o-", label=f"α = {alpha:g}")
+    ax.set(xscale="log", xlabel="temperature T", ylabel="validation accuracy (%)",
+           title="distilled student: temperature × alpha (validation split)")
+    ax.set_xticks(table.index, [f"{t:g}" for t in table.index])
+    ax.legend()
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_protocols(groups: dict[str, Sequence[float]]):
+    """Accuracy (%) of each protocol: a bar at the mean over seeds and one dot per seed."""
+    import matplotlib.pyplot as plt
+
+    colors = ["tab:red", "tab:orange", "tab:green", "tab:blue", "tab:purple"]
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for i, (values, color) in enumerate(zip(groups.values(), colors)):
+        values = 100 * np.asarray(values, dtype=float)
+        ax.bar(i, values.mean(), color=color, alpha=0.6)
+        ax.plot(np.full(len(values), i), values, "k.", ms=8)
+    ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
+    low = min(100 * min(min(v) for v in groups.values()) - 3, 90)
+    ax.set(ylim=(low, 100.5), ylabel="accuracy (%)", title="what each protocol reports (dots: seeds)")
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_soft_targets(logits: torch.Tensor, temperature: float, classes: Sequence[str], image: torch.Tensor | None = None):
+    """Bar chart of one example's soft targets at ``temperature`` (and the image beside it)."""
+    import matplotlib.pyplot as plt
+
+    p = soft_targets(logits.reshape(1, -1), temperature)[0]
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8), gridspec_kw={"width_ratios": [1, 3]})
+    if image is not None:
+        axes[0].imshow(image.squeeze().numpy(), cmap="gray_r")
+    axes[0].set_axis_off()
+    axes[1].bar(range(len(classes)), p.numpy(), color="tab:blue")
+    axes[1].set(xticks=range(len(classes)), xticklabels=classes, ylim=(0, 1), ylabel="probability",
+                title=f"teacher's soft targets at T = {temperature:g} (entropy {float(-(p * p.clamp_min(1e-30).log()).sum()):.2f} nats)")
+    fig.tight_layout()
+    return fig, axes
+
+
+def plot_attention_maps(images: torch.Tensor, maps: dict[str, torch.Tensor], side: int):
+    """Each image beside its attention maps (rows: examples; columns: input, then one per model)."""
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig, axes = plt.subplots(n, 1 + len(maps), figsize=(1.7 * (1 + len(maps)), 1.7 * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(images[i].squeeze().numpy(), cmap="gray_r")
+        for j, (name, q) in enumerate(maps.items(), start=1):
+            axes[i, j].imshow(q[i].reshape(side, side).numpy(), cmap="magma", vmin=0)
+            if i == 0:
+                axes[i, j].set_title(name, fontsize=9)
+        axes[0, 0].set_title("input", fontsize=9)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig, axes

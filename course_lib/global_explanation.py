@@ -1,0 +1,474 @@
+"""Chapter 06 -- global explanation: what a model uses, over a whole data set.
+
+Three ways to rank features (impurity, permutation, drop-column), a readable stand-in for a model
+(a depth-limited tree surrogate, scored by its fidelity), and the shape of a model's dependence on
+one feature (partial dependence and ICE curves).
+
+The first six functions are the references of the chapter's exercises. They take models as plain
+callables, as scikit-learn's inspection tools take estimators:
+
+- ``predict(X)`` maps a float64 array of shape ``(n, d)`` to an array of ``n`` predictions;
+- ``score(y, y_pred)`` returns a float, **higher is better** (accuracy, R^2, minus the MSE);
+- ``fit(X, y)`` trains a fresh model and returns its ``predict`` callable.
+
+The rest are the helpers the notebook calls (noise columns, forests, sweeps, plots).
+
+References
+----------
+Breiman, L. (2001). Random Forests. Machine Learning 45, 5-32.
+Strobl, C., Boulesteix, A.-L., Zeileis, A. & Hothorn, T. (2007). Bias in random forest variable
+importance measures: Illustrations, sources and a solution. BMC Bioinformatics 8, 25.
+Friedman, J. H. (2001). Greedy function approximation: a gradient boosting machine. Annals of Statistics 29(5).
+Goldstein, A., Kapelner, A., Bleich, J. & Pitkin, E. (2015). Peeking Inside the Black Box: Visualizing
+Statistical Learning With Plots of Individual Conditional Expectation. JCGS 24(1).
+Craven, M. W. & Shavlik, J. W. (1996). Extracting Tree-Structured Representations of Trained Networks. NIPS 8.
+
+Taught in: 06_global_explanation.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from torch import nn
+
+from .validation import check_int
+
+__all__ = ["impurity_importance", "permutation_importance", "drop_column_importance", "partial_dependence",
+           "ice_curves", "surrogate_fidelity", "neg_mse", "r2", "accuracy", "noise_columns", "forest_fit",
+           "surrogate_sweep", "rank_agreement", "ranks", "off_support_fraction", "plot_pdp_ice",
+           "plot_importances", "plot_network"]
+
+_TREE_LEAF = -1          # children_left / children_right of a leaf (sklearn.tree._tree.TREE_LEAF)
+
+
+# --------------------------------------------------------------------------- argument checks
+def _check_X(name: str, X: object) -> np.ndarray:
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array of shape (n, d), got {type(X).__name__}")
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"{name} must be a numpy array of shape (n, d) with n, d >= 1, got shape {X.shape}")
+    return X
+
+
+def _check_callable(name: str, fn: object) -> Callable:
+    if not callable(fn):
+        raise TypeError(f"{name} must be a callable, got {type(fn).__name__}")
+    return fn
+
+
+def _check_feature(feature: object, d: int) -> int:
+    feature = check_int("feature", feature, 0)
+    if feature >= d:
+        raise ValueError(f"feature must be a column index in [0, {d}), got {feature}")
+    return feature
+
+
+def _check_grid(grid: object) -> np.ndarray:
+    g = np.asarray(grid, dtype=np.float64)
+    if g.ndim != 1 or len(g) < 1:
+        raise ValueError(f"grid must be a 1-D sequence of at least one value, got shape {g.shape}")
+    return g
+
+
+def _predictions(predict: Callable, X: np.ndarray, n: int, name: str = "predict") -> np.ndarray:
+    out = np.asarray(predict(X))
+    if out.shape != (n,):
+        raise ValueError(f"{name}(X) must return an array of shape ({n},), got shape {out.shape}")
+    return out
+
+
+# --------------------------------------------------------------------------- the exercises
+def impurity_importance(tree) -> np.ndarray:
+    """Mean-decrease-in-impurity importance of a fitted decision tree, from its ``tree_`` arrays.
+
+    Every split node :math:`t` (``children_left[t] != -1``) on feature :math:`f_t` adds its weighted
+    impurity decrease to that feature; the result is normalised to sum to 1:
+
+    .. math:: \\mathrm{MDI}_j \\propto \\sum_{t:\\,f_t = j} w_t I_t - w_{l(t)} I_{l(t)} - w_{r(t)} I_{r(t)}
+
+    with :math:`w` = ``weighted_n_node_samples`` (sample weights included) and :math:`I` = ``impurity``.
+
+    Parameters
+    ----------
+    tree : fitted ``DecisionTreeClassifier`` or ``DecisionTreeRegressor``
+        Anything with a ``tree_`` holding ``children_left``, ``children_right``, ``feature``,
+        ``impurity``, ``weighted_n_node_samples`` and ``n_features``.
+
+    Returns
+    -------
+    ndarray of shape (n_features,), float64
+        Sums to 1; all zeros for a tree without a split. Equals ``tree.feature_importances_``.
+
+    Raises
+    ------
+    TypeError
+        If ``tree`` has no ``tree_`` (not fitted, or not a tree).
+
+    Examples
+    --------
+    >>> from sklearn.tree import DecisionTreeRegressor
+    >>> t = DecisionTreeRegressor(max_depth=2, random_state=0).fit([[0, 1], [1, 1], [2, 0], [3, 0]], [0, 0, 1, 3])
+    >>> impurity_importance(t).round(3).tolist()
+    [1.0, 0.0]
+
+    Taught in: 06_global_explanation §1
+    """
+    t = getattr(tree, "tree_", None)
+    if t is None:
+        raise TypeError(f"tree must be a fitted scikit-learn decision tree (with a tree_), got {type(tree).__name__}")
+    left, right, feature = np.asarray(t.children_left), np.asarray(t.children_right), np.asarray(t.feature)
+    w, impurity = np.asarray(t.weighted_n_node_samples, np.float64), np.asarray(t.impurity, np.float64)
+    split = np.flatnonzero(left != _TREE_LEAF)                                    # split nodes only
+    decrease = w[split] * impurity[split] - w[left[split]] * impurity[left[split]] \
+        - w[right[split]] * impurity[right[split]]
+    importance = np.zeros(int(t.n_features))
+    np.add.at(importance, feature[split], decrease)
+    total = importance.sum()
+    return importance / total if total > 0 else importance
+
+
+def permutation_importance(predict: Callable, X: np.ndarray, y: np.ndarray, score: Callable,
+                           n_repeats: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Drop of ``score`` when one column is shuffled, averaged over ``n_repeats`` shuffles.
+
+    .. math:: \\mathrm{PI}_{j,r} = s\\big(y, f(X)\\big) - s\\big(y, f(X^{(j, \\pi_{j,r})})\\big)
+
+    where :math:`X^{(j,\\pi)}` is ``X`` with column :math:`j` replaced by ``X[pi, j]``.
+
+    Rules: ``rng = np.random.default_rng(seed)``; for each feature ``j`` in column order, for each repeat
+    in order, ``pi = rng.permutation(n_rows)``. ``X`` is not modified; a feature ``predict`` ignores gets 0.
+
+    Parameters
+    ----------
+    predict : callable, (n, d) -> (n,)
+    X : ndarray of shape (n, d)
+    y : array of shape (n,)
+    score : callable ``score(y, y_pred) -> float``, higher is better
+    n_repeats : int >= 1, default=5
+    seed : int >= 0, default=0
+
+    Returns
+    -------
+    mean, std : ndarray of shape (d,), float64
+        Mean and population standard deviation (ddof=0) over the repeats.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a non-callable ``predict``/``score``, a non-2-D ``X``, ``y`` of another length, ``n_repeats < 1``.
+
+    References
+    ----------
+    Breiman (2001); Fisher, Rudin & Dominici (2019), JMLR 20(177).
+
+    Taught in: 06_global_explanation §2
+    """
+    predict, score = _check_callable("predict", predict), _check_callable("score", score)
+    X = _check_X("X", X)
+    if len(y) != len(X):
+        raise ValueError(f"y must have one value per row of X ({len(X)}), got {len(y)}")
+    n_repeats, seed = check_int("n_repeats", n_repeats, 1), check_int("seed", seed, 0)
+    rng = np.random.default_rng(seed)
+    baseline = score(y, predict(X))
+    drops = np.empty((X.shape[1], n_repeats))                                     # (d, n_repeats)
+    for j in range(X.shape[1]):
+        X_perm = X.copy()
+        for r in range(n_repeats):
+            X_perm[:, j] = X[rng.permutation(len(X)), j]
+            drops[j, r] = baseline - score(y, predict(X_perm))
+    return drops.mean(axis=1), drops.std(axis=1)
+
+
+def drop_column_importance(fit: Callable, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
+                           y_val: np.ndarray, score: Callable) -> np.ndarray:
+    """Drop of the validation score when a model is **retrained** without each column.
+
+    .. math:: \\mathrm{DC}_j = s\\big(y_{val}, f(X_{val})\\big) - s\\big(y_{val}, f_{-j}(X_{val,-j})\\big),
+              \\quad f = \\mathrm{fit}(X_{tr}, y_{tr}),\\; f_{-j} = \\mathrm{fit}(X_{tr,-j}, y_{tr})
+
+    with column :math:`j` removed by ``numpy.delete(X, j, axis=1)`` from both train and validation.
+
+    Parameters
+    ----------
+    fit : callable ``fit(X, y) -> predict``
+    X_train, X_val : ndarray of shape (n_train, d), (n_val, d)
+    y_train, y_val : arrays of the matching lengths
+    score : callable ``score(y, y_pred) -> float``, higher is better
+
+    Returns
+    -------
+    ndarray of shape (d,), float64
+
+    Raises
+    ------
+    TypeError, ValueError
+        For non-callables, non-2-D arrays, or ``X_train`` and ``X_val`` with different numbers of columns.
+
+    Taught in: 06_global_explanation §3
+    """
+    fit, score = _check_callable("fit", fit), _check_callable("score", score)
+    X_train, X_val = _check_X("X_train", X_train), _check_X("X_val", X_val)
+    if X_train.shape[1] != X_val.shape[1]:
+        raise ValueError(f"X_val must have the {X_train.shape[1]} columns of X_train, got {X_val.shape[1]}")
+    baseline = score(y_val, fit(X_train, y_train)(X_val))
+    importance = np.empty(X_train.shape[1])
+    for j in range(X_train.shape[1]):
+        predict_j = fit(np.delete(X_train, j, axis=1), y_train)                  # retrained without column j
+        importance[j] = baseline - score(y_val, predict_j(np.delete(X_val, j, axis=1)))
+    return importance
+
+
+def partial_dependence(predict: Callable, X: np.ndarray, feature: int, grid: Sequence[float]) -> np.ndarray:
+    """Mean prediction with column ``feature`` set to each grid value in every row.
+
+    .. math:: \\mathrm{PD}_j(v) = \\frac1n \\sum_{i=1}^n f(x_{i,-j}, v)
+
+    Parameters
+    ----------
+    predict : callable, (n, d) -> (n,)
+    X : ndarray of shape (n, d)
+    feature : int in [0, d)
+    grid : 1-D sequence of G values
+
+    Returns
+    -------
+    ndarray of shape (G,), float64
+        Equals ``sklearn.inspection.partial_dependence(est, X, [feature], custom_values={feature: grid},
+        method="brute")["average"][0]``.
+
+    References
+    ----------
+    Friedman (2001).
+
+    Taught in: 06_global_explanation §5
+    """
+    predict, X = _check_callable("predict", predict), _check_X("X", X)
+    feature, grid = _check_feature(feature, X.shape[1]), _check_grid(grid)
+    X_set = X.copy()
+    pd = np.empty(len(grid))
+    for k, value in enumerate(grid):
+        X_set[:, feature] = value
+        pd[k] = _predictions(predict, X_set, len(X)).mean()
+    return pd
+
+
+def ice_curves(predict: Callable, X: np.ndarray, feature: int, grid: Sequence[float]) -> np.ndarray:
+    """Individual conditional expectation: one curve per row, ``ice[i, k] = f(x_i with x_ij = grid[k])``.
+
+    .. math:: \\mathrm{ICE}_{i}(v) = f(x_{i,-j}, v), \\qquad \\frac1n\\sum_i \\mathrm{ICE}_i = \\mathrm{PD}_j
+
+    Returns
+    -------
+    ndarray of shape (n, G), float64
+
+    References
+    ----------
+    Goldstein et al. (2015).
+
+    Taught in: 06_global_explanation §5
+    """
+    predict, X = _check_callable("predict", predict), _check_X("X", X)
+    feature, grid = _check_feature(feature, X.shape[1]), _check_grid(grid)
+    X_set = X.copy()
+    ice = np.empty((len(X), len(grid)))                                           # (n, G)
+    for k, value in enumerate(grid):
+        X_set[:, feature] = value
+        ice[:, k] = _predictions(predict, X_set, len(X))
+    return ice
+
+
+def surrogate_fidelity(model_predict: Callable, surrogate_predict: Callable, X: np.ndarray, task: str) -> float:
+    """How well a surrogate reproduces a model **on X** (not how well it predicts the truth).
+
+    .. math:: \\text{classification: } \\frac1n\\sum_i [g(x_i) = f(x_i)], \\qquad
+              \\text{regression: } R^2 = 1 - \\frac{\\sum_i (f(x_i) - g(x_i))^2}{\\sum_i (f(x_i) - \\bar f)^2}
+
+    Parameters
+    ----------
+    model_predict, surrogate_predict : callables, (n, d) -> (n,)
+        Labels for ``task="classification"``, real values for ``"regression"``.
+    X : ndarray of shape (n, d)
+    task : {"classification", "regression"}
+
+    Returns
+    -------
+    float
+        The fraction of equal labels, or the R^2 of the surrogate against the model's outputs.
+
+    Raises
+    ------
+    ValueError
+        For another ``task``, outputs not of shape (n,), or (regression) a constant model output.
+
+    Taught in: 06_global_explanation §4
+    """
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    X = _check_X("X", X)
+    f = _predictions(_check_callable("model_predict", model_predict), X, len(X), "model_predict")
+    g = _predictions(_check_callable("surrogate_predict", surrogate_predict), X, len(X), "surrogate_predict")
+    if task == "classification":
+        return float(np.mean(f == g))
+    f, g = f.astype(np.float64), g.astype(np.float64)
+    total = np.sum((f - f.mean()) ** 2)
+    if total == 0:
+        raise ValueError("model_predict must not be constant on X for task='regression' (R^2 is undefined)")
+    return float(1.0 - np.sum((f - g) ** 2) / total)
+
+
+# --------------------------------------------------------------------------- scores and models
+def neg_mse(y: np.ndarray, y_pred: np.ndarray) -> float:
+    """Minus the mean squared error (higher is better), :math:`-\\frac1n\\sum_i (y_i - \\hat y_i)^2`."""
+    return -float(np.mean((np.asarray(y, np.float64) - np.asarray(y_pred, np.float64)) ** 2))
+
+
+def r2(y: np.ndarray, y_pred: np.ndarray) -> float:
+    """The coefficient of determination, :math:`1 - \\sum_i (y_i - \\hat y_i)^2 / \\sum_i (y_i - \\bar y)^2`."""
+    y, y_pred = np.asarray(y, np.float64), np.asarray(y_pred, np.float64)
+    return float(1.0 - np.sum((y - y_pred) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
+def accuracy(y: np.ndarray, y_pred: np.ndarray) -> float:
+    """The fraction of equal labels."""
+    return float(np.mean(np.asarray(y) == np.asarray(y_pred)))
+
+
+def noise_columns(n_rows: int, seed: int) -> np.ndarray:
+    """Two pure-noise columns, ``(n_rows, 2)`` float64: N(0, 1) (all values distinct) and a fair coin (0/1)."""
+    rng = np.random.default_rng(check_int("seed", seed, 0))
+    n_rows = check_int("n_rows", n_rows, 1)
+    return np.column_stack([rng.normal(size=n_rows), rng.integers(0, 2, size=n_rows).astype(np.float64)])
+
+
+def forest_fit(task: str = "regression", n_estimators: int = 100, seed: int = 0, **params) -> Callable:
+    """A ``fit(X, y) -> predict`` for a seeded scikit-learn random forest (refit from scratch at every call).
+
+    The fitted forest of the latest call is kept as ``fit.last`` (for its ``feature_importances_``).
+    """
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+    cls = {"regression": RandomForestRegressor, "classification": RandomForestClassifier}[task]
+
+    def fit(X, y):
+        fit.last = cls(n_estimators=n_estimators, random_state=seed, n_jobs=1, **params).fit(X, y)
+        return fit.last.predict
+
+    return fit
+
+
+def surrogate_sweep(model_predict: Callable, X_fit: np.ndarray, X_eval: np.ndarray, depths: Sequence[int],
+                    task: str = "classification", seed: int = 0) -> list[dict]:
+    """Fit a depth-limited tree to the model's outputs on ``X_fit``; fidelity on ``X_fit`` and ``X_eval``.
+
+    One row per depth: ``depth``, ``leaves``, ``fidelity (fit data)``, ``fidelity (held out)`` and the tree.
+    """
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    cls = DecisionTreeClassifier if task == "classification" else DecisionTreeRegressor
+    target = _predictions(model_predict, X_fit, len(X_fit), "model_predict")
+    rows = []
+    for depth in depths:
+        tree = cls(max_depth=check_int("depth", depth, 1), random_state=seed).fit(X_fit, target)
+        rows.append({"depth": depth, "leaves": int(tree.get_n_leaves()),
+                     "fidelity (fit data)": surrogate_fidelity(model_predict, tree.predict, X_fit, task),
+                     "fidelity (held out)": surrogate_fidelity(model_predict, tree.predict, X_eval, task),
+                     "tree": tree})
+    return rows
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Rank 1 = largest value (ties share the average rank)."""
+    from scipy.stats import rankdata
+
+    return rankdata(-np.asarray(values, np.float64))
+
+
+def rank_agreement(columns: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Spearman rank correlation between every pair of importance vectors: ``{a: {b: rho}}``."""
+    from scipy.stats import spearmanr
+
+    return {a: {b: float(spearmanr(va, vb).statistic) for b, vb in columns.items()} for a, va in columns.items()}
+
+
+def off_support_fraction(X: np.ndarray, feature: int, partner: int, grid: Sequence[float]) -> float:
+    """Share of the points a PDP evaluates that lie off the data: ``|x_f - x_partner|`` beyond its observed max.
+
+    Partial dependence sets column ``feature`` to every grid value in every row; when ``partner`` is
+    strongly correlated with it, most of those synthetic rows pair values that never occur together.
+    """
+    X = _check_X("X", X)
+    gap = np.abs(X[:, feature] - X[:, partner]).max()
+    synthetic = np.abs(_check_grid(grid)[None, :] - X[:, [partner]])               # (n, G)
+    return float(np.mean(synthetic > gap))
+
+
+# --------------------------------------------------------------------------- plots
+def plot_pdp_ice(grid: np.ndarray, ice: np.ndarray, feature_name: str, ax=None, max_curves: int = 60):
+    """ICE curves (thin, grey) under their mean, the partial dependence (thick). Returns ``(fig, ax)``."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3)) if ax is None else (ax.figure, ax)
+    ax.plot(grid, ice[:max_curves].T, color="0.7", linewidth=0.6)
+    ax.plot(grid, ice.mean(0), color="C3", linewidth=2.5, label="partial dependence (mean of ICE)")
+    ax.set_xlabel(f"{feature_name} (standardised)")
+    ax.set_ylabel("prediction")
+    ax.legend(fontsize=7)
+    return fig, ax
+
+
+def plot_importances(table, ax=None):
+    """Horizontal bars, one group per feature and one colour per method (columns scaled to max 1)."""
+    import matplotlib.pyplot as plt
+
+    scaled = table / table.abs().max()
+    fig, ax = plt.subplots(figsize=(6, 0.32 * len(table) + 1)) if ax is None else (ax.figure, ax)
+    height = 0.8 / len(scaled.columns)
+    for k, column in enumerate(scaled.columns):
+        ax.barh(np.arange(len(scaled)) + k * height, scaled[column], height=height, color=f"C{k}", label=column)
+    ax.set_yticks(np.arange(len(scaled)) + 0.4 - height / 2, scaled.index)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.5)
+    ax.set_xlabel("importance / largest importance of the method")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_network(model: nn.Module):
+    """A network's structure: one box per layer (type and shape), then each Linear weight matrix as a heat map.
+
+    Returns ``(fig, axes)``; weights use a diverging colour map centred on 0.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    layers = list(model.children()) if len(list(model.children())) else [model]
+    linears = [m for m in layers if isinstance(m, nn.Linear)]
+    fig, axes = plt.subplots(1, 1 + len(linears), figsize=(3 + 2.6 * len(linears), 3.2),
+                             gridspec_kw={"width_ratios": [1.2] + [1] * len(linears)})
+    diagram = axes[0]
+    for k, layer in enumerate(layers):
+        label = type(layer).__name__
+        if isinstance(layer, nn.Linear):
+            label += f"\n{layer.in_features} -> {layer.out_features}  ({layer.weight.numel() + layer.bias.numel()} params)"
+        y = 1 - (k + 0.5) / len(layers)
+        diagram.text(0.5, y, label, ha="center", va="center", fontsize=7,
+                     bbox={"boxstyle": "round", "facecolor": "C0" if isinstance(layer, nn.Linear) else "0.9",
+                           "alpha": 0.35})
+        if k:
+            diagram.annotate("", (0.5, y + 0.25 / len(layers)), (0.5, y + 0.75 / len(layers)),
+                             arrowprops={"arrowstyle": "<-", "color": "0.4"})
+    diagram.set_title("layers (input at the top)", fontsize=8)
+    diagram.axis("off")
+    for ax, layer in zip(axes[1:], linears):
+        w = layer.weight.detach().cpu().numpy()                                   # (out, in)
+        lim = float(np.abs(w).max()) or 1.0
+        image = ax.imshow(w, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_title(f"weight {w.shape[0]}x{w.shape[1]}", fontsize=8)
+        ax.set_xlabel("input unit", fontsize=7)
+        ax.set_ylabel("output unit", fontsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    return fig, axes

@@ -1,0 +1,447 @@
+"""Chapter 03 -- low-rank factorization: SVD, Eckart--Young, factorized Linear and Conv layers.
+
+A weight matrix ``W`` (out x in) of rank ``r`` is a product ``A @ B`` of an (out x r) and an
+(r x in) matrix, and a layer ``x -> W x`` becomes two thinner layers ``x -> A (B x)``. The
+singular value decomposition gives the best such product for every ``r`` (Eckart--Young), and
+the singular values say how much is lost. These are the reference implementations of chapter
+03's exercises (``low_rank_factors``, ``rank_for_energy``, ``factorize_linear``,
+``factorize_conv``, ``break_even_rank``) and the helpers the notebook calls: spectra, rank
+choices at a parameter budget, whole-model factorization, fine-tuning, and timing tables.
+
+Taught in: 03_low_rank.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import skip_init
+
+from . import models, timing
+from .validation import check_float, check_int, check_module, check_tensor
+
+__all__ = ["low_rank_factors", "rank_for_energy", "factorize_linear", "factorize_conv", "break_even_rank",
+           "as_matrix", "spectrum", "frobenius_error", "factorizable_layers", "factorized_params",
+           "dense_params", "factorize_model", "ranks_uniform", "ranks_by_energy", "fine_tune",
+           "rank_sweep", "speed_rows", "plot_spectra", "plot_speed", "plot_reconstruction"]
+
+
+# =========================================================================== the exercises
+def _check_matrix(name: str, weight: object) -> Tensor:
+    check_tensor(name, weight)
+    if weight.dim() != 2 or not weight.is_floating_point() or weight.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D floating-point tensor (out, in), got a "
+                         f"{weight.dtype} tensor of shape {tuple(weight.shape)}")
+    return weight
+
+
+def _check_rank(rank: object, full: int) -> int:
+    if isinstance(rank, (bool, np.bool_)) or not isinstance(rank, (int, np.integer)):
+        raise TypeError(f"rank must be an int in [1, {full}], got {rank!r}")
+    if not 1 <= rank <= full:
+        raise ValueError(f"rank must be an int in [1, {full}], got {rank!r}")
+    return int(rank)
+
+
+def low_rank_factors(weight: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """The best rank-``rank`` approximation of a matrix, as two factors ``A @ B``.
+
+    .. math::  W = U \\Sigma V^\\top, \\qquad
+               A = U_{:, :r} \\Sigma_r^{1/2}, \\quad B = \\Sigma_r^{1/2} V_{:, :r}^\\top, \\qquad
+               \\|W - AB\\|_F = \\min_{\\mathrm{rank}(M) \\le r} \\|W - M\\|_F
+               = \\sqrt{\\textstyle\\sum_{i > r} s_i^2}
+
+    (Eckart & Young, 1936). The singular values are split evenly (``sqrt`` on both sides), so
+    both factors have the same scale; any split gives the same product.
+
+    Parameters
+    ----------
+    weight : Tensor of shape (out, in), floating point
+    rank : int in [1, min(out, in)]
+
+    Returns
+    -------
+    A : Tensor of shape (out, rank)
+    B : Tensor of shape (rank, in)
+        Both in ``weight``'s dtype (the SVD is computed in float64), without grad history.
+
+    Raises
+    ------
+    TypeError
+        ``weight`` is not a tensor or ``rank`` is not an int (``bool`` included).
+    ValueError
+        ``weight`` is not a non-empty 2-D float tensor, or ``rank`` is outside [1, min(out, in)].
+
+    Examples
+    --------
+    >>> A, B = low_rank_factors(torch.tensor([[3.0, 0.0], [0.0, 1.0]]), 1)
+    >>> (A @ B).tolist()
+    [[3.0, 0.0], [0.0, 0.0]]
+
+    Taught in: 03_low_rank §1.
+    """
+    w = _check_matrix("weight", weight)
+    r = _check_rank(rank, min(w.shape))
+    U, S, Vh = torch.linalg.svd(w.detach().double(), full_matrices=False)   # (out, k), (k,), (k, in)
+    root = S[:r].sqrt()                                                       # (r,)
+    A = U[:, :r] * root                                                       # (out, r)
+    B = root[:, None] * Vh[:r]                                                # (r, in)
+    return A.to(w.dtype), B.to(w.dtype)
+
+
+def rank_for_energy(singular_values: Tensor, energy: float = 0.9) -> int:
+    """The smallest rank whose leading singular values hold ``energy`` of the total energy.
+
+    .. math::  c_r = \\sum_{i=1}^{r} s_i^2, \\qquad
+               r^* = \\min\\{\\, r : c_r \\ge \\text{energy} \\cdot c_n \\,\\}
+
+    computed in float64 (``c`` by ``torch.cumsum``; the total is its last entry). Since
+    :math:`\\|W - W_r\\|_F^2 = c_n - c_r`, keeping ``energy`` of the energy bounds the relative
+    Frobenius error by :math:`\\sqrt{1 - \\text{energy}}`.
+
+    Parameters
+    ----------
+    singular_values : 1-D floating tensor, non-negative, in descending order
+        As ``torch.linalg.svdvals`` returns them.
+    energy : float in (0, 1], default=0.9
+
+    Returns
+    -------
+    int
+        A Python int in [1, n]. A tie counts as reaching the target (``>=``).
+
+    Raises
+    ------
+    TypeError
+        Not a tensor, or ``energy`` not a real number.
+    ValueError
+        Not a non-empty 1-D float tensor of finite, non-negative, descending values with a
+        positive total; ``energy`` outside (0, 1].
+
+    Examples
+    --------
+    >>> rank_for_energy(torch.tensor([3.0, 1.0]), 0.9)     # 9 of 10 is enough
+    1
+
+    Taught in: 03_low_rank §2.
+    """
+    s = check_tensor("singular_values", singular_values)
+    if s.dim() != 1 or s.numel() == 0 or not s.is_floating_point():
+        raise ValueError(f"singular_values must be a non-empty 1-D float tensor, got a {s.dtype} tensor "
+                         f"of shape {tuple(s.shape)}")
+    e = check_float("energy", energy, 0.0, 1.0, low_inclusive=False)
+    s = s.detach().double()
+    if not torch.isfinite(s).all() or (s < 0).any() or (s[1:] > s[:-1]).any() or s[0] == 0:
+        raise ValueError(f"singular_values must be finite, non-negative, in descending order and not all 0, "
+                         f"got {s.tolist()[:8]}")
+    c = torch.cumsum(s**2, 0)                                                 # (n,)
+    return int((c < e * c[-1]).sum().item()) + 1
+
+
+def factorize_linear(linear: nn.Linear, rank: int) -> nn.Sequential:
+    """Replace ``linear`` by ``Linear(in, rank, bias=False)`` then ``Linear(rank, out)``.
+
+    .. math::  y = W x + b \\;\\approx\\; A (B x) + b, \\qquad AB = W_r \\text{ (Eckart--Young)}
+
+    The first layer holds ``B`` (rank x in), the second ``A`` (out x rank) and the original bias
+    (no bias if the original had none). Both are new layers in ``linear``'s dtype and device;
+    ``linear`` is left unchanged. Weights: ``rank * (in + out)`` instead of ``in * out``.
+
+    Raises
+    ------
+    TypeError
+        ``linear`` is not an ``nn.Linear``; ``rank`` is not an int.
+    ValueError
+        ``rank`` outside [1, min(in, out)].
+
+    Examples
+    --------
+    >>> factorize_linear(nn.Linear(8, 6), 2)
+    Sequential(
+      (0): Linear(in_features=8, out_features=2, bias=False)
+      (1): Linear(in_features=2, out_features=6, bias=True)
+    )
+
+    Taught in: 03_low_rank §3.
+    """
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+    A, B = low_rank_factors(linear.weight, rank)                              # (out, r), (r, in)
+    r, like = B.shape[0], {"dtype": linear.weight.dtype, "device": linear.weight.device}
+    first = skip_init(nn.Linear, linear.in_features, r, bias=False, **like)
+    second = skip_init(nn.Linear, r, linear.out_features, bias=linear.bias is not None, **like)
+    with torch.no_grad():
+        first.weight.copy_(B)
+        second.weight.copy_(A)
+        if linear.bias is not None:
+            second.bias.copy_(linear.bias)
+    return nn.Sequential(first, second)
+
+
+def factorize_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+    """Replace a k x k ``conv`` by a k x k conv with ``rank`` outputs, then a 1 x 1 conv.
+
+    .. math::  W \\in \\mathbb{R}^{C_{out} \\times C_{in} \\times k_h \\times k_w}
+               \\;\\to\\; M = W.\\mathrm{reshape}(C_{out},\\, C_{in} k_h k_w) \\approx AB,
+               \\qquad B.\\mathrm{reshape}(r, C_{in}, k_h, k_w), \\;
+               A.\\mathrm{reshape}(C_{out}, r, 1, 1)
+
+    Each row of ``M`` is one filter; ``B``'s rows are ``rank`` basis filters (the first conv,
+    with ``conv``'s stride, padding, dilation and padding_mode, no bias) and ``A`` mixes them
+    into the ``C_out`` outputs (a 1 x 1 conv carrying ``conv``'s bias). The pair computes the
+    convolution with the rank-``rank`` weight exactly. ``conv`` is left unchanged.
+
+    Raises
+    ------
+    TypeError
+        ``conv`` is not an ``nn.Conv2d``; ``rank`` is not an int.
+    ValueError
+        ``conv.groups > 1`` (out of scope); ``rank`` outside [1, min(C_out, C_in kh kw)].
+
+    Examples
+    --------
+    >>> factorize_conv(nn.Conv2d(3, 8, 3, padding=1), 4)
+    Sequential(
+      (0): Conv2d(3, 4, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
+      (1): Conv2d(4, 8, kernel_size=(1, 1), stride=(1, 1))
+    )
+
+    Taught in: 03_low_rank §4.
+    """
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+    if conv.groups != 1:
+        raise ValueError(f"conv.groups must be 1 (grouped convolutions are out of scope), got {conv.groups}")
+    c_out, c_in, kh, kw = conv.weight.shape
+    A, B = low_rank_factors(conv.weight.reshape(c_out, c_in * kh * kw), rank)   # (C_out, r), (r, C_in kh kw)
+    r, like = B.shape[0], {"dtype": conv.weight.dtype, "device": conv.weight.device}
+    first = skip_init(nn.Conv2d, c_in, r, (kh, kw), stride=conv.stride, padding=conv.padding,
+                      dilation=conv.dilation, padding_mode=conv.padding_mode, bias=False, **like)
+    second = skip_init(nn.Conv2d, r, c_out, 1, bias=conv.bias is not None, **like)
+    with torch.no_grad():
+        first.weight.copy_(B.reshape(r, c_in, kh, kw))
+        second.weight.copy_(A.reshape(c_out, r, 1, 1))
+        if conv.bias is not None:
+            second.bias.copy_(conv.bias)
+    return nn.Sequential(first, second)
+
+
+def break_even_rank(in_features: int, out_features: int) -> int:
+    """The largest rank at which the factorized layer has strictly fewer weights than the dense one.
+
+    .. math::  r^* = \\max\\{\\, r \\ge 0 : r\\,(n_{in} + n_{out}) < n_{in} n_{out} \\,\\}
+               = \\left\\lfloor \\frac{n_{in} n_{out} - 1}{n_{in} + n_{out}} \\right\\rfloor
+
+    Biases are not counted (both versions keep the same ``out`` biases). 0 when no rank saves
+    anything (e.g. 2 x 2). Integer arithmetic only: no float rounding.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A size that is not a positive int.
+
+    Examples
+    --------
+    >>> break_even_rank(512, 512)        # 256 * 1024 == 512 * 512 saves nothing
+    255
+
+    Taught in: 03_low_rank §3.
+    """
+    n_in = check_int("in_features", in_features, 1)
+    n_out = check_int("out_features", out_features, 1)
+    return (n_in * n_out - 1) // (n_in + n_out)
+
+
+# =========================================================================== helpers for the notebook
+def as_matrix(weight: Tensor) -> Tensor:
+    """A Linear weight as is, a conv weight (C_out, C_in, kh, kw) as (C_out, C_in kh kw)."""
+    return weight.detach().reshape(weight.shape[0], -1)
+
+
+def spectrum(weight: Tensor) -> Tensor:
+    """Singular values (float64, descending) of :func:`as_matrix` of ``weight``."""
+    return torch.linalg.svdvals(as_matrix(weight).double())
+
+
+def frobenius_error(weight: Tensor, approx: Tensor) -> float:
+    """:math:`\\|W - \\tilde W\\|_F` in float64."""
+    return float(torch.linalg.matrix_norm(weight.detach().double() - approx.detach().double()))
+
+
+def factorizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The ``nn.Linear`` and ``groups=1`` ``nn.Conv2d`` layers of ``model``, by qualified name."""
+    check_module("model", model)
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)}
+
+
+def factorized_params(layer: nn.Module, rank: int) -> int:
+    """Weights of ``layer`` factorized at ``rank``: ``rank * (rows + cols)`` of its matrix."""
+    rows, cols = as_matrix(layer.weight).shape
+    return rank * (rows + cols)
+
+
+def dense_params(layer: nn.Module) -> int:
+    """Weights of ``layer`` (its matrix's rows * cols; biases not counted)."""
+    return layer.weight.numel()
+
+
+def factorize_model(model: nn.Module, ranks: dict[str, int | None]) -> nn.Module:
+    """A copy of ``model`` whose layers named in ``ranks`` are factorized (``None``: kept dense)."""
+    out = copy.deepcopy(model)
+    for name, rank in ranks.items():
+        if rank is None:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = out.get_submodule(parent_name) if parent_name else out
+        layer = getattr(parent, child)
+        new = factorize_linear(layer, rank) if isinstance(layer, nn.Linear) else factorize_conv(layer, rank)
+        setattr(parent, child, new)
+    return out.eval()
+
+
+def _weights(layers: dict[str, nn.Module], ranks: dict[str, int | None]) -> int:
+    return sum(dense_params(m) if ranks[n] is None else factorized_params(m, ranks[n]) for n, m in layers.items())
+
+
+def ranks_uniform(model: nn.Module, fraction: float, layers: Sequence[str] | None = None) -> dict[str, int]:
+    """Every layer at the same fraction of its full rank: ``max(1, round(fraction * min(rows, cols)))``."""
+    check_float("fraction", fraction, 0.0, 1.0, low_inclusive=False)
+    chosen = factorizable_layers(model) if layers is None else {n: model.get_submodule(n) for n in layers}
+    return {n: max(1, round(fraction * min(as_matrix(m.weight).shape))) for n, m in chosen.items()}
+
+
+def ranks_by_energy(model: nn.Module, budget: int, layers: Sequence[str] | None = None) -> dict[str, int]:
+    """Per-layer ranks keeping the same energy fraction in every layer, the largest that fits ``budget`` weights.
+
+    Tries every energy level at which some layer's rank changes (from all layers' cumulative
+    energies) and keeps the highest whose factorized weights total ``<= budget``.
+    """
+    chosen = factorizable_layers(model) if layers is None else {n: model.get_submodule(n) for n in layers}
+    spectra = {n: spectrum(m.weight) for n, m in chosen.items()}
+    levels = sorted({float(v) for s in spectra.values() for v in (torch.cumsum(s**2, 0) / (s**2).sum()).tolist()})
+    best = {n: 1 for n in chosen}
+    for level in levels:
+        level = min(level, 1.0)
+        ranks = {n: rank_for_energy(s, level) for n, s in spectra.items()}
+        if _weights(chosen, ranks) <= budget:
+            best = ranks
+    return best
+
+
+def fine_tune(model: nn.Module, split, *, epochs: int, lr: float = 1e-3, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` trained ``epochs`` more epochs on ``split``'s training part (Adam, one thread)."""
+    tuned = copy.deepcopy(model)
+    if epochs > 0:
+        with timing.num_threads(1):
+            models.train(tuned, split.X_train, split.y_train, epochs=epochs, lr=lr, seed=seed, progress=False)
+    return tuned.eval()
+
+
+def rank_sweep(model: nn.Module, split, fractions: Sequence[float], *, epochs: int, seeds: Sequence[int] = (0,),
+               layers: Sequence[str] | None = None, progress: bool = True) -> list[dict]:
+    """Validation accuracy when every layer is factorized at ``fraction`` of its full rank, before and after
+    ``epochs`` of fine-tuning (one row per fraction and seed), with the weights kept."""
+    from tqdm.auto import tqdm
+
+    dense = factorizable_layers(model) if layers is None else {n: model.get_submodule(n) for n in layers}
+    total = sum(dense_params(m) for m in dense.values())
+    rows = []
+    for fraction in tqdm(list(fractions), desc="ranks", disable=not progress):
+        ranks = ranks_uniform(model, fraction, list(dense))
+        small = factorize_model(model, ranks)
+        before = models.evaluate(small, split.X_val, split.y_val)
+        for seed in seeds:
+            tuned = fine_tune(small, split, epochs=epochs, seed=seed)
+            rows.append({"rank fraction": fraction, "ranks": ranks, "weights kept": _weights(dense, ranks) / total,
+                         "seed": seed, "val acc": before, "val acc fine-tuned": models.evaluate(tuned, split.X_val,
+                                                                                             split.y_val)})
+    return rows
+
+
+def speed_rows(shapes: Sequence[tuple[int, int, int, int]], *, repeats: int = 3, rounds: int = 10,
+               threads: int = 1, seed: int = 0, progress: bool = True) -> list[dict]:
+    """Dense ``Linear(in, out)`` against a rank-``r`` pair ``Linear(in, r) -> Linear(r, out)`` for each
+    ``(batch, in, out, r)`` (random weights: the time does not depend on the values).
+
+    Timed in interleaved rounds with :func:`course_lib.timing.compare` on ``threads`` CPU threads;
+    FLOPs by :func:`course_lib.timing.count_flops`. ``speedup`` is dense median / factorized median.
+    """
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for batch, n_in, n_out, rank in tqdm(list(shapes), desc="layer sizes", disable=not progress):
+        dense = skip_init(nn.Linear, n_in, n_out).eval()
+        small = nn.Sequential(skip_init(nn.Linear, n_in, rank, bias=False), skip_init(nn.Linear, rank, n_out)).eval()
+        with torch.no_grad():                      # the values do not change the time; no SVD of a big matrix
+            for p in [*dense.parameters(), *small.parameters()]:
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1]))
+        x = torch.randn(batch, n_in, generator=gen)
+        runs = timing.compare({"dense": lambda: dense(x), "factorized": lambda: small(x)}, repeats=repeats,
+                              rounds=rounds, threads=threads)
+        flops = timing.count_flops(dense, x) / timing.count_flops(small, x)
+        rows.append({"batch": batch, "in": n_in, "out": n_out, "rank": rank, "FLOP ratio": flops,
+                     "dense (ms)": runs["dense"].median, "factorized (ms)": runs["factorized"].median,
+                     "speedup": runs["dense"].median / runs["factorized"].median, "threads": threads})
+    return rows
+
+
+# =========================================================================== plots
+def plot_spectra(spectra: dict[str, Tensor], title: str = "singular values"):
+    """Normalized singular values ``s_i / s_1`` against ``i / n`` for each named spectrum (log scale)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, s in spectra.items():
+        s = s.double()
+        ax.semilogy(np.arange(1, s.numel() + 1) / s.numel(), (s / s[0]).numpy(), label=name)
+    ax.set_xlabel("index i / n (fraction of the full rank)")
+    ax.set_ylabel("s_i / s_1")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_speed(rows: Sequence[dict], title: str = "factorized vs dense Linear (CPU)"):
+    """Measured speedup against the FLOP ratio, one point per layer size; the diagonal is 'speedup = FLOP ratio'."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    flops = [r["FLOP ratio"] for r in rows]
+    ax.loglog(flops, [r["speedup"] for r in rows], "o")
+    for r in rows:
+        ax.annotate(f"{r['in']}x{r['out']} r={r['rank']} b={r['batch']}", (r["FLOP ratio"], r["speedup"]), fontsize=7)
+    lim = [min(min(flops), 0.3), max(flops) * 2]
+    ax.plot(lim, lim, "k--", lw=0.8, label="speedup = FLOP ratio")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("FLOP ratio (dense / factorized)")
+    ax.set_ylabel("measured speedup (x)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_reconstruction(weight: Tensor, rank: int, title: str = ""):
+    """``weight``, its rank-``rank`` reconstruction and the difference, side by side (one color scale)."""
+    import matplotlib.pyplot as plt
+
+    w = as_matrix(weight).double()
+    A, B = low_rank_factors(w, rank)
+    approx = A @ B
+    lim = float(w.abs().max())
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+    for ax, (name, m) in zip(axes, [("W", w), (f"rank {rank}", approx), ("W - approx", w - approx)]):
+        ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or f"relative error {frobenius_error(w, approx) / float(torch.linalg.matrix_norm(w)):.3f}")
+    fig.tight_layout()
+    return fig, axes

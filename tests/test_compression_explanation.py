@@ -1,0 +1,218 @@
+"""Chapter 07's references against oracles: scipy, scikit-learn, torch, chapter 04/05's references, hand-worked cases."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from sklearn.metrics import jaccard_score
+
+from course_lib import compression_explanation as CE
+from course_lib import distillation as D
+from course_lib import local_explanation as LE
+from course_lib import models
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- attribution_agreement
+def test_attribution_agreement_spearman_matches_scipy_with_ties():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 1, 6, 6, generator=gen).clamp_min(0)             # many exact zeros: ties
+    b = torch.randint(-2, 3, (5, 1, 6, 6), generator=gen).float()
+    got = CE.attribution_agreement(a, b)["spearman"]
+    expected = [spearmanr(a[i].flatten().numpy(), b[i].flatten().numpy()).statistic for i in range(5)]
+    assert got.dtype == torch.float64 and got.shape == (5,)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_attribution_agreement_cosine_matches_torch():
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(4, 2, 3, 3, generator=gen), torch.randn(4, 2, 3, 3, generator=gen)
+    torch.testing.assert_close(CE.attribution_agreement(a, b)["cosine"],
+                               F.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1))
+
+
+def test_attribution_agreement_topk_iou_matches_sklearn_jaccard():
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.randn(3, 40, generator=gen), torch.randn(3, 40, generator=gen)
+    got = CE.attribution_agreement(a, b, k=0.2)["topk_iou"]
+    for i in range(3):                                                   # m = 8, no ties in continuous data
+        top_a = np.isin(np.arange(40), np.argsort(-a[i].abs().numpy())[:8])
+        top_b = np.isin(np.arange(40), np.argsort(-b[i].abs().numpy())[:8])
+        assert got[i].item() == pytest.approx(jaccard_score(top_a, top_b))
+
+
+def test_attribution_agreement_hand_worked_example():
+    r = CE.attribution_agreement(torch.tensor([[0., 1., 2., 3.]]), torch.tensor([[0., 1., 3., 2.]]), k=0.5)
+    assert r["spearman"].item() == pytest.approx(0.8)                   # 1 - 6 * 2 / (4 * 15)
+    assert r["topk_iou"].item() == 1.0                                  # {2, 3} both
+    assert r["cosine"].item() == pytest.approx(13 / 14)
+
+
+def test_attribution_agreement_rounds_half_to_even():
+    a = torch.arange(25.0).flip(0).view(1, 25)                          # top by |a|: 0, 1, 2, ...
+    b = torch.zeros(1, 25)
+    b[0, 0], b[0, 2], b[0, 1] = 9.0, 8.0, 1.0                           # top 2: {0, 2}; top 3: {0, 2, 1}
+    b[0, 3:] = torch.linspace(0.1, 0.5, 22)
+    # k M = 2.5 -> m = round(2.5) = 2: {0, 1} vs {0, 2} -> 1/3 (m = 3 would give {0,1,2} vs {0,2,1} -> 1)
+    assert CE.attribution_agreement(a, b, k=0.1)["topk_iou"].item() == pytest.approx(1 / 3)
+
+
+def test_attribution_agreement_ties_at_the_cut_take_the_lower_index():
+    a = torch.tensor([[3.0, 1.0, 3.0, 0.0, 3.0, -3.0]])
+    b = torch.tensor([[0.0, 0.0, 5.0, 0.0, 0.0, 4.0]])
+    # m = round(0.4 * 6) = 2: a's top = {0, 2} (lower indices of the four |3|), b's = {2, 5}
+    assert CE.attribution_agreement(a, b, k=0.4)["topk_iou"].item() == pytest.approx(1 / 3)
+
+
+def test_attribution_agreement_keeps_at_least_one_entry():
+    a, b = torch.tensor([[5.0, 1.0, 0.0, 2.0]]), torch.tensor([[4.0, 0.0, 1.0, 3.0]])
+    assert CE.attribution_agreement(a, b, k=0.01)["topk_iou"].item() == 1.0
+
+
+@pytest.mark.parametrize("a,b,k,match", [
+    (torch.ones(2, 4), torch.randn(2, 4), 0.1, "at least two distinct"),
+    (torch.randn(2, 4), torch.randn(2, 5), 0.1, "b must have a's shape"),
+    (torch.randn(4), torch.randn(4), 0.1, r"shape \(N, \.\.\.\)"),
+    (torch.randn(2, 4), torch.randn(2, 4), 0.0, r"k must be a float in \(0"),
+    (torch.randn(2, 4), torch.randn(2, 4), 1.5, r"k must be a float in \(0"),
+])
+def test_attribution_agreement_rejects_bad_input(a, b, k, match):
+    with pytest.raises(ValueError, match=match):
+        CE.attribution_agreement(a, b, k=k)
+
+
+def test_attribution_agreement_rejects_non_tensors_and_bool_k():
+    with pytest.raises(TypeError, match="a must be a torch.Tensor"):
+        CE.attribution_agreement([[1.0, 2.0]], torch.randn(1, 2))
+    with pytest.raises(TypeError, match="k must be"):
+        CE.attribution_agreement(torch.randn(1, 3), torch.randn(1, 3), k=True)
+
+
+# ----------------------------------------------------------------------------- explanation_kd_loss
+def _inputs(seed=0, n=3, c=4, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, c, generator=gen, dtype=dtype).requires_grad_(True)
+    t = torch.randn(n, c, generator=gen, dtype=dtype).requires_grad_(True)
+    y = torch.randint(0, c, (n,), generator=gen)
+    sm = torch.randn(n, 1, 3, 3, generator=gen, dtype=dtype).requires_grad_(True)
+    tm = torch.randn(n, 1, 3, 3, generator=gen, dtype=dtype).requires_grad_(True)
+    return s, t, y, sm, tm
+
+
+def test_explanation_kd_loss_is_chapter_04_kd_loss_plus_cosine_term():
+    s, t, y, sm, tm = _inputs()
+    got = CE.explanation_kd_loss(s, t, y, sm, tm, lam=0.7, temperature=3.0, alpha=0.6)
+    expected = D.kd_loss(s, t, y, temperature=3.0, alpha=0.6) + \
+        0.7 * (1 - F.cosine_similarity(sm.flatten(1), tm.flatten(1), dim=1)).mean()
+    torch.testing.assert_close(got, expected)
+
+
+def test_explanation_kd_loss_with_lam_zero_is_kd_loss_and_defaults_match():
+    s, t, y, sm, tm = _inputs(1, dtype=torch.float64)
+    torch.testing.assert_close(CE.explanation_kd_loss(s, t, y, sm, tm, lam=0.0), D.kd_loss(s, t, y))
+    expected = D.kd_loss(s, t, y, 4.0, 0.9) + (1 - F.cosine_similarity(sm.flatten(1), tm.flatten(1))).mean()
+    torch.testing.assert_close(CE.explanation_kd_loss(s, t, y, sm, tm), expected)
+
+
+def test_explanation_kd_loss_sends_no_gradient_to_the_teacher():
+    s, t, y, sm, tm = _inputs(2)
+    loss = CE.explanation_kd_loss(s, t, y, sm, tm, lam=2.0)
+    g = torch.autograd.grad(loss, (s, t, sm, tm), allow_unused=True)
+    assert g[1] is None and g[3] is None
+    assert g[0].abs().sum() > 0 and g[2].abs().sum() > 0
+
+
+def test_explanation_kd_loss_identical_maps_add_nothing_and_zero_teacher_map_adds_lam():
+    s, t, y, sm, _ = _inputs(3)
+    base = D.kd_loss(s, t, y)
+    torch.testing.assert_close(CE.explanation_kd_loss(s, t, y, sm, sm.detach() * 2.5, lam=5.0), base)
+    zero = torch.zeros_like(sm)
+    torch.testing.assert_close(CE.explanation_kd_loss(s, t, y, sm, zero, lam=5.0), base + 5.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"lam": -1.0}, "lam must be"), ({"temperature": 0.0}, "temperature"),
+                                          ({"alpha": 1.5}, "alpha must be")])
+def test_explanation_kd_loss_rejects_bad_knobs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CE.explanation_kd_loss(*_inputs(), **kwargs)
+
+
+def test_explanation_kd_loss_rejects_mismatched_maps_and_labels():
+    s, t, y, sm, tm = _inputs()
+    with pytest.raises(ValueError, match="teacher_map and student_map"):
+        CE.explanation_kd_loss(s, t, y, sm, tm[:, :, :2])
+    with pytest.raises(ValueError, match="labels must be"):
+        CE.explanation_kd_loss(s, t, y + 10, sm, tm)
+
+
+# ----------------------------------------------------------------------------- taylor_channel_importance
+def test_taylor_channel_importance_hand_worked():
+    A = torch.tensor([[[[1.0, 2.0]], [[1.0, 1.0]]], [[[1.0, 0.0]], [[2.0, 2.0]]]])
+    G = torch.tensor([[[[1.0, -1.0]], [[1.0, 1.0]]], [[[-2.0, 0.0]], [[1.0, -1.0]]]])
+    # channel 0: example means (1 - 2)/2 = -0.5 and -2/2 = -1 -> (0.5 + 1)/2; channel 1: 1 and 0 -> 0.5
+    torch.testing.assert_close(CE.taylor_channel_importance(A, G), torch.tensor([0.75, 0.5]))
+
+
+def test_taylor_channel_importance_is_the_derivative_of_the_loss_in_the_channel_scale():
+    """Oracle: d L_n / d s_c at s = 1, with channel c's map scaled by s_c, equals sum_hw A dL/dA."""
+    torch.manual_seed(0)
+    net = models.SmallCNN(1, 3, (4, 6), 8).eval()
+    x, y = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    ag = CE.activations_and_gradients(net, ["features.1"], x, y)
+    got = CE.taylor_channel_importance(*ag["features.1"])
+    per_example = []
+    for n in range(5):
+        scale = torch.ones(1, 4, 1, 1, requires_grad=True)
+        h = net.features[1](net.features[0](x[n:n + 1])) * scale
+        out = net.classifier(net.features[4](net.features[3](net.features[2](h))))
+        loss = F.cross_entropy(out, y[n:n + 1]) / 5                       # the batch-mean loss's share
+        per_example.append(torch.autograd.grad(loss, scale)[0].flatten() / 64)   # / (H W)
+    expected = torch.stack(per_example).abs().mean(0)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_taylor_channel_importance_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"activation must be .*\(N, C, H, W\)"):
+        CE.taylor_channel_importance(torch.randn(2, 3, 3), torch.randn(2, 3, 3))
+    with pytest.raises(ValueError, match="gradient must be"):
+        CE.taylor_channel_importance(torch.randn(2, 3, 3, 3), torch.randn(2, 3, 3, 2))
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_differentiable_grad_cam_equals_chapter_05_grad_cam_and_has_a_graph():
+    torch.manual_seed(1)
+    net = models.SmallCNN(1, 3, (4, 6), 8).eval()
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0, 2, 1, 1])
+    cam, logits = CE.differentiable_grad_cam(net, x, t)
+    torch.testing.assert_close(cam.detach(), LE.grad_cam(net, net.last_conv, x, t))
+    assert cam.requires_grad and logits.shape == (4, 3)
+
+
+def test_channel_keep_drops_the_lowest_scores_lower_index_first_among_ties():
+    keep = CE.channel_keep(torch.tensor([0.5, 0.1, 0.1, 0.9]), 0.25)
+    assert keep.tolist() == [True, False, True, True]
+
+
+def test_prune_channels_keeps_removed_channels_at_zero_after_fine_tuning():
+    torch.manual_seed(2)
+    net = models.SmallCNN(1, 3, (4, 6), 8)
+    X, y = torch.randn(32, 1, 8, 8), torch.randint(0, 3, (32,))
+    keep = {"features.0": torch.tensor([True, False, True, False])}
+    pruned = CE.prune_channels(net, keep, X, y, epochs=2)
+    assert pruned.features[0].weight[[1, 3]].abs().sum() == 0 and pruned.features[0].bias[[1, 3]].abs().sum() == 0
+    assert not torch.equal(pruned.features[0].weight[0], net.features[0].weight[0])   # the rest trained
+    assert net.features[0].weight[1].abs().sum() > 0                                  # the original untouched
+
+
+def test_attribution_share_hand_worked():
+    a = torch.zeros(1, 1, 4, 4)
+    a[0, 0, 0, 0], a[0, 0, 2, 2] = -3.0, 1.0
+    assert CE.attribution_share(a, CE.corner_mask(4, 1)).item() == pytest.approx(0.75)
+    assert int(CE.corner_mask(16).sum()) == 16

@@ -1,0 +1,226 @@
+"""course_lib.distillation against closed forms, hand-worked cases and numpy/torch oracles."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib import data, distillation as D, models
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _np_softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------- soft_targets
+def test_soft_targets_hand_worked():
+    p = D.soft_targets(torch.tensor([[0.0, 2.0]]), 2.0)
+    e = math.e
+    torch.testing.assert_close(p, torch.tensor([[1 / (1 + e), e / (1 + e)]]))
+
+
+def test_soft_targets_matches_numpy_and_keeps_dtype():
+    z = np.random.default_rng(0).normal(size=(5, 7)) * 3
+    for T in (0.5, 1.0, 4.0):
+        p = D.soft_targets(torch.from_numpy(z), T)
+        assert p.dtype == torch.float64
+        np.testing.assert_allclose(p.numpy(), _np_softmax(z / T), rtol=1e-12)
+
+
+def test_soft_targets_stable_for_large_logits_and_flat_for_large_t():
+    p = D.soft_targets(torch.tensor([[1000.0, 0.0, -1000.0]]), 1.0)
+    torch.testing.assert_close(p, torch.tensor([[1.0, 0.0, 0.0]]))
+    flat = D.soft_targets(torch.tensor([[3.0, -1.0, 0.5]]), 1e6)
+    torch.testing.assert_close(flat, torch.full((1, 3), 1 / 3))
+
+
+@pytest.mark.parametrize("T", [0.0, -1.0, float("nan"), float("inf")])
+def test_soft_targets_rejects_bad_temperature(T):
+    with pytest.raises(ValueError, match="temperature must be a finite float > 0"):
+        D.soft_targets(torch.zeros(1, 2), T)
+
+
+def test_soft_targets_rejects_bad_logits():
+    with pytest.raises(ValueError, match=r"logits must be a float tensor of shape \(N, C\)"):
+        D.soft_targets(torch.zeros(3), 1.0)
+    with pytest.raises(TypeError, match="temperature must be"):
+        D.soft_targets(torch.zeros(1, 2), True)
+
+
+# ----------------------------------------------------------------------------- kd_loss
+def _kd_numpy(s, t, y, T, alpha):
+    ps, pt = _np_softmax(s / T), _np_softmax(t / T)
+    kl = (pt * (np.log(pt) - np.log(ps))).sum(axis=1).mean()
+    ce = -np.log(_np_softmax(s)[np.arange(len(y)), y]).mean()
+    return alpha * T * T * kl + (1 - alpha) * ce
+
+
+def test_kd_loss_matches_closed_form_value_and_gradient():
+    rng = np.random.default_rng(1)
+    s, t = rng.normal(size=(6, 5)) * 2, rng.normal(size=(6, 5)) * 3
+    y = rng.integers(0, 5, size=6)
+    for T, alpha in [(4.0, 0.9), (1.0, 1.0), (2.0, 0.0), (0.5, 0.3)]:
+        zs = torch.tensor(s, requires_grad=True)
+        zt = torch.tensor(t, requires_grad=True)
+        loss = D.kd_loss(zs, zt, torch.from_numpy(y), temperature=T, alpha=alpha)
+        assert loss.shape == () and loss.dtype == torch.float64
+        assert math.isclose(loss.item(), _kd_numpy(s, t, y, T, alpha), rel_tol=1e-10)
+        g_s, g_t = torch.autograd.grad(loss, (zs, zt), allow_unused=True)
+        onehot = np.eye(5)[y]
+        expected = (alpha * T * (_np_softmax(s / T) - _np_softmax(t / T)) + (1 - alpha) * (_np_softmax(s) - onehot)) / 6
+        np.testing.assert_allclose(g_s.numpy(), expected, rtol=1e-9, atol=1e-12)
+        assert g_t is None                                          # the teacher is detached
+
+
+def test_kd_loss_defaults_are_t4_alpha09():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 1, 3])
+    torch.testing.assert_close(D.kd_loss(s, t, y), D.kd_loss(s, t, y, temperature=4.0, alpha=0.9))
+
+
+def test_kd_loss_soft_term_equals_torch_soft_cross_entropy_minus_entropy():
+    torch.manual_seed(1)
+    s, t, y, T = torch.randn(4, 6), torch.randn(4, 6) * 2, torch.zeros(4, dtype=torch.long), 3.0
+    pt = F.softmax(t / T, dim=1)
+    entropy = -(pt * pt.log()).sum(dim=1).mean()
+    torch.testing.assert_close(D.kd_loss(s, t, y, T, 1.0), T * T * (F.cross_entropy(s / T, pt) - entropy))
+
+
+def test_kd_loss_t_squared_keeps_gradient_size_hinton_limit():
+    """For large T with zero-mean logits, d(T^2 KL)/dz_s -> (z_s - z_t) / (C N) (Hinton et al., eq. 4)."""
+    torch.manual_seed(2)
+    zs, zt = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    zs, zt = zs - zs.mean(1, keepdim=True), zt - zt.mean(1, keepdim=True)
+    zs.requires_grad_(True)
+    g, = torch.autograd.grad(D.kd_loss(zs, zt, torch.zeros(3, dtype=torch.long), 1000.0, 1.0), zs)
+    torch.testing.assert_close(g, (zs - zt).detach() / (5 * 3), rtol=1e-2, atol=1e-6)
+
+
+def test_kd_loss_zero_for_identical_logits_and_errors():
+    z = torch.tensor([[1.0, -1.0, 0.5]])
+    assert D.kd_loss(z, z, torch.tensor([0]), 2.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)   # float32 rounding
+    with pytest.raises(ValueError, match="alpha must be"):
+        D.kd_loss(z, z, torch.tensor([0]), 2.0, 1.5)
+    with pytest.raises(ValueError, match="labels must be classes in"):
+        D.kd_loss(z, z, torch.tensor([3]))
+    with pytest.raises(ValueError, match="teacher_logits must have the shape"):
+        D.kd_loss(z, torch.zeros(1, 2), torch.tensor([0]))
+
+
+# ----------------------------------------------------------------------------- attention maps
+def test_attention_map_hand_worked():
+    a = torch.tensor([[[[1.0, -2.0]], [[-3.0, 0.5]]]])              # (1, 2, 1, 2)
+    torch.testing.assert_close(D.attention_map(a, p=1), torch.tensor([[2.0, 1.25]]) / math.hypot(2.0, 1.25))
+    torch.testing.assert_close(D.attention_map(torch.tensor([[[[3.0, 4.0]]]]), p=1), torch.tensor([[0.6, 0.8]]))
+
+
+def test_attention_map_matches_the_papers_code_for_p2():
+    """The authors' ``at(x) = F.normalize(x.pow(2).mean(1).view(x.size(0), -1))`` (attention-transfer repository)."""
+    x = torch.randn(3, 5, 4, 6, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(D.attention_map(x), F.normalize(x.pow(2).mean(1).view(x.size(0), -1)))
+
+
+def test_attention_map_zero_example_and_unit_rows():
+    x = torch.rand(3, 2, 3, 3, generator=torch.Generator().manual_seed(4))
+    x[1] = 0
+    q = D.attention_map(x, p=3)
+    assert q.shape == (3, 9)
+    torch.testing.assert_close(q.norm(dim=1), torch.tensor([1.0, 0.0, 1.0]))
+
+
+def test_attention_transfer_loss_hand_worked_and_channel_counts():
+    s = torch.zeros(1, 2, 1, 2)
+    s[0, :, 0, 0] = 1.0                                             # map e1
+    t = torch.zeros(1, 7, 1, 2)
+    t[0, :, 0, 1] = 5.0                                             # map e2
+    assert D.attention_transfer_loss(s, t).item() == pytest.approx(math.sqrt(2))
+    assert D.attention_transfer_loss(s, s.repeat(1, 3, 1, 1)).item() == pytest.approx(0.0)
+
+
+def test_attention_transfer_loss_is_mean_of_distances_and_detaches_teacher():
+    gen = torch.Generator().manual_seed(5)
+    s, t = torch.randn(4, 3, 2, 2, generator=gen, requires_grad=True), torch.randn(4, 6, 2, 2, generator=gen, requires_grad=True)
+    loss = D.attention_transfer_loss(s, t)
+    qs = F.normalize(s.detach().pow(2).mean(1).flatten(1))
+    qt = F.normalize(t.detach().pow(2).mean(1).flatten(1))
+    expected = np.mean([np.linalg.norm((qs[i] - qt[i]).numpy()) for i in range(4)])
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    g_s, g_t = torch.autograd.grad(loss, (s, t), allow_unused=True)
+    assert g_s is not None and g_t is None
+
+
+def test_attention_transfer_loss_rejects_mismatched_sizes():
+    with pytest.raises(ValueError, match="batch and spatial sizes"):
+        D.attention_transfer_loss(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 5))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        D.attention_transfer_loss(torch.zeros(3, 4, 4), torch.zeros(3, 4, 4))
+
+
+# ----------------------------------------------------------------------------- training helpers
+def _tiny_split():
+    s = data.digits()
+    return s, s.X_train[:128], s.y_train[:128]
+
+
+def test_train_student_with_alpha_0_t1_is_plain_cross_entropy_training():
+    """kd_loss(alpha=0) is the cross-entropy, so distilling must give models.train's weights exactly."""
+    _, X, y = _tiny_split()
+    models.set_seed(0)
+    a = models.SmallCNN(channels=(2, 4))
+    b = models.SmallCNN(channels=(2, 4))
+    b.load_state_dict(a.state_dict())
+    models.train(a, X, y, epochs=2, lr=3e-3, seed=0, progress=False)
+    D.train_student(b, X, y, teacher_logits=torch.randn(len(X), 10), temperature=1.0, alpha=0.0, epochs=2, lr=3e-3,
+                    seed=0)
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(v, b.state_dict()[k])
+
+
+def test_logits_and_features_of_match_a_forward_pass():
+    _, X, _ = _tiny_split()
+    models.set_seed(1)
+    m = models.SmallCNN(channels=(2, 4)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(D.logits_of(m, X, batch_size=50), m(X))
+        torch.testing.assert_close(D.features_of(m, X), m.features[:4](X))
+    assert D.features_of(m, X).shape == (128, 4, 8, 8)
+
+
+def test_attention_transfer_term_moves_the_students_maps_toward_the_teachers():
+    _, X, y = _tiny_split()
+    models.set_seed(2)
+    teacher = models.SmallCNN(channels=(4, 8))
+    models.train(teacher, X, y, epochs=3, seed=0, progress=False)
+    z_t, a_t = D.logits_of(teacher, X), D.features_of(teacher, X)
+    losses = {}
+    for beta in (0.0, 5.0):
+        models.set_seed(3)
+        s = models.SmallCNN(channels=(2, 4))
+        D.train_student(s, X, y, teacher_logits=z_t, teacher_features=a_t, beta=beta, epochs=3, seed=0)
+        losses[beta] = D.attention_transfer_loss(D.features_of(s, X), a_t).item()
+    assert losses[5.0] < losses[0.0]
+
+
+def test_soft_term_gradient_norms_shrink_like_one_over_t_squared():
+    torch.manual_seed(4)
+    rows = D.soft_term_gradient_norms(torch.randn(8, 10), torch.randn(8, 10) * 2, [10.0, 100.0])
+    ratio = rows[0]["grad norm without T^2"] / rows[1]["grad norm without T^2"]
+    assert ratio == pytest.approx(100.0, rel=0.05)
+    assert rows[0]["grad norm with T^2"] == pytest.approx(rows[1]["grad norm with T^2"], rel=0.05)
+
+
+def test_class_similarity_rows_are_mean_soft_targets():
+    z = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    m = D.class_similarity(z, torch.tensor([0, 1, 1]), 1.0)
+    p = torch.softmax(z, dim=1)
+    torch.testing.assert_close(m, torch.stack([p[0], (p[1] + p[2]) / 2]))

@@ -1,0 +1,203 @@
+"""Chapter 06 references against scikit-learn, closed forms and hand-worked cases."""
+import numpy as np
+import pytest
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.inspection import partial_dependence as sk_partial_dependence
+from sklearn.linear_model import LinearRegression
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+from course_lib import global_explanation as G
+
+
+def _data(seed=0, n=80, d=4):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    return X, X[:, 0] + 0.5 * X[:, 1] ** 2 + 0.2 * rng.normal(size=n), rng
+
+
+# ----------------------------------------------------------------------------- impurity_importance
+@pytest.mark.parametrize("kind,criterion", [("reg", "squared_error"), ("reg", "absolute_error"),
+                                            ("clf", "gini"), ("clf", "entropy")])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_impurity_importance_matches_sklearn(kind, criterion, weighted):
+    X, y, rng = _data(1)
+    w = rng.uniform(0.2, 3.0, size=len(X)) if weighted else None
+    if kind == "reg":
+        tree = DecisionTreeRegressor(criterion=criterion, max_depth=5, random_state=0).fit(X, y, sample_weight=w)
+    else:
+        tree = DecisionTreeClassifier(criterion=criterion, max_depth=5, random_state=0).fit(X, (y > 0.5) + (y > 1.5),
+                                                                                             sample_weight=w)
+    np.testing.assert_allclose(G.impurity_importance(tree), tree.feature_importances_, rtol=0, atol=1e-12)
+
+
+def test_impurity_importance_of_a_tree_without_split_is_zero():
+    tree = DecisionTreeRegressor().fit(np.arange(6.0).reshape(3, 2), [1.0, 1.0, 1.0])
+    assert G.impurity_importance(tree).tolist() == [0.0, 0.0]
+
+
+def test_impurity_importance_hand_worked_stump():
+    # one split of y = [0, 0, 4, 4] on x0: root MSE 4 (weight 4), pure children -> all on feature 0
+    tree = DecisionTreeRegressor(max_depth=1).fit([[0, 5], [1, 5], [2, 5], [3, 5]], [0, 0, 4, 4])
+    assert G.impurity_importance(tree).tolist() == [1.0, 0.0]
+
+
+def test_impurity_importance_averaged_over_trees_is_the_forest_importance():
+    X, y, _ = _data(2)
+    forest = RandomForestRegressor(n_estimators=5, random_state=0).fit(X, y)
+    mean = np.mean([G.impurity_importance(t) for t in forest.estimators_], axis=0)
+    np.testing.assert_allclose(mean, forest.feature_importances_, atol=1e-12)
+
+
+def test_impurity_importance_rejects_an_unfitted_model():
+    with pytest.raises(TypeError, match="tree must be a fitted"):
+        G.impurity_importance(DecisionTreeRegressor())
+
+
+# ----------------------------------------------------------------------------- permutation_importance
+def test_permutation_importance_closed_form_for_a_linear_model():
+    # independent N(0, 1) features, f = y = X w: permuting column j adds 2 w_j^2 to the MSE (in expectation)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20000, 3))
+    w = np.array([1.0, -0.5, 0.0])
+    mean, std = G.permutation_importance(lambda Z: Z @ w, X, X @ w, G.neg_mse, n_repeats=3, seed=0)
+    np.testing.assert_allclose(mean, 2 * w ** 2, rtol=0.05, atol=1e-12)
+    assert mean[2] == 0.0 and std[2] == 0.0
+
+
+def test_permutation_importance_follows_the_rng_protocol():
+    X = np.arange(12.0).reshape(6, 2)
+    y = X[:, 0] + 10 * X[:, 1]
+    f = lambda Z: Z[:, 0] + 10 * Z[:, 1]                           # noqa: E731
+    rng = np.random.default_rng(3)
+    drops = []
+    for j in range(2):
+        for _ in range(2):
+            Z = X.copy()
+            Z[:, j] = X[rng.permutation(6), j]
+            drops.append(G.neg_mse(y, f(X)) - G.neg_mse(y, f(Z)))
+    drops = np.array(drops).reshape(2, 2)
+    mean, std = G.permutation_importance(f, X, y, G.neg_mse, n_repeats=2, seed=3)
+    assert mean.tolist() == drops.mean(1).tolist() and std.tolist() == drops.std(1).tolist()
+
+
+def test_permutation_importance_leaves_X_alone_and_repeats_itself():
+    X, y, _ = _data(3, n=30)
+    before = X.copy()
+    f = lambda Z: Z[:, 0] * Z[:, 1]                                # noqa: E731
+    a = G.permutation_importance(f, X, y, G.neg_mse, n_repeats=3, seed=7)
+    b = G.permutation_importance(f, X, y, G.neg_mse, n_repeats=3, seed=7)
+    assert np.array_equal(X, before) and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_permutation_importance_argument_errors():
+    X, y, _ = _data(4, n=10)
+    with pytest.raises(ValueError, match="n_repeats must be an int >= 1"):
+        G.permutation_importance(lambda Z: Z[:, 0], X, y, G.neg_mse, n_repeats=0)
+    with pytest.raises(ValueError, match="y must have one value per row"):
+        G.permutation_importance(lambda Z: Z[:, 0], X, y[:-1], G.neg_mse)
+    with pytest.raises(TypeError, match="predict must be a callable"):
+        G.permutation_importance(None, X, y, G.neg_mse)
+
+
+# ----------------------------------------------------------------------------- drop_column_importance
+def _ols_fit(X, y):
+    return LinearRegression().fit(X, y).predict
+
+
+def test_drop_column_importance_hand_worked():
+    # y = x0 exactly: the full OLS model is perfect (score 0), so dropping x1 costs nothing and dropping x0
+    # costs the validation MSE of the OLS fit on [1, x1] alone, solved here by hand
+    rng = np.random.default_rng(0)
+    X_tr, X_val = rng.normal(size=(50, 2)), rng.normal(size=(30, 2))
+    y_tr, y_val = X_tr[:, 0], X_val[:, 0]
+    A = np.column_stack([np.ones(50), X_tr[:, 1]])
+    coef = np.linalg.lstsq(A, y_tr, rcond=None)[0]
+    without_0 = np.mean((y_val - coef[0] - coef[1] * X_val[:, 1]) ** 2)
+    got = G.drop_column_importance(_ols_fit, X_tr, y_tr, X_val, y_val, G.neg_mse)
+    np.testing.assert_allclose(got, [without_0, 0.0], atol=1e-12)
+
+
+def test_drop_column_importance_of_a_duplicated_column_is_zero():
+    rng = np.random.default_rng(1)
+    X_tr, X_val = rng.normal(size=(60, 3)), rng.normal(size=(40, 3))
+    X_tr[:, 2], X_val[:, 2] = X_tr[:, 0], X_val[:, 0]                # column 2 copies column 0
+    w = np.array([1.0, 2.0, 0.0])
+    got = G.drop_column_importance(_ols_fit, X_tr, X_tr @ w, X_val, X_val @ w, G.neg_mse)
+    np.testing.assert_allclose(got[[0, 2]], 0.0, atol=1e-12)
+    assert got[1] > 1.0
+
+
+def test_drop_column_importance_rejects_column_mismatch():
+    X = np.zeros((5, 3))
+    with pytest.raises(ValueError, match="X_val must have the 3 columns"):
+        G.drop_column_importance(_ols_fit, X, np.zeros(5), X[:, :2], np.zeros(5), G.neg_mse)
+
+
+# ----------------------------------------------------------------------------- partial_dependence / ice_curves
+def test_partial_dependence_and_ice_match_sklearn_brute():
+    X, y, _ = _data(5, n=60)
+    forest = RandomForestRegressor(n_estimators=10, random_state=0).fit(X, y)
+    grid = np.array([-1.5, -0.2, 0.0, 0.7, 2.0])
+    ref = sk_partial_dependence(forest, X, [1], custom_values={1: grid}, method="brute", kind="both")
+    np.testing.assert_allclose(G.partial_dependence(forest.predict, X, 1, grid), ref["average"][0], atol=1e-12)
+    np.testing.assert_allclose(G.ice_curves(forest.predict, X, 1, grid), ref["individual"][0], atol=1e-12)
+
+
+def test_partial_dependence_matches_sklearn_for_a_binary_classifier():
+    X, y, _ = _data(6, n=60)
+    clf = DecisionTreeClassifier(max_depth=3, random_state=0).fit(X, y > 0.5)
+    grid = [-1.0, 0.0, 1.0]
+    ref = sk_partial_dependence(clf, X, [0], custom_values={0: np.array(grid)}, method="brute",
+                                response_method="predict_proba")
+    got = G.partial_dependence(lambda Z: clf.predict_proba(Z)[:, 1], X, 0, grid)
+    np.testing.assert_allclose(got, ref["average"][0], atol=1e-12)
+
+
+def test_partial_dependence_of_an_additive_model_is_the_component_plus_the_mean_rest():
+    X = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, -1.0]])
+    f = lambda Z: Z[:, 0] ** 2 + Z[:, 1]                            # noqa: E731
+    assert G.partial_dependence(f, X, 0, [1.0, 3.0]).tolist() == [1.0 + 1.0, 9.0 + 1.0]
+    assert G.ice_curves(f, X, 0, [1.0, 3.0]).tolist() == [[2.0, 10.0], [4.0, 12.0], [0.0, 8.0]]
+
+
+def test_partial_dependence_argument_errors():
+    X = np.zeros((4, 2))
+    with pytest.raises(ValueError, match=r"feature must be a column index in \[0, 2\)"):
+        G.partial_dependence(lambda Z: Z[:, 0], X, 2, [0.0])
+    with pytest.raises(ValueError, match="grid must be a 1-D sequence"):
+        G.ice_curves(lambda Z: Z[:, 0], X, 0, [])
+    with pytest.raises(ValueError, match=r"predict\(X\) must return an array of shape \(4,\)"):
+        G.ice_curves(lambda Z: Z, X, 0, [0.0])
+
+
+# ----------------------------------------------------------------------------- surrogate_fidelity
+def test_surrogate_fidelity_matches_sklearn_metrics():
+    X, y, _ = _data(7, n=50)
+    f, g = (lambda Z: Z[:, 0] + Z[:, 1] ** 2), (lambda Z: 0.8 * Z[:, 0] + 0.3)
+    assert G.surrogate_fidelity(f, g, X, "regression") == pytest.approx(r2_score(f(X), g(X)), abs=1e-12)
+    fl, gl = (lambda Z: (Z[:, 0] > 0).astype(int)), (lambda Z: (Z[:, 0] + Z[:, 1] > 0).astype(int))
+    assert G.surrogate_fidelity(fl, gl, X, "classification") == pytest.approx(accuracy_score(fl(X), gl(X)))
+
+
+def test_surrogate_fidelity_errors():
+    X = np.ones((4, 2))
+    with pytest.raises(ValueError, match="task must be 'classification' or 'regression'"):
+        G.surrogate_fidelity(lambda Z: Z[:, 0], lambda Z: Z[:, 0], X, "clf")
+    with pytest.raises(ValueError, match="must not be constant"):
+        G.surrogate_fidelity(lambda Z: Z[:, 0], lambda Z: Z[:, 1], X, "regression")
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_helpers():
+    noise = G.noise_columns(100, seed=3)
+    assert noise.shape == (100, 2) and len(np.unique(noise[:, 0])) == 100 and set(noise[:, 1]) == {0.0, 1.0}
+    assert np.array_equal(noise, G.noise_columns(100, seed=3))
+    agree = G.rank_agreement({"a": np.array([3.0, 2, 1]), "b": np.array([1.0, 2, 3])})
+    assert agree["a"]["a"] == pytest.approx(1.0) and agree["a"]["b"] == pytest.approx(-1.0)
+    assert G.ranks(np.array([0.1, 0.5, 0.3])).tolist() == [3.0, 1.0, 2.0]
+    X = np.array([[0.0, 0.1], [1.0, 1.0], [2.0, 2.1]])             # |x0 - x1| <= 0.1 in the data
+    assert G.off_support_fraction(X, 0, 1, [0.0, 2.0]) == pytest.approx(4 / 6)
+    fit = G.forest_fit("regression", n_estimators=3, seed=0)
+    Xd, yd, _ = _data(8, n=30)
+    assert fit(Xd, yd)(Xd).shape == (30,) and fit.last.n_estimators == 3

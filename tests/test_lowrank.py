@@ -1,0 +1,218 @@
+"""course_lib.lowrank against oracles: numpy's and scikit-learn's SVDs, closed forms, hand-worked cases."""
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import TruncatedSVD
+from torch import nn
+from torch.nn import functional as F
+
+from course_lib import lowrank
+
+
+def _random(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def _numpy_best(weight, rank):
+    """The rank-r truncation by numpy's SVD (the oracle)."""
+    U, S, Vt = np.linalg.svd(weight.detach().double().numpy(), full_matrices=False)
+    return torch.from_numpy((U[:, :rank] * S[:rank]) @ Vt[:rank])
+
+
+# ----------------------------------------------------------------------------- low_rank_factors
+def test_low_rank_factors_hand_worked_diagonal():
+    A, B = lowrank.low_rank_factors(torch.tensor([[3.0, 0.0], [0.0, 1.0]]), 1)
+    torch.testing.assert_close(A @ B, torch.tensor([[3.0, 0.0], [0.0, 0.0]]))
+    torch.testing.assert_close(A.abs(), torch.tensor([[3.0**0.5], [0.0]]))     # the balanced sqrt(S) split
+
+
+@pytest.mark.parametrize("shape,rank", [((8, 5), 2), ((5, 9), 3), ((6, 6), 1)])
+def test_low_rank_factors_matches_sklearn_truncated_svd(shape, rank):
+    w = _random(*shape, seed=rank, dtype=torch.float64)
+    svd = TruncatedSVD(n_components=rank, algorithm="arpack").fit(w.numpy())
+    oracle = svd.inverse_transform(svd.transform(w.numpy()))                     # W V_r V_r^T = U_r S_r V_r^T
+    A, B = lowrank.low_rank_factors(w, rank)
+    assert A.shape == (shape[0], rank) and B.shape == (rank, shape[1])
+    np.testing.assert_allclose((A @ B).numpy(), oracle, atol=1e-10)
+
+
+def test_low_rank_factors_error_is_the_tail_energy():
+    w = _random(12, 7, seed=3)
+    s = torch.linalg.svdvals(w.double())
+    for rank in range(1, 8):
+        A, B = lowrank.low_rank_factors(w, rank)
+        assert A.dtype == B.dtype == torch.float32
+        assert abs(lowrank.frobenius_error(w, A @ B) - float(s[rank:].pow(2).sum().sqrt())) < 1e-5
+        torch.testing.assert_close((A @ B).double(), _numpy_best(w, rank), rtol=1e-5, atol=1e-5)
+
+
+def test_low_rank_factors_parameter_input_gives_plain_tensors():
+    w = nn.Parameter(_random(4, 3))
+    A, B = lowrank.low_rank_factors(w, 2)
+    assert not A.requires_grad and not B.requires_grad
+
+
+@pytest.mark.parametrize("weight,rank,error,match", [
+    (torch.ones(3, 4), 0, ValueError, r"rank must be an int in \[1, 3\], got 0"),
+    (torch.ones(3, 4), 4, ValueError, r"rank must be an int in \[1, 3\], got 4"),
+    (torch.ones(3, 4), 1.0, TypeError, "rank must be an int"),
+    (torch.ones(3, 4), True, TypeError, "rank must be an int"),
+    (torch.ones(4), 1, ValueError, "weight must be a non-empty 2-D floating-point tensor"),
+    (torch.ones(2, 2, dtype=torch.int64), 1, ValueError, "floating-point"),
+    ([[1.0]], 1, TypeError, "weight must be a torch.Tensor"),
+])
+def test_low_rank_factors_rejects_bad_arguments(weight, rank, error, match):
+    with pytest.raises(error, match=match):
+        lowrank.low_rank_factors(weight, rank)
+
+
+# ----------------------------------------------------------------------------- rank_for_energy
+@pytest.mark.parametrize("values,energy,expected", [
+    ([3.0, 1.0], 0.9, 1),             # 9 / 10 reaches 0.9 exactly
+    ([1.0, 1.0, 1.0, 1.0], 0.5, 2),
+    ([2.0, 1.0, 0.0, 0.0], 1.0, 2),
+    ([1.0, 1e-4], 1.0, 2),            # float32 input, float64 sums
+    ([5.0, 2.0, 1.0, 1.0], None, 2),  # default 0.9: 25 + 4 >= 27.9
+    ([2.5], 0.01, 1),
+])
+def test_rank_for_energy_hand_worked(values, energy, expected):
+    s = torch.tensor(values)
+    got = lowrank.rank_for_energy(s) if energy is None else lowrank.rank_for_energy(s, energy)
+    assert got == expected and type(got) is int
+
+
+def test_rank_for_energy_bounds_the_relative_error():
+    w = _random(20, 15, seed=1)
+    s = torch.linalg.svdvals(w.double())
+    for energy in (0.5, 0.8, 0.95):
+        r = lowrank.rank_for_energy(s, energy)
+        A, B = lowrank.low_rank_factors(w, r)
+        rel = lowrank.frobenius_error(w, A @ B) / float(torch.linalg.matrix_norm(w.double()))
+        assert rel <= (1 - energy) ** 0.5 + 1e-6
+        if r > 1:                                    # one fewer value would not have been enough
+            assert float(s[: r - 1].pow(2).sum() / s.pow(2).sum()) < energy
+
+
+@pytest.mark.parametrize("values,energy,error,match", [
+    ([1.0, 3.0], 0.5, ValueError, "descending"),
+    ([3.0, -1.0], 0.5, ValueError, "non-negative"),
+    ([0.0, 0.0], 0.5, ValueError, "not all 0"),
+    ([3.0, 1.0], 0.0, ValueError, r"energy must be a float in \(0.0, 1.0\]"),
+    ([3.0, 1.0], 1.5, ValueError, "energy must be"),
+    ([3.0, 1.0], True, TypeError, "energy must be"),
+])
+def test_rank_for_energy_rejects_bad_arguments(values, energy, error, match):
+    with pytest.raises(error, match=match):
+        lowrank.rank_for_energy(torch.tensor(values), energy)
+
+
+def test_rank_for_energy_rejects_two_dimensional_input():
+    with pytest.raises(ValueError, match="1-D"):
+        lowrank.rank_for_energy(torch.ones(2, 2))
+
+
+# ----------------------------------------------------------------------------- factorize_linear
+@pytest.mark.parametrize("bias", [True, False])
+def test_factorize_linear_computes_the_best_rank_r_layer(bias):
+    torch.manual_seed(0)
+    layer = nn.Linear(9, 6, bias=bias)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    small = lowrank.factorize_linear(layer, 2)
+    first, second = small
+    assert (first.in_features, first.out_features, first.bias) == (9, 2, None)
+    assert (second.in_features, second.out_features, second.bias is not None) == (2, 6, bias)
+    x = _random(5, 9, seed=1)
+    oracle = x.double() @ _numpy_best(layer.weight, 2).T + (layer.bias.double() if bias else 0)
+    torch.testing.assert_close(small(x).double(), oracle, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(v, layer.state_dict()[k]) for k, v in before.items())      # input unchanged
+
+
+def test_factorize_linear_full_rank_is_the_same_layer_and_keeps_dtype():
+    layer = nn.Linear(4, 7, dtype=torch.float64)
+    small = lowrank.factorize_linear(layer, 4)
+    assert all(p.dtype == torch.float64 for p in small.parameters())
+    x = _random(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(small(x), layer(x), rtol=1e-12, atol=1e-12)
+
+
+def test_factorize_linear_does_not_use_the_global_rng():
+    layer = nn.Linear(6, 5)
+    state = torch.random.get_rng_state()
+    lowrank.factorize_linear(layer, 2)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_factorize_linear_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="linear must be an nn.Linear, got Conv2d"):
+        lowrank.factorize_linear(nn.Conv2d(2, 2, 1), 1)
+    with pytest.raises(ValueError, match=r"rank must be an int in \[1, 4\]"):
+        lowrank.factorize_linear(nn.Linear(6, 4), 5)
+
+
+# ----------------------------------------------------------------------------- factorize_conv
+@pytest.mark.parametrize("kwargs", [dict(padding=1), dict(stride=2, padding=(1, 0), bias=False),
+                                    dict(dilation=2, padding=2, padding_mode="reflect"),
+                                    dict(padding=1, padding_mode="circular"), dict(padding="same")])
+def test_factorize_conv_equals_the_conv_with_the_rank_r_weight(kwargs):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, (3, 3) if "stride" not in kwargs else (3, 1), **kwargs)
+    small = lowrank.factorize_conv(conv, 2)
+    first, second = small
+    assert first.kernel_size == conv.kernel_size and first.stride == conv.stride and first.bias is None
+    assert first.padding == conv.padding and first.dilation == conv.dilation
+    assert first.padding_mode == conv.padding_mode and second.kernel_size == (1, 1)
+    weight = _numpy_best(conv.weight.reshape(6, -1), 2).reshape(conv.weight.shape).float()   # numpy oracle
+    reference = nn.Conv2d(3, 6, conv.kernel_size, **kwargs)
+    reference.load_state_dict({**conv.state_dict(), "weight": weight})
+    x = _random(2, 3, 9, 8, seed=4)
+    torch.testing.assert_close(small(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_factorize_conv_full_rank_is_the_same_conv():
+    conv = nn.Conv2d(2, 4, 3, padding=1, dtype=torch.float64)
+    x = _random(1, 2, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(lowrank.factorize_conv(conv, 4)(x), conv(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(F.conv2d(x, conv.weight, conv.bias, padding=1), conv(x))
+
+
+def test_factorize_conv_rejects_grouped_and_non_conv_layers():
+    with pytest.raises(ValueError, match="conv.groups must be 1"):
+        lowrank.factorize_conv(nn.Conv2d(2, 4, 3, groups=2), 1)
+    with pytest.raises(TypeError, match="conv must be an nn.Conv2d, got Linear"):
+        lowrank.factorize_conv(nn.Linear(2, 2), 1)
+    with pytest.raises(ValueError, match=r"rank must be an int in \[1, 2\]"):
+        lowrank.factorize_conv(nn.Conv2d(1, 4, (1, 2)), 3)
+
+
+# ----------------------------------------------------------------------------- break_even_rank
+def test_break_even_rank_matches_a_brute_force_search():
+    for n_in in range(1, 40):
+        for n_out in range(1, 40):
+            brute = max([r for r in range(0, min(n_in, n_out) + 1) if r * (n_in + n_out) < n_in * n_out])
+            assert lowrank.break_even_rank(n_in, n_out) == brute
+
+
+def test_break_even_rank_hand_worked():
+    assert lowrank.break_even_rank(512, 512) == 255       # 256 * 1024 == 512 * 512: not fewer
+    assert lowrank.break_even_rank(2, 2) == 0
+    assert lowrank.break_even_rank(64, 10) == 8           # 8 * 74 = 592 < 640, 9 * 74 = 666
+
+
+@pytest.mark.parametrize("args,error", [((0, 5), ValueError), ((3.0, 4), TypeError), ((True, 4), TypeError)])
+def test_break_even_rank_rejects_bad_sizes(args, error):
+    with pytest.raises(error, match="must be an int >= 1"):
+        lowrank.break_even_rank(*args)
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_factorize_model_and_rank_choices():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
+    uniform = lowrank.ranks_uniform(model, 0.5)
+    assert uniform == {"1": 6, "3": 2}
+    small = lowrank.factorize_model(model, {"1": 3, "3": None})
+    assert isinstance(small[1], nn.Sequential) and isinstance(small[3], nn.Linear)
+    assert isinstance(model[1], nn.Linear)                                          # original untouched
+    budget = 3 * (16 + 12) + 2 * (12 + 4)
+    ranks = lowrank.ranks_by_energy(model, budget)
+    assert sum(lowrank.factorized_params(model.get_submodule(n), r) for n, r in ranks.items()) <= budget
