@@ -183,15 +183,17 @@ def test_every_exercise_has_a_hint_and_no_learner_text_names_a_source_document()
     from course_lib.grader import exercises
 
     banned = re.compile(r"source documents?|\bsource 00\d|\bdocument 00\d|\(00\d\)|\b00\d's|library-notes", re.I)
-    for chapter in ("00_measurement", "01_pruning", "02_quantization", "05_local_explanation"):
-        nb = nbformat.read(ROOT / "solutions" / f"{chapter}.ipynb", as_version=4)
+    for path in sorted((ROOT / "solutions").glob("*.ipynb")):
+        chapter = path.stem
+        nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
             assert not banned.search(cell.source), f"{chapter}: {banned.search(cell.source).group(0)!r} in {cell.id}"
         glossary = next(c.source for c in nb.cells if c.source.startswith("## Glossary"))
         assert "(Chinese term)" in glossary and "Chinese-language material" in glossary
         defined = [(i, ex.name) for ex in exercises.by_chapter(chapter) for i, c in enumerate(nb.cells)
                    if c.cell_type == "code" and f"def {ex.name}(" in c.source]
-        assert len(defined) >= 4, f"{chapter}: exercises not found"
+        assert len(defined) >= min(4, len(exercises.by_chapter(chapter))), f"{chapter}: exercises not found"
         for at, name in defined:
             ex = exercises.get(name)
-            assert "<summary>Hint</summary>" in nb.cells[at - 1].source, f"{chapter}: no hint right before {ex.name}"
+            around = nb.cells[at - 1].source + nb.cells[at + 1].source if at + 1 < len(nb.cells) else nb.cells[at - 1].source
+            assert "<summary>Hint</summary>" in around, f"{chapter}: no hint next to {ex.name}"
