@@ -52,6 +52,8 @@ def test_layer_settings_that_size_the_work_are_bounded():
     data["config"]["padding"] = [2500, 2500]                  # tiny weights, a huge output on any input
     with pytest.raises(codec.DecodeError, match="padding must be at most"):
         codec.decode(data)
+    same = nn.Conv2d(2, 1, 3, padding="same", bias=False)
+    assert codec.loads(codec.dumps(same)).padding == "same"
 
 
 def test_npy_header_cannot_make_the_grader_allocate():

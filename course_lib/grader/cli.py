@@ -121,7 +121,11 @@ def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None
 
     planned, rows = [], []
     for path in paths:
-        sub = load_submission(path)
+        try:
+            sub = load_submission(path)
+        except Exception as exc:  # noqa: BLE001 - one unreadable file never stops the class
+            rows.append(GradeRow(str(path), NO_EXERCISE, False, 0.0, 0.0, f"cannot be graded: {exc}"))
+            continue
         chosen = _exercises_for(sub, only, chapter)
         if not chosen:
             rows.append(GradeRow(sub.path, NO_EXERCISE, False, 0.0, 0.0,
@@ -138,14 +142,22 @@ def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None
     bar.update(len(paths) - len(remaining))
     if planned:
         hidden = hidden_paths([*map(str, paths), *map(str, hide)])
+        done: set[int] = set()
         with Pool(min(jobs, len(planned)), limits, hide=hidden) as pool:     # imports while we compute below
             tasks = [(path, code, ex, *cases_for(ex.name)) for path, code, ex in planned]
-            for index, result in pool.run([(code, ex.name, cases) for _, code, ex, cases, _ in tasks]):
-                path, _, ex, cases, expected = tasks[index]
-                rows.append(_row(path, ex, cases, expected, result, strict_errors, seed))
-                remaining[path] -= 1
-                if remaining[path] == 0:
-                    bar.update(1)
+            try:
+                for index, result in pool.run([(code, ex.name, cases) for _, code, ex, cases, _ in tasks]):
+                    path, _, ex, cases, expected = tasks[index]
+                    rows.append(_row(path, ex, cases, expected, result, strict_errors, seed))
+                    done.add(index)
+                    remaining[path] -= 1
+                    if remaining[path] == 0:
+                        bar.update(1)
+            except (RuntimeError, OSError, ValueError) as exc:   # the server itself failed: say so per row
+                for index, (path, _, ex, _, _) in enumerate(tasks):
+                    if index not in done:
+                        rows.append(GradeRow(path, ex.name, False, 0.0, ex.max_score,
+                                             f"not graded: the grading server failed ({exc}); grade again"))
     bar.close()
     order = {str(p): i for i, p in enumerate(map(str, paths))}
     names = exercises.names()

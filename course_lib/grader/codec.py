@@ -171,6 +171,8 @@ def _decode_module(data: dict, depth: int) -> torch.nn.Module:
         for key, limit in _SETTING_LIMITS.items():
             values = config.get(key, 0)
             values = values if isinstance(values, tuple) else (values,)
+            if key == "padding" and values in (("same",), ("valid",)):
+                continue
             if len(values) > 3 or not all(v is None or (isinstance(v, int) and abs(v) <= limit) for v in values):
                 raise DecodeError(f"the {kind}'s {key} must be at most {limit}, got {config.get(key)!r}")
         state = data.get("state")
