@@ -163,3 +163,232 @@ def test_smoothgrad_is_deterministic_and_shaped():
     model, x = _cnn(), torch.rand(2, 1, 6, 6)
     a, b = L.smoothgrad(model, x, 0, n_samples=4, seed=1), L.smoothgrad(model, x, 0, n_samples=4, seed=1)
     assert a.shape == x.shape and torch.equal(a, b)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is much faster than two on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class _Sines(nn.Module):
+    """f(z) = sum_i a_i sin(b_i z_i), as two identical logits: SmoothGrad has a closed form."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.tensor([1.0, -0.5, 2.0]), torch.tensor([1.0, 2.0, 0.5])
+
+    def forward(self, z):
+        return (self.a * torch.sin(self.b * z)).sum(1, keepdim=True).repeat(1, 2)
+
+
+def test_smoothgrad_averages_raw_gradients_closed_form_and_noise_tunnel():
+    from captum.attr import NoiseTunnel, Saliency
+    model, x, sigma = _Sines(), torch.tensor([[0.3, -0.2, 1.0]]), 0.5
+    # E[a b cos(b (x + sigma eps))] = a b cos(b x) exp(-(b sigma)^2 / 2)
+    closed = model.a * model.b * torch.cos(model.b * x) * torch.exp(-(model.b * sigma) ** 2 / 2)
+    got = L.smoothgrad(model, x, 0, n_samples=20000, sigma=sigma, seed=0)
+    torch.testing.assert_close(got, closed, atol=0.02, rtol=0)
+    torch.manual_seed(0)
+    theirs = NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=20000, stdevs=sigma,
+                                                    target=0, abs=False)
+    torch.testing.assert_close(got, theirs, atol=0.03, rtol=0)
+
+
+def test_smoothgrad_raw_vs_absolute_on_a_linear_model():
+    model = nn.Linear(3, 2)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    w = model.weight[1].detach().expand(2, 3)
+    torch.testing.assert_close(L.smoothgrad(model, x, 1, n_samples=5), w)          # signed weights, any noise
+    torch.testing.assert_close(L.smoothgrad(model, x, 1, n_samples=5, absolute=True), w.abs())
+
+
+def test_gradient_x_input_matches_captum():
+    from captum.attr import InputXGradient
+    model, x = _cnn(3), torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(L.gradient_x_input(model, x, [0, 1, 2]),
+                               InputXGradient(model).attribute(x, target=[0, 1, 2]))
+
+
+def test_guided_backprop_matches_captum():
+    from captum.attr import GuidedBackprop
+    model, x = _cnn(4), torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(L.guided_backprop(model, x, [2, 0, 1]),
+                               GuidedBackprop(model).attribute(x, target=[2, 0, 1]))
+    assert not model[1]._backward_hooks                                  # hooks removed
+
+
+def test_integrated_gradients_no_extra_forward_pass():
+    calls = []
+    model = _mlp()
+    model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    L.integrated_gradients(model, torch.randn(3, 6), 1, steps=7)
+    assert sum(calls) == 21 and len(calls) == 1                             # tiny input: one pass
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 1000])
+def test_occlusion_batch_size_gives_captums_map(batch_size):
+    from captum.attr import Occlusion
+    model, x = _cnn(2), torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(5))
+    expected = Occlusion(model).attribute(x, sliding_window_shapes=(1, 3, 3), strides=(1, 2, 2), target=[1, 0])
+    got = L.occlusion(model, x, [1, 0], (1, 3, 3), (1, 2, 2), batch_size=batch_size)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        L.occlusion(model, x, 0, (1, 3, 3), 2, batch_size=0)
+
+
+def test_occlusion_batch_size_bounds_the_forward_batch():
+    seen = []
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 20 * 20, 2))
+    model.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    L.occlusion(model, torch.rand(1, 3, 20, 20), 0, (3, 5, 5), 1, batch_size=16)     # 256 windows
+    assert max(seen) <= 16 and sum(seen) == 1 + 1 + 256
+
+
+def test_rank_correlation_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, 4, (3, 20), generator=gen).float(), torch.randn(3, 20, generator=gen)
+    expected = np.mean([spearmanr(a[i].numpy(), b[i].numpy())[0] for i in range(3)])
+    assert L.rank_correlation(a, b) == pytest.approx(expected, abs=1e-12)
+    assert L.rank_correlation(b, b) == pytest.approx(1.0) and L.rank_correlation(b, -b) == pytest.approx(-1.0)
+
+
+def test_randomize_layers_cascades_from_the_output_and_leaves_model_unchanged():
+    model = _cnn(5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copies = L.randomize_layers(model, seed=3)
+    assert [name for name, _ in copies] == ["5", "2", "0"]
+    for k, (_, m) in enumerate(copies):
+        for j, name in enumerate(["5", "2", "0"]):
+            same = torch.equal(m.get_submodule(name).weight, model.get_submodule(name).weight)
+            assert same == (j > k), (k, name)                              # top k+1 layers re-drawn
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    big = L.randomize_layers(nn.Sequential(nn.Linear(400, 300)), seed=0)[0][1][0].weight
+    assert float(big.abs().max()) <= 1 / 20 and float(big.std()) == pytest.approx(1 / 20 / math.sqrt(3), rel=0.02)
+    again = L.randomize_layers(model, seed=3)
+    assert torch.equal(again[-1][1][0].weight, copies[-1][1][0].weight)    # seeded
+
+
+def test_cascading_randomization_closed_forms():
+    from scipy.stats import spearmanr
+    model, x = _cnn(6), torch.rand(2, 1, 6, 6)
+    out = L.cascading_randomization(model, lambda m, x, t: L.input_control(m, x, t), x, 0)
+    assert [n for n, _ in out] == ["5", "2", "0"] and all(r == pytest.approx(1.0) for _, r in out)
+    lin = nn.Linear(5, 2)                                                  # gradient = weight row
+    x5 = torch.randn(3, 5)
+    raw_gradient = lambda m, x, t: L.smoothgrad(m, x, t, n_samples=1)     # linear: exactly weight[t]
+    (name, rho), = L.cascading_randomization(lin, raw_gradient, x5, 1, seed=4)
+    new = L.randomize_layers(lin, seed=4)[0][1].weight[1].detach()
+    assert name == "" and rho == pytest.approx(spearmanr(lin.weight[1].detach(), new)[0], abs=1e-6)
+
+
+def test_deletion_auc_closed_forms():
+    curve = torch.stack([torch.linspace(1, 0, 11), torch.full((11,), 0.3)])
+    torch.testing.assert_close(L.deletion_auc(curve), torch.tensor([0.5, 0.3]))
+
+
+def test_insertion_curve_hand_worked():
+    model = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        model.weight[:] = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    attr = torch.tensor([[0.0, 5.0, 5.0, 1.0]])        # order: 1, 2, 3, 0; inserted logits 0, 2, 5, 9, 10
+    curve = L.insertion_curve(model, x, 0, attr, steps=4)
+    torch.testing.assert_close(curve[0], torch.sigmoid(torch.tensor([0.0, 2.0, 5.0, 9.0, 10.0])))
+
+
+def test_score_methods_perfect_map_and_controls():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2, bias=False))
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    mask[:, :, :2, :2] = True
+    with torch.no_grad():                                                  # logit 0 = sum of the mask pixels
+        model[1].weight[:] = torch.stack([mask[0].flatten().float(), torch.zeros(16)])
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) + 0.5
+    rows = {r["method"]: r for r in L.score_methods(model, x, 0, mask, {
+        "perfect": lambda m, x, t: mask.float() * x, "|x|": L.input_control, "random": L.random_control(0),
+        "randomised model": L.on_randomized_model(L.gradient_x_input, model)}, steps=4)}
+    assert rows["perfect"]["pointing game"] == 1.0 and rows["perfect"]["mask overlap"] == 1.0
+    assert rows["perfect"]["deletion AUC"] < rows["random"]["deletion AUC"]
+    assert rows["perfect"]["insertion AUC"] > rows["random"]["insertion AUC"]
+    assert set(rows["|x|"]) == {"method", "pointing game", "mask overlap", "deletion AUC", "insertion AUC",
+                                "ms / explanation"}
+
+
+def test_kernel_shap_exact_with_background_matches_shap():
+    import shap
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=6)
+
+    def f(z):
+        return np.tanh(z @ W) + z[:, 0] * z[:, 3]
+    x, background = rng.normal(size=6), rng.normal(size=(5, 6))
+    phi = L.kernel_shap(f, x, background)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = shap.explainers.Exact(f, background)(x[None], silent=True).values[0]
+    np.testing.assert_allclose(phi, expected, atol=1e-10)
+    assert phi.sum() == pytest.approx(f(x[None])[0] - f(background).mean(), abs=1e-10)   # efficiency
+    np.testing.assert_allclose(L.kernel_shap(f, x, background[:1]), L.exact_shapley(f, x, background[0]), atol=1e-10)
+
+
+def test_kernel_shap_with_a_budget_converges_to_exact():
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(10, 4))
+
+    def f(z):
+        return np.tanh(z @ W).sum(1)
+    x, background = rng.normal(size=10), rng.normal(size=(4, 10))
+    exact = L.kernel_shap(f, x, background)
+    err = {n: np.mean([np.abs(L.kernel_shap(f, x, background, n_samples=n, seed=s) - exact).max()
+                       for s in range(4)]) for n in (32, 512)}             # 2^10 - 2 = 1022 coalitions
+    assert err[512] < err[32] and err[512] < 0.05
+    a = L.kernel_shap(f, x, background, n_samples=64, seed=2)
+    assert a.sum() == pytest.approx(exact.sum(), abs=1e-10)                 # efficiency holds at any budget
+    np.testing.assert_array_equal(a, L.kernel_shap(f, x, background, n_samples=64, seed=2))
+
+
+def test_grad_cam_equals_cam_on_a_gap_head():
+    torch.manual_seed(0)
+    model, x = L.GapCNN(n_classes=3, channels=(4, 5)).eval(), torch.rand(2, 1, 6, 6)
+    A = model.features(x)                                                  # (N, K, h, w)
+    w = model.classifier[2].weight                                         # (C, K)
+    cam = torch.einsum("k,nkhw->nhw", w[1], A).unsqueeze(1) / 36           # CAM / (h w)
+    torch.testing.assert_close(L.grad_cam(model, model.cam_layer, x, 1), cam.relu().detach())
+
+
+def _pointer_model(prefer_token_one: bool) -> L.AttentionClassifier:
+    """Hand-built: token 1 embeds to e_0, the others to 0; the key scores dimension 0 (+/- 5)."""
+    model = L.AttentionClassifier(vocab=4, dim=2)
+    with torch.no_grad():
+        model.embed.weight[:] = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+        model.key.weight[:] = torch.tensor([[5.0 if prefer_token_one else -5.0, 0.0]])
+        model.key.bias.zero_()
+        model.out.weight[:] = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
+        model.out.bias.zero_()
+    return model.eval()
+
+
+def test_attention_vs_ig_hand_built():
+    tokens = torch.tensor([[2, 1, 3, 2], [1, 2, 2, 3]])
+    evidence = tokens == 1
+    assert L.attention_vs_ig(_pointer_model(True), tokens, evidence) == {"attention": 1.0,
+                                                                         "integrated gradients": 1.0}
+    hits = L.attention_vs_ig(_pointer_model(False), tokens, evidence)
+    assert hits["attention"] == 0.0 and hits["integrated gradients"] == 1.0   # attention looks away, IG does not
+
+
+def test_attention_intervention_closed_forms():
+    tokens = torch.tensor([[2, 1, 3, 2], [1, 2, 2, 3]])
+    uniform = _pointer_model(True)
+    with torch.no_grad():
+        uniform.key.weight.zero_()                                         # attention already uniform
+    out = L.attention_intervention(uniform, tokens)
+    assert out["TVD uniform"] == pytest.approx(0.0, abs=1e-7) and out["flipped uniform"] == 0.0
+    moved = L.attention_intervention(_pointer_model(True), tokens)         # the weight leaves token 1
+    a1 = float(torch.softmax(torch.tensor([5.0 * math.tanh(1.0), 0, 0, 0]), 0)[0])      # key sees tanh(e)
+    p1 = torch.softmax(torch.tensor([-a1, a1]), 0)
+    assert moved["TVD moved to the least attended"] == pytest.approx(float(p1[1] - 0.5), abs=1e-6)

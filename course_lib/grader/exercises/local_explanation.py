@@ -13,10 +13,16 @@ the function twice with the same arguments; the grader (``derive``) computes the
 exact weights of a linear ``f`` (tolerance 1e-6); for a curved ``f``, LIME's many-sample limit in closed
 form (tolerance 0.15 in max-abs error), which is the gradient only for a small kernel, so reading the
 gradient off ``f``'s parameters does not pass; and identical results for the same seed.
+
+``cascading_randomization`` is compared layer by layer (names, then rank correlations to 1e-5; nan
+where a map is constant, as scipy). Its explain functions are defined here (signed gradient, gradient x
+input, and a paired |gradient| whose values all occur twice, so ordinal ranks differ from average
+ranks); its runner calls it twice with the same model, so re-drawing the caller's model in place fails.
 """
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -412,6 +418,104 @@ def _deletion_describe(case: dict) -> str:
             f"attribution = {_show(_attr(case['attr']))}, steps={case['steps']}, baseline={case.get('baseline', 0.0)}")
 
 
+# --------------------------------------------------------------------------- cascading_randomization
+def _explain_gradient(model, x, target):
+    """The signed gradient of the target logit (one int or one int per row)."""
+    x = x.detach().requires_grad_(True)
+    out = model(x)
+    t = torch.as_tensor(target).expand(len(x)) if isinstance(target, int) else torch.as_tensor(target)
+    grad, = torch.autograd.grad(out[torch.arange(len(x)), t].sum(), x)
+    return grad
+
+
+def _explain_gradient_x_input(model, x, target):
+    return _explain_gradient(model, x, target) * x
+
+
+def _explain_paired(model, x, target):
+    """|gradient| summed over neighbouring pairs of (flattened) elements, each sum written to both: every
+    value occurs at least twice (ties)."""
+    g = _explain_gradient(model, x, target).abs().flatten(1)
+    pairs = g.view(len(g), -1, 2).sum(-1)
+    return pairs.repeat_interleave(2, dim=1).view_as(x)
+
+
+_EXPLAIN = {"gradient": _explain_gradient, "gradient x input": _explain_gradient_x_input,
+            "paired |gradient|": _explain_paired}
+
+
+def _cascade_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        {"model": _mlp(51), "x": _xs(1, [2, 6]), "target": 0, "explain": "gradient"},
+        {"model": _cnn(52), "x": _xs(2, [2, 1, 6, 6]), "target": [1, 2], "explain": "gradient"},
+        {"model": _cnn(53), "x": _xs(3, [2, 1, 6, 6]), "target": 2, "explain": "paired |gradient|"},  # ties
+        {"model": _mlp(54, d=8, h=10), "x": _xs(4, [3, 8]), "target": [0, 1, 2], "explain": "gradient x input",
+         "seed": 7},
+        {"model": _mlp(55), "x": _xs(5, [2, 6]), "target": 1, "explain": "paired |gradient|", "seed": 3},
+        {"model": _mlp(56), "x": _xs(6, [6]), "target": 0, "explain": "gradient"},   # no batch dim -> ValueError
+    ]
+    cases = list(fixed)
+    for _ in range(3):
+        case = _random_model_case(rng)
+        case["model"]["d"] = 2 * int(rng.integers(2, 5)) if case["model"]["kind"] == "mlp" else None
+        case["model"]["side"] = 2 * int(rng.integers(2, 4)) if case["model"]["kind"] == "cnn" else None
+        case["model"] = {k: v for k, v in case["model"].items() if v is not None}
+        case["x"]["shape"] = _x_shape(case["model"], max(2, case["x"]["shape"][0]))
+        if isinstance(case["target"], list):
+            case["target"] = [int(v) for v in rng.integers(0, case["model"]["c"], size=case["x"]["shape"][0])]
+        case["explain"] = str(rng.choice(list(_EXPLAIN)))
+        case["seed"] = int(rng.integers(0, 1000))
+        cases.append(case)
+    return cases
+
+
+def _cascade_build(case: dict):
+    kwargs = {"seed": case["seed"]} if "seed" in case else {}
+    return (_model(case["model"]), _EXPLAIN[case["explain"]], _x(case["x"]), case["target"]), kwargs
+
+
+def _cascade_describe(case: dict) -> str:
+    return (f"model = {_model_text(case['model'])}, explain = the {case['explain']} of the target logit, "
+            f"x = {_show(_x(case['x']))}, target = {case['target']!r}, seed = {case.get('seed', 0)}; "
+            f"called twice with the same model")
+
+
+def _cascade_runner(fn, args: tuple, kwargs: dict):
+    """Call twice with the same model: the second call must not see a model the first one changed."""
+    return fn(*args, **kwargs), fn(*args, **kwargs)
+
+
+def _rho_list_reason(expected: list, got) -> str | None:
+    if not isinstance(got, (list, tuple)):
+        return f"expected a list of (layer name, rank correlation) pairs, got a {type_name(got)}"
+    if len(got) != len(expected):
+        return f"expected {len(expected)} pairs (one per Conv2d/Linear layer), got {len(got)}"
+    for (name, rho), item in zip(expected, got):
+        if not (isinstance(item, (list, tuple)) and len(item) == 2):
+            return f"expected (layer name, rank correlation) pairs, got {item!r}"
+        if item[0] != name:
+            return (f"expected the layers from the output back, {[n for n, _ in expected]}, "
+                    f"got {[i[0] if isinstance(i, (list, tuple)) else i for i in got]}")
+        value = item[1]
+        if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+            return f"layer {name!r}: expected a float, got a {type_name(value)}"
+        if math.isnan(rho) != math.isnan(float(value)) or not (math.isnan(rho) or abs(float(value) - rho) <= 1e-5):
+            return f"layer {name!r} (and those after it re-drawn): expected rank correlation {rho:.6f}, got {float(value):.6f}"
+    return None
+
+
+def _cascade_compare(expected: tuple, got) -> str | None:
+    if not (isinstance(got, tuple) and len(got) == 2):
+        return f"expected the result of two calls, got a {type_name(got)}"
+    reason = _rho_list_reason(expected[0], got[0])
+    if reason is not None:
+        return reason
+    if _rho_list_reason(expected[1], got[1]) is not None:
+        return ("the second call with the same model gave other correlations: re-draw the layers of a "
+                "copy (copy.deepcopy), never of the model itself")
+    return None
+
+
 # --------------------------------------------------------------------------- the exercises
 def _exercise(name, make_cases, build, describe, compare, forbidden=(), runner=None, derive=None):
     from . import Exercise
@@ -434,4 +538,6 @@ EXERCISES = [
     _exercise("lime_tabular", _lime_cases, _lime_build, _lime_describe, _lime_compare,
               _EXPLAINERS, runner=_lime_runner, derive=_lime_derive),
     _exercise("deletion_curve", _deletion_cases, _deletion_build, _deletion_describe, _curve_compare, _EXPLAINERS),
+    _exercise("cascading_randomization", _cascade_cases, _cascade_build, _cascade_describe, _cascade_compare,
+              _EXPLAINERS, runner=_cascade_runner),
 ]
