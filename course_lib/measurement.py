@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .validation import check_int, check_module
+from .validation import check_float, check_int, check_module
 
-__all__ = ["count_parameters", "model_size_bytes", "conv2d_macs", "summarize_timings"]
+__all__ = ["count_parameters", "model_size_bytes", "conv2d_macs", "summarize_timings", "tail_latency",
+           "linear_macs", "attention_macs", "layer_cost", "roofline_time", "peak_flops", "peak_bandwidth",
+           "roofline_rows", "peak_activation_bytes"]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -177,3 +179,191 @@ def summarize_timings(samples_ms: Sequence[float] | np.ndarray) -> dict:
     q25, median, q75 = np.percentile(samples, [25, 50, 75])
     return {"median": float(median), "iqr": float(q75 - q25), "min": float(samples.min()),
             "max": float(samples.max()), "n": int(samples.size)}
+
+
+def tail_latency(samples_ms: Sequence[float] | np.ndarray, percentiles: Sequence[float] = (50, 95, 99)) -> dict:
+    """The ``p``-th percentiles of timings (``numpy.percentile``, linear): ``{"p50": ..., "p95": ..., "p99": ...}``.
+
+    The median describes a typical call; p95/p99 describe the tail a user waits for one call in 20
+    or 100. With ``n`` samples, percentiles above ``100 (n - 1) / n`` interpolate towards the maximum,
+    so a p99 needs well over 100 samples to mean anything.
+
+    Taught in: 00_measurement, section 5.
+    """
+    samples = np.asarray(samples_ms, dtype=np.float64)
+    if samples.ndim != 1 or samples.size == 0 or not np.all(np.isfinite(samples)):
+        raise ValueError(f"samples_ms must be a non-empty 1-D sequence of finite times, got shape {samples.shape}")
+    return {f"p{p:g}": float(np.percentile(samples, p)) for p in percentiles}
+
+
+# =========================================================================== roofline
+def linear_macs(in_features: int, out_features: int, tokens: int = 1) -> int:
+    """MACs of ``nn.Linear(in_features, out_features)`` on ``tokens`` rows: ``tokens * in * out``.
+
+    Taught in: 00_measurement, section 3b.
+    """
+    for name, value in dict(in_features=in_features, out_features=out_features, tokens=tokens).items():
+        check_int(name, value, 1)
+    return tokens * in_features * out_features
+
+
+def attention_macs(seq_len: int, d_model: int, projections: bool = True) -> int:
+    """MACs of one self-attention layer on ``seq_len`` tokens of width ``d_model``.
+
+    .. math::  \\underbrace{4 T d^2}_{Q,K,V,\\text{out projections}} +
+               \\underbrace{T^2 d}_{Q K^\\top} + \\underbrace{T^2 d}_{A V}
+
+    Splitting ``d`` into heads does not change the count (each head does ``T^2 d/h``, ``h`` times).
+    The projections grow linearly in ``T``, the score and mixing products quadratically: at
+    ``T > 2d`` the quadratic part dominates. Softmax and scaling are not counted.
+
+    Taught in: 00_measurement, section 3b.
+    """
+    check_int("seq_len", seq_len, 1)
+    check_int("d_model", d_model, 1)
+    return (4 * seq_len * d_model ** 2 if projections else 0) + 2 * seq_len ** 2 * d_model
+
+
+def layer_cost(layer: nn.Module, input_shape: Sequence[int]) -> dict:
+    """FLOPs, bytes moved and arithmetic intensity of one forward pass of ``layer``.
+
+    .. math::  I = \\frac{\\text{FLOPs}}{\\text{bytes moved}}, \\qquad
+               \\text{bytes} = (|x| + |y| + |W|) \\cdot \\text{element size}
+
+    Bytes count the input, the output and the parameters once each (the minimum any
+    implementation must read or write, as if the caches were perfect). FLOPs count 2 per MAC for
+    ``Linear``/``Conv2d`` and 1 per output element for element-wise layers (ReLU, GELU, ...).
+
+    Taught in: 00_measurement, section 3b.
+    """
+    check_module("layer", layer)
+    dtype = next(layer.parameters(), torch.empty(0)).dtype
+    x = torch.zeros(tuple(input_shape), dtype=dtype)
+    with torch.no_grad():
+        y = layer(x)
+    params = sum(p.numel() for p in layer.parameters())
+    if isinstance(layer, nn.Linear):
+        flops = 2 * x.numel() // layer.in_features * layer.in_features * layer.out_features
+    elif isinstance(layer, nn.Conv2d):
+        flops = 2 * y.shape[0] * conv2d_macs(layer.in_channels, layer.out_channels, layer.kernel_size,
+                                             y.shape[-2], y.shape[-1], layer.groups)
+    else:
+        flops = y.numel()
+    moved = (x.numel() + y.numel() + params) * x.element_size()
+    return {"layer": type(layer).__name__, "FLOPs": int(flops), "bytes": int(moved),
+            "intensity (FLOP/B)": flops / moved}
+
+
+def roofline_time(flops: float, bytes_moved: float, peak_flops: float, bandwidth: float) -> float:
+    """The roofline model's lower bound on the time of a kernel, in seconds.
+
+    .. math::  t = \\max\\left(\\frac{\\text{FLOPs}}{P}, \\frac{\\text{bytes}}{B}\\right)
+
+    A kernel cannot finish before the processor has done its arithmetic at peak rate ``P``
+    (FLOP/s), nor before memory has delivered its bytes at bandwidth ``B`` (bytes/s). Which term
+    is larger says whether the kernel is compute-bound or memory-bound; they are equal at the
+    *ridge point* ``I = P / B`` (FLOP per byte). FLOPs are a count, FLOP/s a rate.
+
+    Parameters
+    ----------
+    flops, bytes_moved : float, >= 0
+    peak_flops, bandwidth : float, > 0
+
+    Returns
+    -------
+    float
+        Seconds (a Python float).
+
+    Raises
+    ------
+    TypeError
+        An argument that is not a real number (``bool`` included).
+    ValueError
+        A negative count, a rate that is not positive, or nan/inf.
+
+    Examples
+    --------
+    >>> roofline_time(2e9, 1e6, 1e11, 1e10)   # 20 ms of arithmetic, 0.1 ms of traffic
+    0.02
+
+    Taught in: 00_measurement, section 3b.
+    """
+    flops = check_float("flops", flops, 0.0, 1e300)
+    bytes_moved = check_float("bytes_moved", bytes_moved, 0.0, 1e300)
+    peak_flops = check_float("peak_flops", peak_flops, 0.0, 1e300, low_inclusive=False)
+    bandwidth = check_float("bandwidth", bandwidth, 0.0, 1e300, low_inclusive=False)
+    return max(flops / peak_flops, bytes_moved / bandwidth)
+
+
+def peak_flops(n: int = 512, threads: int = 1, repeats: int = 5) -> float:
+    """Attainable FLOP/s of this CPU, estimated from an ``n x n`` float32 matrix product (``2 n^3`` FLOPs).
+
+    The fastest of ``repeats`` runs (each repeated until 20 ms have passed): a peak, not a typical speed.
+    """
+    from . import timing
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    with timing.num_threads(threads):
+        t = timing.benchmark(lambda: a @ b, repeats=repeats, device="cpu", min_time_s=0.02)
+    return 2 * n ** 3 / (t.min / 1e3)
+
+
+def peak_bandwidth(numel: int = 1 << 25, threads: int = 1, repeats: int = 5) -> float:
+    """Attainable memory bandwidth (bytes/s): copying ``numel`` float32 values reads and writes ``8 numel`` bytes.
+
+    128 MiB per array by default, larger than the caches (32 MiB L3 on the course machine), so the copy streams from memory.
+    """
+    from . import timing
+
+    x, y = torch.randn(numel), torch.empty(numel)
+    with timing.num_threads(threads):
+        t = timing.benchmark(lambda: y.copy_(x), repeats=repeats, device="cpu", min_time_s=0.02)
+    return 8 * numel / (t.min / 1e3)
+
+
+def roofline_rows(layers: dict[str, tuple[nn.Module, Sequence[int]]], peak: float, bandwidth: float, *,
+                  threads: int = 1, rounds: int = 5) -> list[dict]:
+    """For each ``name -> (layer, input_shape)``: :func:`layer_cost`, the roofline bound, the measured
+    median (interleaved by ``timing.compare``) and the fraction of the bound reached.
+
+    ``bound`` is ``"memory"`` when the intensity is below the ridge point ``peak / bandwidth``.
+    """
+    from . import timing
+
+    inputs = {name: torch.randn(tuple(shape)) for name, (_, shape) in layers.items()}
+    with torch.no_grad():
+        runs = timing.compare({name: (lambda m=m, x=inputs[name]: m(x)) for name, (m, _) in layers.items()},
+                              repeats=3, rounds=rounds, threads=threads)
+    rows = []
+    for name, (layer, shape) in layers.items():
+        cost = layer_cost(layer, shape)
+        bound_s = roofline_time(cost["FLOPs"], cost["bytes"], peak, bandwidth)
+        rows.append({"name": name, **cost, "bound": "memory" if cost["intensity (FLOP/B)"] < peak / bandwidth
+                     else "compute", "roofline (ms)": bound_s * 1e3, "measured (ms)": runs[name].median,
+                     "attained GFLOP/s": cost["FLOPs"] / runs[name].median / 1e6,
+                     "fraction of roofline": bound_s * 1e3 / runs[name].median})
+    return rows
+
+
+def peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Largest ``input + output`` bytes of any leaf module during ``model(x)``: the activation memory
+    an inference run must hold at once (weights not included), when each layer's input can be freed
+    after the layer ran.
+
+    Taught in: 00_measurement, section 3b.
+    """
+    check_module("model", model)
+    peak = [0]
+
+    def hook(module, inputs, output):
+        held = sum(t.numel() * t.element_size() for t in (*inputs, output) if isinstance(t, torch.Tensor))
+        peak[0] = max(peak[0], held)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return int(peak[0])

@@ -37,7 +37,9 @@ __all__ = [
     "prunable_layers", "model_masks", "apply_masks", "sparsity", "fine_tune", "prune_one_shot",
     "prune_iterative", "sensitivity_scan", "accuracies", "l1_penalty", "train_l1", "compare_latency",
     "speed_table", "sparse_matmul_rows", "stored_bytes", "sparse_state_dict", "semi_structured_rows",
-    "plot_masks", "plot_sensitivity", "plot_schedule", "plot_weight_histograms",
+    "plot_masks", "plot_sensitivity", "plot_schedule", "plot_weight_histograms", "l1_prox_step", "train_l1_proximal",
+    "sensitivity_amounts", "per_layer_masks", "random_masks", "csr_bytes", "csr_break_even", "csr_with_index",
+    "pruning_quantization_codes", "pruning_quantization_myth", "seed_study",
 ]
 
 
@@ -209,22 +211,29 @@ def structured_mask(weight: Tensor, amount: int | float, n: float = 1, dim: int 
 
 
 def n_m_mask(weight: Tensor, n: int = 2, m: int = 4) -> Tensor:
-    """N:M semi-structured sparsity: in every group of ``m`` consecutive entries along the last
-    dimension, keep the ``n`` entries with the largest ``|w|``.
+    """N:M semi-structured sparsity: in every group of ``m`` consecutive entries along the **input**
+    axis (dim 1: ``in_features`` of a Linear, ``C_in`` of a conv; dim 0 of a vector), keep the ``n``
+    entries with the largest ``|w|``.
 
-    .. math::  W \\to (\\dots, G, m), \\qquad m_{g,i} = 1 \\iff
+    .. math::  W \\to (C_{out}, k_h, k_w, C_{in}/m, m), \\qquad m_{g,i} = 1 \\iff
                i \\in \\operatorname{argmax}_n |w_{g,\\cdot}|
+
+    The groups run along the reduction axis of the matrix product, because that is what the
+    sparse tensor cores skip: a Linear computes ``x W^T`` summing over ``in_features``; a conv is an
+    implicit GEMM summing over ``C_in k_h k_w`` with ``C_in`` innermost (channels-last), so each
+    group is ``m`` input channels at one kernel position (as NVIDIA's ASP builds conv masks).
+    Grouping along the kernel width instead gives a mask the hardware cannot use.
 
     Raises
     ------
     TypeError
         ``weight`` not a floating tensor; ``n`` or ``m`` not an int.
     ValueError
-        ``weight`` a scalar; ``m < 1``; ``n`` outside ``[0, m]``; last dimension not divisible by ``m``.
+        ``weight`` a scalar; ``m < 1``; ``n`` outside ``[0, m]``; the input axis not divisible by ``m``.
 
     Rules
     -----
-    Kept entries are ``torch.topk(|w| viewed as (..., G, m), n, dim=-1, largest=True).indices``
+    Kept entries are ``torch.topk(|w| with dim 1 moved last, viewed as (..., G, m), n, dim=-1).indices``
     (ties as torch.topk picks them).
 
     References
@@ -243,12 +252,15 @@ def n_m_mask(weight: Tensor, n: int = 2, m: int = 4) -> Tensor:
     n = check_int("n", n, 0)
     if n > m:
         raise ValueError(f"n must be an int in [0, m={m}], got {n!r}")
-    if weight.shape[-1] % m:
-        raise ValueError(f"weight's last dimension must be divisible by m={m}, got shape {tuple(weight.shape)}")
-    groups = weight.detach().abs().reshape(*weight.shape[:-1], -1, m)     # (..., G, m)
-    kept = torch.topk(groups, n, dim=-1, largest=True).indices          # (..., G, n)
-    mask = torch.zeros_like(groups).scatter_(-1, kept, 1.0)
-    return mask.reshape(weight.shape).to(weight.dtype)
+    axis = 1 if weight.dim() >= 2 else 0
+    if weight.shape[axis] % m:
+        raise ValueError(f"weight's input axis (dim {axis}) must be divisible by m={m}, "
+                         f"got shape {tuple(weight.shape)}")
+    w = weight.detach().abs().movedim(axis, -1)                           # (C_out, k_h, k_w, C_in)
+    groups = w.reshape(*w.shape[:-1], -1, m)                              # (..., C_in/m, m)
+    kept = torch.topk(groups, n, dim=-1, largest=True).indices           # (..., G, n)
+    mask = torch.zeros_like(groups).scatter_(-1, kept, 1.0).reshape(w.shape)
+    return mask.movedim(-1, axis).contiguous().to(weight.dtype)
 
 
 def polynomial_sparsity(step: int, total_steps: int, final_sparsity: float,
@@ -496,6 +508,138 @@ def train_l1(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, epochs: int,
     return trained
 
 
+def l1_prox_step(weight: Tensor, threshold: float) -> Tensor:
+    """The proximal step of :math:`\\lambda \\|w\\|_1` (soft thresholding): shrink every ``|w|`` by ``threshold``.
+
+    .. math::  \\operatorname{prox}_{\\eta\\lambda\\|\\cdot\\|_1}(w) = \\mathrm{sign}(w)\\,\\max(|w| - \\eta\\lambda,\\ 0)
+
+    A (sub)gradient step ``w - eta lam sign(w)`` overshoots zero and oscillates around it; the
+    proximal step lands exactly on 0 for every ``|w| <= eta lam``: this is where exact zeros come from.
+
+    Taught in: 01_pruning, section 5.
+    """
+    check_tensor("weight", weight)
+    threshold = check_float("threshold", threshold, 0.0)
+    return torch.sign(weight) * (weight.abs() - threshold).clamp_min(0.0)
+
+
+def train_l1_proximal(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, epochs: int, lr: float = 1e-3,
+                      seed: int = 0) -> nn.Module:
+    """Proximal training of :math:`L + \\lambda \\sum_i |w_i|`: an Adam step on ``L`` alone, then
+    :func:`l1_prox_step` with threshold ``lr * lam`` on every prunable weight (one thread).
+
+    The prox is applied before each batch's forward (so after the previous step) and once at the
+    end. With Adam the threshold ``lr * lam`` is a heuristic (Adam's step is not ``lr * grad``).
+    """
+    trained = copy.deepcopy(model)
+    layers = list(prunable_layers(trained).values())
+
+    def prox_() -> None:
+        with torch.no_grad():
+            for m in layers:
+                m.weight.copy_(l1_prox_step(m.weight, lr * lam))
+
+    def loss_fn(out: Tensor, target: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(out, target)
+
+    def forward_pre_hook(module, args):                               # prox after the previous Adam step
+        if module.training:
+            prox_()
+    handle = trained.register_forward_pre_hook(forward_pre_hook)
+    try:
+        with timing.num_threads(1):
+            models.train(trained, X, y, epochs=epochs, lr=lr, seed=seed, progress=False, loss_fn=loss_fn)
+    finally:
+        handle.remove()
+    prox_()
+    return trained.eval()
+
+
+def seed_study(model: nn.Module, sparsity: float, split, *, seeds: Sequence[int] = (0, 1, 2), epochs: int = 30,
+               lr: float = 3e-3) -> list[dict]:
+    """One-shot vs iterative pruning with controls, the same fine-tuning budget, several seeds.
+
+    For each seed (it sets the fine-tuning shuffle, the random mask and the fresh initialization):
+    magnitude one-shot + ``epochs`` epochs; iterative (10 steps of ``epochs // 10`` epochs); a
+    **random** mask of the same per-layer sparsity + ``epochs`` epochs (is magnitude better than
+    chance?); and the magnitude mask on a **freshly initialized** copy trained ``epochs`` epochs
+    (does the pruned architecture need the trained weights? Liu et al., 2019; Frankle & Carbin's
+    random-reinitialization control, 2019). Rows: ``method, seed, val acc``.
+    """
+    masks = model_masks(model, sparsity)
+    rows = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        fresh = copy.deepcopy(model)
+        for m in fresh.modules():
+            if hasattr(m, "reset_parameters") and m is not fresh:
+                m.reset_parameters()
+        runs = {"one-shot + fine-tune": lambda: prune_one_shot(model, sparsity, split, epochs=epochs, lr=lr, seed=seed),
+                "iterative": lambda: prune_iterative(model, sparsity, split, n_steps=10, epochs_per_step=max(1, epochs // 10),
+                                                     lr=lr, seed=seed)[0],
+                "random mask + fine-tune (control)": lambda: fine_tune(model, random_masks(model, sparsity, seed), split.X_train,
+                                                                       split.y_train, epochs=epochs, lr=lr, seed=seed),
+                "magnitude mask, fresh init (control)": lambda: fine_tune(fresh, masks, split.X_train, split.y_train,
+                                                                          epochs=epochs, lr=lr, seed=seed)}
+        for method, run in runs.items():
+            rows.append({"method": method, "seed": seed, "val acc": models.evaluate(run(), split.X_val, split.y_val)})
+    return rows
+
+
+def sensitivity_amounts(rows: Sequence[dict], sizes: dict[str, int], target: float) -> dict[str, float]:
+    """Per-layer sparsities from a :func:`sensitivity_scan` whose weighted total is ``target``.
+
+    Every layer gets the largest amount whose (linearly interpolated) scan accuracy stays at or
+    above one common accuracy threshold ``t``; ``t`` is found by bisection so that
+    ``sum_l n_l a_l / sum_l n_l = target``. Robust layers are pruned more, sensitive ones less
+    (the per-layer choice MIT 6.5940's lab 1 makes by hand from the same plot).
+    """
+    target = check_float("target", target, 0.0, 1.0)
+    scan = {}
+    for r in rows:
+        scan.setdefault(r["layer"], []).append((r["amount"], r["accuracy"]))
+    curves = {k: sorted(v) for k, v in scan.items()}
+
+    def amount_at(curve: list, t: float) -> float:
+        best = curve[0][0] if curve[0][1] >= t else 0.0
+        for (a0, c0), (a1, c1) in zip(curve, curve[1:]):
+            if c1 >= t:
+                best = a1
+            elif c0 >= t:                                    # crosses t between a0 and a1
+                best = max(best, a0 + (a1 - a0) * (c0 - t) / (c0 - c1))
+                break
+            else:
+                break
+        return best
+
+    total = sum(sizes[k] for k in curves)
+    weighted = lambda t: sum(sizes[k] * amount_at(c, t) for k, c in curves.items()) / total  # noqa: E731
+    lo, hi = -1.0, 2.0                                            # weighted(lo) = max amounts, weighted(hi) = 0
+    if weighted(lo) < target:
+        raise ValueError(f"target must be at most {weighted(lo):.3f} (the scan's largest amounts), got {target!r}")
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if weighted(mid) >= target else (lo, mid)
+    amounts = {k: amount_at(c, lo) for k, c in curves.items()}
+    excess = (weighted(lo) - target) * total                      # trim the rounding of the bisection
+    name = max(amounts, key=lambda k: amounts[k])
+    amounts[name] = max(0.0, amounts[name] - excess / sizes[name])
+    return amounts
+
+
+def per_layer_masks(model: nn.Module, amounts: dict[str, float]) -> dict[str, Tensor]:
+    """:func:`magnitude_mask` of each named layer's weight with its own amount."""
+    layers = prunable_layers(model)
+    return {name: magnitude_mask(layers[name].weight, float(a)) for name, a in amounts.items()}
+
+
+def random_masks(model: nn.Module, amount: float, seed: int = 0) -> dict[str, Tensor]:
+    """The control for magnitude pruning: each layer loses ``round(amount * n)`` weights chosen at random."""
+    g = torch.Generator().manual_seed(seed)
+    return {name: magnitude_mask(torch.rand(m.weight.shape, generator=g), amount)
+            for name, m in prunable_layers(model).items()}
+
+
 # =========================================================================== what gets faster
 def compare_latency(fns: dict[str, Callable[[], object]], *, repeats: int = 3, rounds: int = 10,
                     warmup: int = 3, threads: int = 1) -> dict[str, timing.Timing]:
@@ -524,10 +668,16 @@ def speed_table(candidates: dict[str, nn.Module], x: Tensor, *, repeats: int = 3
             for name in candidates]
 
 
-def _csr(t: Tensor) -> Tensor:
+def _csr(t: Tensor, index_dtype: torch.dtype = torch.int64) -> Tensor:
+    """``t`` in CSR with compact storages (``to_sparse_csr``'s column indices sit in a storage twice
+    their size, which ``torch.save`` would write out whole)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return t.to_sparse_csr()
+        warnings.filterwarnings("ignore", message="Sparse invariant checks")
+        csr = t.to_sparse_csr()
+        return torch.sparse_csr_tensor(csr.crow_indices().to(index_dtype).clone(),
+                                       csr.col_indices().to(index_dtype).clone(), csr.values().clone(),
+                                       size=csr.shape, check_invariants=False)
 
 
 def sparse_matmul_rows(out_features: int, in_features: int, batch: int, sparsities: Sequence[float], *,
@@ -561,9 +711,10 @@ def stored_bytes(obj: object) -> int:
     return buffer.getbuffer().nbytes
 
 
-def sparse_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """``model``'s state_dict with every weight of 2+ dims stored as CSR (conv weights as (C_out, -1))."""
-    return {k: (_csr(v.reshape(v.shape[0], -1)) if v.dim() >= 2 else v)
+def sparse_state_dict(model: nn.Module, index_dtype: torch.dtype = torch.int64) -> dict[str, Tensor]:
+    """``model``'s state_dict with every weight of 2+ dims stored as CSR (conv weights as (C_out, -1)),
+    with ``index_dtype`` row pointers and column indices (torch's default int64, or int32)."""
+    return {k: (_csr(v.reshape(v.shape[0], -1), index_dtype) if v.dim() >= 2 else v)
             for k, v in model.state_dict().items()}
 
 
@@ -594,6 +745,63 @@ def semi_structured_rows(sizes: Sequence[tuple[int, int, int]], *, repeats: int 
             row["error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
         rows.append(row)
     return rows
+
+
+def csr_bytes(n_rows: int, n_cols: int, density: float, value_bytes: int = 4, index_bytes: int = 8) -> float:
+    """Bytes of a CSR matrix: a value and a column index per non-zero, plus ``n_rows + 1`` row pointers.
+
+    .. math::  B_{CSR} = \\mathrm{nnz}\\,(v + i) + (R + 1)\\, i, \\qquad \\mathrm{nnz} = d R C
+
+    Taught in: 01_pruning, section 7.
+    """
+    nnz = density * n_rows * n_cols
+    return nnz * (value_bytes + index_bytes) + (n_rows + 1) * index_bytes
+
+
+def csr_break_even(value_bytes: int = 4, index_bytes: int = 8) -> float:
+    """Sparsity above which CSR is smaller than the dense matrix (row pointers neglected).
+
+    .. math::  d R C (v + i) < R C v \\iff \\text{sparsity} = 1 - d > \\frac{i}{v + i}
+
+    float32 values: 2/3 with int64 indices (torch's default), 1/2 with int32 indices.
+    """
+    return index_bytes / (value_bytes + index_bytes)
+
+
+def csr_with_index(weight: Tensor, index_dtype: torch.dtype = torch.int32) -> Tensor:
+    """``weight`` (2-D) as a CSR tensor whose row pointers and column indices have ``index_dtype``."""
+    check_tensor("weight", weight)
+    return _csr(weight, index_dtype)
+
+
+def pruning_quantization_codes(w: Tensor, B: int) -> Tensor:
+    """The widespread "pruning quantization" snippet: ``round(|w| / max|w| * B)``.
+
+    It is a magnitude score on ``B + 1`` levels: weights with ``|w| < max|w| / (2B)`` get 0 (a
+    magnitude-pruning threshold), the rest a coarse magnitude. The sign is gone: ``w`` and ``-w``
+    get the same code, so the codes cannot stand in for the weights.
+    """
+    check_tensor("w", w)
+    return torch.round(w.abs() / w.abs().max() * B)
+
+
+def pruning_quantization_myth(model: nn.Module, X: Tensor, y: Tensor, B: int = 15) -> dict:
+    """Accuracy of ``model`` when its prunable weights are replaced by the snippet's codes (sign
+    dropped, rescaled by ``max|w| / B``), by the same codes with the sign kept (a symmetric
+    quantizer on ``2B + 1`` levels), and pruned by the snippet's zero code (magnitude pruning)."""
+    variants = {"dropped sign": lambda w, c: c * w.abs().max() / B,
+                "sign kept": lambda w, c: torch.sign(w) * c * w.abs().max() / B,
+                "zero code as a pruning mask": lambda w, c: w * (c > 0)}
+    out = {"float": models.evaluate(model, X, y)}
+    for name, make in variants.items():
+        changed = copy.deepcopy(model)
+        with torch.no_grad():
+            for m in prunable_layers(changed).values():
+                m.weight.copy_(make(m.weight, pruning_quantization_codes(m.weight, B)))
+        out[name] = models.evaluate(changed, X, y)
+    codes = {k: pruning_quantization_codes(m.weight, B) for k, m in prunable_layers(model).items()}
+    out["pruned fraction"] = float(sum((c == 0).sum() for c in codes.values()) / sum(c.numel() for c in codes.values()))
+    return out
 
 
 # =========================================================================== plots

@@ -41,7 +41,8 @@ __all__ = ["EPS", "minmax_qparams", "quantize_affine", "dequantize_affine", "per
            "activation_range", "quantize_weights", "weight_size_bytes", "state_dict_bytes", "rescale_channel",
            "bit_width_sweep", "qat_finetune", "dynamic_int8", "int8_vs_fp32", "bf16_vs_fp32",
            "binary_storage_bytes", "matmul_formats", "plot_bit_sweep", "plot_quantization_grid",
-           "plot_round_trip_error"]
+           "plot_round_trip_error", "int8_linear", "symmetric_scale", "fold_batchnorm", "quantize_multiplier",
+           "requantize_fixed_point", "static_int8", "static_int8_vs_fp32", "packed_state_dict", "tensor_bytes", "saved_bytes"]
 
 EPS = 2.0 ** -23          # torch.finfo(torch.float32).eps: the observers' smallest scale
 
@@ -456,8 +457,13 @@ def weight_size_bytes(model: nn.Module, num_bits: int, per_channel: bool = True)
 
 def state_dict_bytes(model: nn.Module) -> int:
     """Bytes of ``torch.save(model.state_dict())``: what is actually stored (int8 packed weights too)."""
+    return saved_bytes(model.state_dict())
+
+
+def saved_bytes(obj: object) -> int:
+    """Bytes of the file ``torch.save(obj)`` writes (measured in memory)."""
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    torch.save(obj, buffer)
     return buffer.getbuffer().nbytes
 
 
@@ -586,6 +592,212 @@ def matmul_formats(n: int = 4096, device: str = "cuda", repeats: int = 20) -> li
     for row in rows:
         row["speedup vs fp32"] = rows[0]["median_ms"] / row["median_ms"]
     return rows
+
+
+def packed_state_dict(model: nn.Module, num_bits: int) -> dict[str, torch.Tensor]:
+    """What a deployment would store: every Conv2d/Linear weight as symmetric per-channel codes packed
+    ``8 // num_bits`` to a byte (``num_bits`` in 1, 2, 4, 8; 1 bit: ``numpy.packbits`` of the signs), one
+    float32 scale per output channel, and the float32 biases.
+
+    Unpacking: 8 bits are int8 codes; 2 and 4 bits hold ``code + 2^(b-1)`` in the low bits first; 1 bit is
+    ``numpy.unpackbits`` (1 = +alpha). Measure with :func:`tensor_bytes` (the tensors) or
+    :func:`state_dict_bytes`-like ``torch.save`` sizes (the file adds a header per tensor).
+    """
+    if num_bits not in (1, 2, 4, 8):
+        raise ValueError(f"num_bits must be one of 1, 2, 4, 8, got {num_bits!r}")
+    out = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        w = m.weight.detach()
+        if num_bits == 1:
+            alpha, b = binarize(w)
+            out[f"{name}.weight"] = torch.from_numpy(np.packbits((b > 0).flatten().numpy()))
+            out[f"{name}.scale"] = alpha.flatten().float()
+        else:
+            scales, _ = per_channel_qparams(w, 0, num_bits, symmetric=True)
+            qmin, qmax = code_range(num_bits, signed=True)
+            codes = torch.round(w / scales.view(-1, *[1] * (w.ndim - 1))).clamp(qmin, qmax).flatten()
+            if num_bits == 8:
+                packed = codes.to(torch.int8)
+            else:
+                per_byte = 8 // num_bits
+                u = (codes - qmin).to(torch.uint8)
+                u = torch.cat([u, u.new_zeros(-len(u) % per_byte)]).view(-1, per_byte)        # (bytes, per_byte)
+                packed = sum(u[:, i] << (num_bits * i) for i in range(per_byte)).to(torch.uint8)
+            out[f"{name}.weight"], out[f"{name}.scale"] = packed, scales.float()
+        if m.bias is not None:
+            out[f"{name}.bias"] = m.bias.detach().float()
+    return out
+
+
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    """Bytes of the tensors themselves: ``sum(t.nbytes)``."""
+    return int(sum(t.nbytes for t in tensors.values()))
+
+
+# --------------------------------------------------------------------------- integer-only inference
+def symmetric_scale(x: torch.Tensor, num_bits: int = 8, restricted: bool = False) -> float:
+    """Scale of a symmetric quantizer: PyTorch's observer convention or the restricted range.
+
+    .. math::  s = \\frac{\\max|x|}{(2^b - 1)/2} \\text{ (codes } [-2^{b-1}, 2^{b-1}-1]), \\qquad
+               s_r = \\frac{\\max|x|}{2^{b-1} - 1} \\text{ (codes } \\pm(2^{b-1}-1))
+
+    With the observer convention ``+max|x|`` maps to ``(2^b - 1)/2 = 127.5`` at 8 bits, rounds to 128 and
+    is clipped to 127 (its straight-through gradient is then 0); the restricted range represents
+    ``+-max|x|`` exactly and keeps the grid symmetric (``-128`` is never used).
+
+    Taught in: 02_quantization, section 1.
+    """
+    _check_float_tensor("x", x)
+    amax = float(x.detach().abs().max())
+    levels = 2 ** (check_int("num_bits", num_bits, 2) - 1) - 1 if restricted else (2 ** num_bits - 1) / 2
+    return max(amax / levels, EPS)
+
+
+def _check_code_tensor(name: str, t: object, ndim: int) -> torch.Tensor:
+    check_tensor(name, t)
+    if t.dtype != torch.int8:
+        raise TypeError(f"{name} must be an int8 tensor, got dtype {t.dtype}")
+    if t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dims, got shape {tuple(t.shape)}")
+    return t
+
+
+def int8_linear(q_x: torch.Tensor, x_zp: int, q_w: torch.Tensor, w_scale: float | torch.Tensor, x_scale: float,
+                bias: torch.Tensor | None, y_scale: float, y_zp: int) -> torch.Tensor:
+    """An integer-only ``nn.Linear``: int8 input and weight codes in, int8 output codes out.
+
+    With ``x = s_x (q_x - z_x)``, ``w_c = s_{w,c} q_{w,c}`` (symmetric weights) and ``y = s_y (q_y - z_y)``:
+
+    .. math::  \\text{acc}_{n,c} = \\sum_k q_{x,nk} q_{w,ck} - z_x \\sum_k q_{w,ck} + q_{b,c}, \\qquad
+               q_{b,c} = \\mathrm{round}\\Big(\\frac{b_c}{s_x s_{w,c}}\\Big)
+
+    .. math::  q_{y,nc} = \\mathrm{clamp}\\big(\\mathrm{round}(M_c\\, \\text{acc}_{n,c}) + z_y,\\ -128,\\ 127\\big),
+               \\qquad M_c = \\frac{s_x s_{w,c}}{s_y}
+
+    The products and the bias are integers (int32 on hardware; int64 here, which never overflows
+    for ``K < 2^16``); the zero-point cross term ``z_x \\sum_k q_w`` depends only on the weights and is
+    precomputed once. The only real number is the multiplier ``M`` (a fixed-point int32 and a shift on
+    integer-only hardware, see :func:`quantize_multiplier`).
+
+    Parameters
+    ----------
+    q_x : int8 Tensor (N, K)
+    x_zp : int in [-128, 127]
+    q_w : int8 Tensor (C, K), symmetric codes (zero point 0)
+    w_scale : float > 0, or float Tensor (C,) > 0 (per output channel)
+    x_scale : float > 0
+    bias : float Tensor (C,) or None
+    y_scale : float > 0
+    y_zp : int in [-128, 127]
+
+    Returns
+    -------
+    int8 Tensor (N, C)
+
+    Rules
+    -----
+    Rounding is half to even (``torch.round``), in float64; outputs saturate at -128 and 127.
+
+    References
+    ----------
+    Jacob, B. et al. (2018). Quantization and Training of Neural Networks for Efficient
+    Integer-Arithmetic-Only Inference. CVPR.
+
+    Taught in: 02_quantization, section 7b.
+    """
+    q_x, q_w = _check_code_tensor("q_x", q_x, 2), _check_code_tensor("q_w", q_w, 2)
+    if q_x.shape[1] != q_w.shape[1]:
+        raise ValueError(f"q_w must have shape (C, K={q_x.shape[1]}), got {tuple(q_w.shape)}")
+    x_zp, y_zp = _check_zero_point(x_zp, -128, 127), _check_zero_point(y_zp, -128, 127)
+    x_scale, y_scale = _check_scale(x_scale), _check_scale(y_scale)
+    C = q_w.shape[0]
+    s_w = w_scale.double() if isinstance(w_scale, torch.Tensor) else torch.full((C,), _check_scale(w_scale))
+    if s_w.shape != (C,) or not bool((s_w > 0).all()):
+        raise ValueError(f"w_scale must be a float > 0 or a tensor of shape ({C},) > 0, got {w_scale!r}")
+    acc = q_x.long() @ q_w.long().T - x_zp * q_w.long().sum(1)          # (N, C): cross term per channel
+    if bias is not None:
+        acc = acc + torch.round(bias.double() / (x_scale * s_w)).long()     # int32 bias, scale s_x s_w
+    M = x_scale * s_w.double() / y_scale                                     # (C,)
+    return (torch.round(M * acc) + y_zp).clamp(-128, 127).to(torch.int8)
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """One ``Conv2d`` equal to ``bn(conv(x))`` in eval mode (BatchNorm folded into the weights).
+
+    .. math::  W'_c = \\frac{\\gamma_c}{\\sqrt{\\sigma^2_c + \\epsilon}} W_c, \\qquad
+               b'_c = \\beta_c + \\frac{\\gamma_c (b_c - \\mu_c)}{\\sqrt{\\sigma^2_c + \\epsilon}}
+
+    Folding comes before quantization: the int8 model has no BatchNorm, only the folded conv.
+
+    Taught in: 02_quantization, section 7b.
+    """
+    folded = copy.deepcopy(conv).eval()
+    factor = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)             # (C_out,)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    with torch.no_grad():
+        folded.weight.mul_(factor.view(-1, *[1] * (conv.weight.ndim - 1)))
+        folded.bias = nn.Parameter(bn.bias.detach() + (bias - bn.running_mean) * factor)
+    return folded
+
+
+def quantize_multiplier(M: float) -> tuple[int, int]:
+    """A real multiplier ``0 < M < 1`` as a Q31 fixed-point int and a right shift: ``M ~ m0 2^-31 2^-shift``.
+
+    ``m0`` lies in ``[2^30, 2^31)``, so it keeps 31 significant bits (relative error below ``2^-30``).
+
+    Taught in: 02_quantization, section 7b.
+    """
+    if not 0 < M < 1:
+        raise ValueError(f"M must be a float in (0, 1), got {M!r}")
+    mantissa, exponent = math.frexp(M)                  # M = mantissa * 2^exponent, mantissa in [0.5, 1)
+    m0 = round(mantissa * 2 ** 31)
+    if m0 == 2 ** 31:
+        m0, exponent = 2 ** 30, exponent + 1
+    return m0, -exponent
+
+
+def requantize_fixed_point(acc: torch.Tensor, m0: int, shift: int, zero_point: int) -> torch.Tensor:
+    """int8 codes ``clamp(round(acc m0 / 2^(31 + shift)) + zero_point)`` in integer arithmetic only
+    (a multiply and a rounding right shift, ties away from zero upwards, as in gemmlowp)."""
+    total = 31 + shift
+    return ((acc.long() * m0 + (1 << (total - 1))) >> total).add(zero_point).clamp(-128, 127).to(torch.int8)
+
+
+def static_int8(model: nn.Module, X_calib: torch.Tensor) -> nn.Module:
+    """Static post-training int8 of a ``SmallCNN``-like model (FX graph mode, x86 backend).
+
+    Conv+ReLU pairs are fused, weights are quantized per channel, and every activation gets a
+    scale and zero point from the calibration batch ``X_calib`` (observers), so the whole forward
+    runs int8 kernels between one quantize at the input and one dequantize at the output.
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (X_calib[:1],))
+        with torch.no_grad():
+            prepared(X_calib)
+        return convert_fx(prepared)
+
+
+def static_int8_vs_fp32(model: nn.Module, X_calib: torch.Tensor, X: torch.Tensor, y: torch.Tensor, *,
+                        batches: Sequence[int] = (1, 64), rounds: int = 8) -> tuple[list[dict], nn.Module]:
+    """Accuracy, stored bytes and latency (``timing.compare``, interleaved, one thread) of ``model`` and
+    its :func:`static_int8` copy at each batch size. Returns one row per batch and the int8 model."""
+    q = static_int8(model, X_calib)
+    acc32, acc8 = models.evaluate(model, X, y), models.evaluate(q, X, y)
+    rows = []
+    for batch in batches:
+        x = X[:batch]
+        runs = timing.compare({"fp32": lambda: model(x), "int8": lambda: q(x)}, repeats=3, rounds=rounds)
+        rows.append({"batch": batch, "fp32 accuracy": acc32, "int8 accuracy": acc8,
+                     "fp32 bytes": state_dict_bytes(model), "int8 bytes": state_dict_bytes(q),
+                     "fp32 (ms)": runs["fp32"].median, "int8 (ms)": runs["int8"].median,
+                     "speedup": timing.speedup(runs["fp32"], runs["int8"])})
+    return rows, q
 
 
 # --------------------------------------------------------------------------- plots

@@ -198,13 +198,18 @@ def structured_unstructured(weight, amount, n=1, dim=0):    # 000's confusion: l
 
 
 # ----------------------------------------------------------------------------- n_m_mask
-def _n_m(weight, n, m, *, smallest=False, signed=False, transpose=False, keep_pruned=False, per_row=False):
+def _n_m(weight, n, m, *, smallest=False, signed=False, transpose=False, keep_pruned=False, per_row=False,
+         last_dim=False):
     _check_weight(weight)
     if isinstance(n, bool) or not isinstance(n, int) or not isinstance(m, int):
         raise TypeError("n and m must be ints")
-    if weight.dim() == 0 or m < 1 or not 0 <= n <= m or weight.shape[-1] % m:
+    axis = 1 if weight.dim() >= 2 and not last_dim else -1
+    if weight.dim() == 0 or m < 1 or not 0 <= n <= m or weight.shape[axis] % m:
         raise ValueError("bad n, m or shape")
     w = weight.detach()
+    if axis == 1 and w.dim() > 2:                       # groups along C_in: move it last, group, move back
+        return _n_m(w.movedim(1, -1).contiguous(), n, m, smallest=smallest, signed=signed, transpose=transpose,
+                    keep_pruned=keep_pruned, per_row=per_row, last_dim=True).movedim(-1, 1)
     if transpose and w.dim() >= 2 and w.shape[0] % m == 0:
         return _n_m(w.transpose(0, -1).contiguous(), n, m).transpose(0, -1)
     scores = w if signed else w.abs()
@@ -234,16 +239,26 @@ def n_m_keeps_m_minus_n(weight, n=2, m=4):
     return _n_m(weight, n, m, keep_pruned=True)
 
 
+def n_m_along_last_dim(weight, n=2, m=4):              # groups along the kernel width of a conv weight
+    return _n_m(weight, n, m, last_dim=True)
+
+
 def n_m_per_row(weight, n=2, m=4):
     return _n_m(weight, n, m, per_row=True)
 
 
 def n_m_no_divisibility_check(weight, n=2, m=4):
     w = weight.detach()
-    cut = w.shape[-1] - w.shape[-1] % m if w.dim() else 0
+    if w.dim() < 2:
+        cut = w.shape[0] - w.shape[0] % m if w.dim() else 0
+        mask = torch.zeros_like(w)
+        if cut:
+            mask[:cut] = pruning.n_m_mask(w[:cut].contiguous(), n, m)
+        return mask
+    cut = w.shape[1] - w.shape[1] % m
     mask = torch.zeros_like(w)
-    if w.dim() and cut:
-        mask[..., :cut] = pruning.n_m_mask(w[..., :cut].contiguous(), n, m)
+    if cut:
+        mask[:, :cut] = pruning.n_m_mask(w[:, :cut].contiguous(), n, m)
     return mask
 
 
@@ -355,7 +370,7 @@ WRONG = {
                                global_threshold_with_ties],
     "structured_mask": [structured_ignores_dim, structured_ignores_n, structured_prunes_largest,
                         structured_signed_sum, structured_floor, structured_unstructured],
-    "n_m_mask": [n_m_smallest, n_m_no_abs, n_m_first_dim, n_m_keeps_m_minus_n, n_m_per_row],
+    "n_m_mask": [n_m_smallest, n_m_no_abs, n_m_first_dim, n_m_keeps_m_minus_n, n_m_per_row, n_m_along_last_dim],
     "polynomial_sparsity": [schedule_not_clamped, schedule_wrong_direction, schedule_integer_division,
                             schedule_ignores_power, schedule_swapped],
     "shrink_conv_pair": [shrink_forgets_next, shrink_next_output_dim, shrink_drops_bias, shrink_keeps_complement,
@@ -424,14 +439,16 @@ def indep_n_m(weight, n=2, m=4):
     for name, v in (("n", n), ("m", m)):
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"{name} must be an int")
-    if weight.dim() == 0 or m < 1 or n < 0 or n > m or weight.shape[-1] % m != 0:
+    axis = 1 if weight.dim() >= 2 else 0
+    if weight.dim() == 0 or m < 1 or n < 0 or n > m or weight.shape[axis] % m != 0:
         raise ValueError("invalid n, m or weight shape")
-    groups = weight.detach().abs().reshape(-1, m)
+    w = weight.detach().abs().transpose(axis, -1)                  # the input axis last
+    groups = w.reshape(-1, m)
     ranks = torch.sort(groups, dim=1, descending=True, stable=True).indices
     mask = torch.zeros_like(groups)
     for g in range(groups.shape[0]):
         mask[g, ranks[g, :n]] = 1.0
-    return mask.reshape(weight.shape).to(weight.dtype)
+    return mask.reshape(w.shape).transpose(axis, -1).contiguous().to(weight.dtype)
 
 
 def indep_schedule(step, total_steps, final_sparsity, initial_sparsity=0.0, power=3):

@@ -297,6 +297,58 @@ def bz_float32_always(w):
     return w.abs().mean(dim=tuple(range(1, w.ndim)), keepdim=True).float(), torch.where(w >= 0, 1.0, -1.0)
 
 
+# ----------------------------------------------------------------------------- int8_linear
+def _i8(q_x, x_zp, q_w, w_scale, x_scale, bias, y_scale, y_zp, *, cross=True, out_zp=True, bias_scaled=True,
+        clamp=True, per_channel=True, with_x_scale=True, axis_n=False, dtype=torch.int8):
+    if q_x.dtype != torch.int8 or q_w.dtype != torch.int8:
+        raise TypeError("q_x and q_w must be int8")
+    if q_x.shape[1] != q_w.shape[1]:
+        raise ValueError("K mismatch")
+    s_w = torch.as_tensor(w_scale, dtype=torch.float64).expand(q_w.shape[0])
+    if not per_channel:
+        s_w = s_w.mean().expand(q_w.shape[0])
+    acc = q_x.long() @ q_w.long().T - (x_zp * q_w.long().sum(1) if cross else 0)
+    if bias is not None:
+        acc = acc + (torch.round(bias.double() / (x_scale * s_w)).long() if bias_scaled else bias.double())
+    M = (x_scale if with_x_scale else 1.0) * s_w / y_scale
+    if axis_n:
+        M = M.view(-1, 1)
+    y = torch.round(M * acc) + (y_zp if out_zp else 0)
+    return (y.clamp(-128, 127) if clamp else y).to(torch.int64).to(torch.int8).to(dtype)
+
+
+def i8_no_cross_term(*a):
+    return _i8(*a, cross=False)
+
+
+def i8_no_output_zero_point(*a):
+    return _i8(*a, out_zp=False)
+
+
+def i8_bias_not_rescaled(*a):
+    return _i8(*a, bias_scaled=False)
+
+
+def i8_wraps_instead_of_saturating(*a):
+    return _i8(*a, clamp=False)
+
+
+def i8_one_scale_for_all_channels(*a):
+    return _i8(*a, per_channel=False)
+
+
+def i8_multiplier_without_x_scale(*a):
+    return _i8(*a, with_x_scale=False)
+
+
+def i8_scales_along_rows(*a):
+    return _i8(*a, axis_n=True)
+
+
+def i8_returns_int32(*a):
+    return _i8(*a, dtype=torch.int32)
+
+
 WRONG = {
     "minmax_qparams": [mm_half_up, mm_floor, mm_trunc, mm_range_without_zero, mm_two_to_the_b,
                        mm_narrow_symmetric, mm_zero_point_sign_flipped, mm_no_eps, mm_returns_tensors],
@@ -309,6 +361,9 @@ WRONG = {
                       fq_numpy, fq_no_grad],
     "binarize": [bz_torch_sign, bz_alpha_last_dim, bz_alpha_scalar, bz_alpha_flat, bz_alpha_max, bz_bool_signs,
                  bz_float32_always],
+    "int8_linear": [i8_no_cross_term, i8_no_output_zero_point, i8_bias_not_rescaled, i8_wraps_instead_of_saturating,
+                    i8_one_scale_for_all_channels, i8_multiplier_without_x_scale, i8_scales_along_rows,
+                    i8_returns_int32],
 }
 
 
@@ -367,7 +422,15 @@ def binarize_reshape(w):
     return alpha, torch.where(w < 0, -torch.ones_like(w), torch.ones_like(w))
 
 
-@pytest.mark.parametrize("name,fn", [("minmax_qparams", minmax_numpy), ("quantize_affine", quantize_numpy),
+def int8_linear_float_path(q_x, x_zp, q_w, w_scale, x_scale, bias, y_scale, y_zp):
+    """Dequantize, multiply in float32, requantize: the float path the integer one must match within a code."""
+    x = x_scale * (q_x.float() - x_zp)                                   # (N, K)
+    w = torch.as_tensor(w_scale, dtype=torch.float32).reshape(-1, 1) * q_w.float()   # (C, K)
+    y = x @ w.T + (bias if bias is not None else 0.0)
+    return (torch.round(y / y_scale) + y_zp).clamp(-128, 127).to(torch.int8)
+
+
+@pytest.mark.parametrize("name,fn", [("int8_linear", int8_linear_float_path), ("minmax_qparams", minmax_numpy), ("quantize_affine", quantize_numpy),
                                      ("dequantize_affine", dequantize_numpy), ("per_channel_qparams", per_channel_loop),
                                      ("fake_quantize", fake_quantize_where), ("binarize", binarize_reshape)])
 def test_grader_accepts_independent_correct_versions(name, fn):
@@ -410,4 +473,5 @@ def test_fake_quantize_is_graded_in_the_sandbox():
 
 
 # Grade the idea: these are right but skip the input checks; they pass, with notes.
-test_grader_grades_the_idea = grades_the_idea({"quantize_affine": [q_no_validation], "dequantize_affine": [dq_no_validation]})
+test_grader_grades_the_idea = grades_the_idea({"quantize_affine": [q_no_validation], "dequantize_affine": [dq_no_validation],
+                                               "int8_linear": [int8_linear_float_path]})

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from course_lib import measurement
 from course_lib.measurement import conv2d_macs, count_parameters, model_size_bytes, summarize_timings
 
 
@@ -91,3 +92,64 @@ def test_summarize_timings_matches_statistics_module():
 def test_summarize_timings_rejects_bad_samples(samples, match):
     with pytest.raises(ValueError, match=match):
         summarize_timings(samples)
+
+
+# ----------------------------------------------------------------------------- roofline and tail latency
+from course_lib.measurement import (attention_macs, layer_cost, linear_macs, peak_activation_bytes,  # noqa: E402
+                                    roofline_time, tail_latency)
+
+
+def test_roofline_time_closed_forms():
+    assert roofline_time(2e9, 1e6, 1e11, 1e10) == pytest.approx(0.02, rel=1e-15)    # compute-bound: 2e9 / 1e11
+    assert roofline_time(1e6, 4e8, 1e11, 1e10) == pytest.approx(0.04, rel=1e-15)    # memory-bound: 4e8 / 1e10
+    assert roofline_time(5.0, 0.5, 10.0, 1.0) == 0.5                                 # exactly at the ridge: both 0.5
+    assert roofline_time(0, 0, 1.0, 1.0) == 0.0
+
+
+@pytest.mark.parametrize("args,error,match", [
+    ((-1.0, 1.0, 1.0, 1.0), ValueError, "flops must be"), ((1.0, 1.0, 0.0, 1.0), ValueError, "peak_flops must be"),
+    ((1.0, 1.0, 1.0, float("nan")), ValueError, "bandwidth must be"), ((True, 1.0, 1.0, 1.0), TypeError, "flops")])
+def test_roofline_time_rejects_bad_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        roofline_time(*args)
+
+
+def test_attention_macs_match_flop_counter_and_grow_quadratically():
+    T, d = 50, 32
+    q, k, v, o = (nn.Linear(d, d, bias=False) for _ in range(4))
+    x = torch.randn(1, T, d)
+    with FlopCounterMode(display=False) as counter:
+        scores = q(x) @ k(x).transpose(1, 2)                       # (1, T, T): T*T*d MACs
+        o(scores.softmax(-1) @ v(x))                               # (1, T, d): T*T*d MACs
+    assert 2 * attention_macs(T, d) == counter.get_total_flops()
+    assert attention_macs(2 * T, d, projections=False) == 4 * attention_macs(T, d, projections=False)
+    assert linear_macs(d, 3 * d, tokens=T) == T * d * 3 * d
+
+
+def test_layer_cost_linear_and_depthwise_by_hand():
+    cost = layer_cost(nn.Linear(8, 4), (3, 8))
+    assert cost["FLOPs"] == 2 * 3 * 8 * 4
+    assert cost["bytes"] == 4 * (3 * 8 + 3 * 4 + 8 * 4 + 4)
+    dw = layer_cost(nn.Conv2d(2, 2, 3, padding=1, groups=2, bias=False), (1, 2, 5, 5))
+    assert dw["FLOPs"] == 2 * 2 * 5 * 5 * 9 and dw["bytes"] == 4 * (50 + 50 + 18)
+    relu = layer_cost(nn.ReLU(), (10,))
+    assert relu["FLOPs"] == 10 and relu["intensity (FLOP/B)"] == pytest.approx(10 / 80)
+
+
+def test_peak_activation_bytes_by_hand():
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+    assert peak_activation_bytes(model, torch.zeros(2, 10)) == 4 * (2 * 20 + 2 * 20)   # the ReLU: in + out
+
+
+def test_tail_latency_matches_numpy_percentiles_by_hand():
+    samples = list(range(1, 101))                                  # 1..100 ms: p50 = 50.5, p99 = 99.01
+    out = tail_latency(samples)
+    assert out == {"p50": pytest.approx(50.5), "p95": pytest.approx(95.05), "p99": pytest.approx(99.01)}
+
+
+def test_roofline_rows_bound_is_the_closed_form():
+    rows = measurement.roofline_rows({"relu": (nn.ReLU(), (1000,))}, peak=1e9, bandwidth=1e9, rounds=1)
+    (row,) = rows
+    assert row["bound"] == "memory" and row["FLOPs"] == 1000 and row["bytes"] == 8000
+    assert row["roofline (ms)"] == pytest.approx(8000 / 1e9 * 1e3)           # bytes / bandwidth, in ms
+    assert row["fraction of roofline"] == pytest.approx(row["roofline (ms)"] / row["measured (ms)"])

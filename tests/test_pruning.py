@@ -2,6 +2,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -160,9 +161,9 @@ def test_n_m_mask_matches_torch_ao_weight_norm_sparsifier(n, m):
 
 
 def test_n_m_mask_keeps_n_largest_in_every_group():
-    w = torch.randn(6, 3, 16)
+    w = torch.randn(6, 16, 3)                                          # groups along dim 1 (input channels)
     mask = n_m_mask(w, 2, 4)
-    groups, scores = mask.reshape(-1, 4), w.abs().reshape(-1, 4)
+    groups, scores = mask.movedim(1, -1).reshape(-1, 4), w.abs().movedim(1, -1).reshape(-1, 4)
     assert (groups.sum(1) == 2).all()
     assert ((scores * groups).max(1).values >= (scores * (1 - groups)).max(1).values).all()
     assert (scores[groups == 1].reshape(-1, 2).min(1).values >= scores[groups == 0].reshape(-1, 2).max(1).values).all()
@@ -359,13 +360,131 @@ def test_semi_structured_rows_needs_cuda():
         pruning.semi_structured_rows([(64, 64, 64)])
 
 
-def test_plots_return_fig_and_axes():
+def test_plots_show_what_they_are_given():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     w = torch.randn(4, 2, 3, 3)
-    for fig, _ in [pruning.plot_masks({"a": magnitude_mask(w, 0.5), "b": structured_mask(w, 0.5)}),
-                   pruning.plot_sensitivity([{"layer": "x", "amount": 0.5, "accuracy": 0.9}]),
-                   pruning.plot_schedule(10, 0.9), pruning.plot_weight_histograms({"w": w})]:
-        plt.close(fig)
+    masks = {"a": magnitude_mask(w, 0.5), "b": structured_mask(w, 0.5)}
+    fig, axes = pruning.plot_masks(masks)
+    for ax, mask in zip(axes, masks.values()):                 # each image is its mask as (C_out, rest)
+        np.testing.assert_array_equal(ax.images[0].get_array(), mask.reshape(4, -1).numpy())
+        assert "50 % pruned" in ax.get_title()
+    plt.close(fig)
+    rows = [{"layer": "x", "amount": a, "accuracy": acc} for a, acc in [(0.0, 0.9), (0.5, 0.8)]]
+    fig, ax = pruning.plot_sensitivity(rows)
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), [[0, 90], [50, 80]])     # percent on both axes
+    plt.close(fig)
+    fig, ax = pruning.plot_schedule(10, 0.9, powers=(1,))
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), np.linspace(0, 90, 11))  # power 1: a straight line
+    plt.close(fig)
+    fig, ax = pruning.plot_weight_histograms({"w": w}, bins=5)
+    assert sum(p.get_height() for p in ax.patches) == w.numel()                  # every weight in a bin
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- N:M on conv weights
+def test_n_m_mask_on_conv_groups_input_channels_like_torch_sparsifier_on_channels_last():
+    """A conv weight's 2:4 groups run along C_in: the same mask torch's sparsifier gives the (C_out*k*k, C_in)
+    channels-last matrix."""
+    from torch.ao.pruning import WeightNormSparsifier
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 8, 3, 3)                                          # (C_out, C_in, k, k)
+    lin = nn.Linear(8, 6 * 9)
+    lin.weight.data = w.permute(0, 2, 3, 1).reshape(-1, 8).clone()        # (C_out k k, C_in)
+    sparsifier = WeightNormSparsifier(sparsity_level=1.0, sparse_block_shape=(1, 4), zeros_per_block=2)
+    sparsifier.prepare(nn.Sequential(lin), config=[{"tensor_fqn": "0.weight"}])
+    sparsifier.step()
+    expected = lin.parametrizations.weight[0].mask.float().reshape(6, 3, 3, 8).permute(0, 3, 1, 2)
+    torch.testing.assert_close(n_m_mask(w, 2, 4), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="input axis \\(dim 1\\) must be divisible by m=4"):
+        n_m_mask(torch.randn(4, 6, 4, 4))                                 # kernel width 4, but C_in = 6
+
+
+# ----------------------------------------------------------------------------- L1: proximal step
+def test_l1_prox_step_is_soft_thresholding():
+    w = torch.tensor([-0.5, -0.1, 0.0, 0.05, 0.3])
+    assert pruning.l1_prox_step(w, 0.1).tolist() == pytest.approx([-0.4, 0.0, 0.0, 0.0, 0.2])
+    # the closed form of argmin_v 0.5 (v - w)^2 + t |v| on a grid
+    grid = torch.linspace(-1, 1, 20001)
+    for wi in w.tolist():
+        best = grid[torch.argmin(0.5 * (grid - wi) ** 2 + 0.1 * grid.abs())]
+        assert pruning.l1_prox_step(torch.tensor([wi]), 0.1).item() == pytest.approx(best.item(), abs=1e-4)
+
+
+def test_train_l1_proximal_gives_exact_zeros_and_subgradient_does_not():
+    torch.manual_seed(0)
+    X, y = torch.randn(128, 10), torch.randint(0, 2, (128,))
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2))
+    prox = pruning.train_l1_proximal(model, X, y, lam=2.0, epochs=5, lr=1e-2)
+    sub = pruning.train_l1(model, X, y, lam=2e-2, epochs=5, lr=1e-2)
+    assert pruning.sparsity(prox) > 0.3 and pruning.sparsity(sub) < 0.01
+
+
+# ----------------------------------------------------------------------------- per-layer sparsity
+def test_sensitivity_amounts_prunes_robust_layers_more_at_the_same_total():
+    rows = [{"layer": "robust", "amount": a, "accuracy": acc} for a, acc in [(0.0, 0.9), (0.5, 0.9), (0.9, 0.88)]]
+    rows += [{"layer": "fragile", "amount": a, "accuracy": acc} for a, acc in [(0.0, 0.9), (0.5, 0.6), (0.9, 0.1)]]
+    sizes = {"robust": 300, "fragile": 100}
+    amounts = pruning.sensitivity_amounts(rows, sizes, 0.6)
+    assert (300 * amounts["robust"] + 100 * amounts["fragile"]) / 400 == pytest.approx(0.6, abs=1e-9)
+    assert amounts["robust"] > 0.6 > amounts["fragile"]
+    with pytest.raises(ValueError, match="target must be at most 0.900"):
+        pruning.sensitivity_amounts(rows, sizes, 0.95)
+
+
+def test_random_masks_prune_the_same_count_elsewhere():
+    model = nn.Sequential(nn.Linear(20, 10), nn.Linear(10, 4))
+    masks = pruning.random_masks(model, 0.7, seed=1)
+    assert [int((m == 0).sum()) for m in masks.values()] == [140, 28]
+    assert not torch.equal(masks["0"], magnitude_mask(model[0].weight, 0.7))
+
+
+# ----------------------------------------------------------------------------- CSR storage and index width
+@pytest.mark.parametrize("index_dtype,index_bytes", [(torch.int64, 8), (torch.int32, 4)])
+def test_csr_bytes_matches_the_stored_tensor(index_dtype, index_bytes):
+    w = magnitude_mask(torch.randn(200, 300), 0.8) * torch.randn(200, 300)
+    csr = pruning.csr_with_index(w, index_dtype)
+    assert csr.crow_indices().dtype == index_dtype
+    stored = csr.values().nbytes + csr.col_indices().nbytes + csr.crow_indices().nbytes
+    assert stored == pruning.csr_bytes(200, 300, 0.2, 4, index_bytes)
+    torch.testing.assert_close(csr.to_dense(), w)
+    overhead = pruning.stored_bytes(torch.empty(0))                      # the file's header, names, ...
+    assert abs(pruning.stored_bytes(csr) - stored) < 4 * overhead
+
+
+def test_csr_break_even_closed_forms():
+    assert pruning.csr_break_even(4, 8) == pytest.approx(2 / 3) and pruning.csr_break_even(4, 4) == 0.5
+    dense = 4 * 1000 * 1000
+    for index_bytes in (4, 8):                                           # just above break-even CSR is smaller
+        s = pruning.csr_break_even(4, index_bytes)
+        assert pruning.csr_bytes(1000, 1000, 1 - s - 0.01, 4, index_bytes) < dense
+        assert pruning.csr_bytes(1000, 1000, 1 - s + 0.01, 4, index_bytes) > dense
+
+
+# ----------------------------------------------------------------------------- "pruning quantization"
+def test_pruning_quantization_codes_drop_the_sign():
+    w = torch.tensor([0.8, -0.8, 0.05, -0.4, 0.2])
+    codes = pruning.pruning_quantization_codes(w, 4)                    # round(|w| / 0.8 * 4)
+    assert codes.tolist() == [4, 4, 0, 2, 1]
+    assert codes[0] == codes[1]                                           # w and -w: the same code
+    assert torch.equal(codes > 0, magnitude_mask(w, 1).bool())            # its zero code = magnitude pruning
+
+
+def test_seed_study_rows_and_controls_keep_the_sparsity(monkeypatch):
+    from types import SimpleNamespace
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+    split = SimpleNamespace(X_train=X, y_train=y, X_val=X, y_val=y)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    tuned = []
+    real_fine_tune = pruning.fine_tune
+    monkeypatch.setattr(pruning, "fine_tune", lambda *a, **k: tuned.append(real_fine_tune(*a, **k)) or tuned[-1])
+    rows = pruning.seed_study(model, 0.5, split, seeds=(0, 1), epochs=1)
+    assert [r["method"] for r in rows[:4]] == ["one-shot + fine-tune", "iterative", "random mask + fine-tune (control)",
+                                              "magnitude mask, fresh init (control)"] and len(rows) == 8
+    one_shot, iterative_last, random_ctrl, fresh = tuned[0], tuned[10], tuned[11], tuned[12]    # seed 0 (10 iterative steps)
+    assert all(abs(pruning.sparsity(m) - 0.5) < 0.05 for m in (one_shot, iterative_last, random_ctrl, fresh))                                                              # the fresh-init control: the same mask
+    torch.testing.assert_close((fresh[0].weight != 0).float(), magnitude_mask(model[0].weight, 0.5))

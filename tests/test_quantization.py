@@ -1,5 +1,6 @@
 """Chapter 02's references against the oracles: torch's observers, quantize_per_tensor and fake_quantize
 (values and gradients), closed forms and hand-worked tiny cases."""
+import copy
 import math
 
 import numpy as np
@@ -297,12 +298,24 @@ def test_binary_storage_bytes_closed_form():
                      "binary packed bits": 8 + 16}
 
 
-def test_bit_width_sweep_rows(cnn):
-    x, y = torch.rand(20, 1, 8, 8), torch.randint(0, 10, (20,))
+def test_bit_width_sweep_rows_match_torch_per_channel_quantization(cnn):
+    x, y = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.randint(0, 10, (64,))
     rows = Q.bit_width_sweep(cnn, x, y, bits=(8, 2))
     assert [r["bits"] for r in rows] == [32, 8, 2]
-    assert rows[0]["size_bytes"] == 4 * sum(p.numel() for p in cnn.parameters())
-    assert rows[1]["accuracy"] == models.evaluate(Q.quantize_weights(cnn, 8), x, y)
+    layers = [m for m in cnn.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    n_weights, n_out = sum(m.weight.numel() for m in layers), sum(m.weight.shape[0] for m in layers)
+    n_bias = sum(m.bias.numel() for m in layers)
+    assert rows[0]["size_bytes"] == 4 * (n_weights + n_bias)                     # float32: 4 bytes each
+    assert rows[1]["size_bytes"] == n_weights + 4 * n_out + 4 * n_bias            # 1 byte + a scale per channel
+    assert rows[2]["size_bytes"] == n_weights / 4 + 4 * n_out + 4 * n_bias        # 2 bits = 1/4 byte
+    oracle = copy.deepcopy(cnn)                                                   # torch's symmetric per-channel int8
+    with torch.no_grad():
+        for m in (m for m in oracle.modules() if isinstance(m, (nn.Conv2d, nn.Linear))):
+            scales, _ = observer_qparams(m.weight, symmetric=True, per_channel=True)
+            q = torch.quantize_per_channel(m.weight, scales.float(), torch.zeros_like(scales).long(), 0, torch.qint8)
+            m.weight.copy_(q.dequantize())
+    assert rows[1]["accuracy"] == models.evaluate(oracle, x, y)
+    assert rows[0]["accuracy"] == models.evaluate(cnn, x, y)
 
 
 def test_matmul_formats_code_path_on_cpu():
@@ -315,8 +328,10 @@ def test_matmul_formats_code_path_on_cpu():
 def test_speed_rows_and_plots(cnn):
     import matplotlib
     matplotlib.use("Agg")
-    row = Q.int8_vs_fp32(models.MLP(128, (128,), 4).eval(), torch.rand(4, 128), "small", repeats=2)
-    assert row["speedup"] > 0 and row["int8_bytes"] < row["fp32_bytes"]
+    mlp = models.MLP(128, (128,), 4).eval()
+    row = Q.int8_vs_fp32(mlp, torch.rand(4, 128), "small", repeats=2)
+    oracle = torch.ao.quantization.quantize_dynamic(copy.deepcopy(mlp), {nn.Linear}, dtype=torch.qint8)
+    assert row["int8_bytes"] == Q.state_dict_bytes(oracle) and row["fp32_bytes"] == Q.state_dict_bytes(mlp)
     assert Q.bf16_vs_fp32(cnn, torch.rand(2, 1, 8, 8), repeats=2)["other_ms"] > 0
     w = cnn.features[2].weight
     for fig, ax in [Q.plot_quantization_grid(w, 3, 0.05), Q.plot_round_trip_error(torch.linspace(-2, 2, 50), 0.1, 5, 4),
@@ -324,3 +339,130 @@ def test_speed_rows_and_plots(cnn):
                                                                bits=(4,))})]:
         assert ax.get_xlabel() and fig.axes
         matplotlib.pyplot.close(fig)
+
+
+def test_speed_row_speedup_is_fp32_time_over_the_other(monkeypatch):
+    """With a clock that says fp32 takes 3 ms and the other 1 ms, the speed-up is 3 (not 1/3)."""
+    from course_lib import timing
+    calls = iter([3.0, 1.0])
+
+    def fake_benchmark(fn, **kwargs):
+        median = next(calls)
+        return timing.Timing([median], median, 0.0, median, median, 1, "cpu", 1, 0)
+    monkeypatch.setattr(timing, "benchmark", fake_benchmark)
+    row = Q.bf16_vs_fp32(nn.Linear(2, 2), torch.rand(1, 2), repeats=1)
+    assert (row["fp32_ms"], row["other_ms"], row["speedup"]) == (3.0, 1.0, 3.0)
+
+
+# ----------------------------------------------------------------------------- integer-only inference
+def _quantized_linear_oracle(q_x, x_zp, q_w, w_scale, x_scale, bias, y_scale, y_zp):
+    """torch's int8 Linear (fbgemm/x86): uint8 activations are the int8 codes shifted by 128."""
+    import torch.ao.nn.quantized as nnq
+    layer = nnq.Linear(q_w.shape[1], q_w.shape[0])
+    w = torch._make_per_channel_quantized_tensor(q_w, w_scale.double(), torch.zeros(len(w_scale)).long(), 0)
+    layer.set_weight_bias(w, bias)
+    layer.scale, layer.zero_point = y_scale, y_zp + 128
+    x = torch._make_per_tensor_quantized_tensor((q_x.int() + 128).to(torch.uint8), x_scale, x_zp + 128)
+    return (layer(x).int_repr().int() - 128).to(torch.int8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_int8_linear_matches_torch_quantized_linear_within_one_code(seed):
+    g = torch.Generator().manual_seed(seed)
+    q_x = torch.randint(-128, 128, (8, 32), generator=g, dtype=torch.int8)
+    q_w = torch.randint(-127, 128, (6, 32), generator=g, dtype=torch.int8)
+    w_scale = torch.rand(6, generator=g) * 0.01 + 0.001
+    bias = torch.randn(6, generator=g)
+    args = (q_x, -17, q_w, w_scale, 0.02, bias, 0.15, 9)
+    ours, torchs = Q.int8_linear(*args), _quantized_linear_oracle(*args)
+    assert ours.dtype == torch.int8 and ours.shape == (8, 6)
+    assert (ours.int() - torchs.int()).abs().max() <= 1
+    assert (ours == torchs).float().mean() > 0.9
+
+
+def test_int8_linear_hand_worked():
+    # x codes [10, 20] with zp 10 -> x = 0.5 * [0, 10] = [0, 5]; w = 0.1 * [2, 3] -> y = 1.5; bias 0.25 -> 1.75
+    # acc = 10*2 + 20*3 - 10*(2+3) + round(0.25 / 0.05) = 30 + 5 = 35; M = 0.05 / 0.25 = 0.2 -> 7; + zp 3 -> 10
+    q = Q.int8_linear(torch.tensor([[10, 20]], dtype=torch.int8), 10, torch.tensor([[2, 3]], dtype=torch.int8),
+                      0.1, 0.5, torch.tensor([0.25]), 0.25, 3)
+    assert q.tolist() == [[10]] and q.dtype == torch.int8
+    big = Q.int8_linear(torch.tensor([[127]], dtype=torch.int8), 0, torch.tensor([[127]], dtype=torch.int8),
+                        1.0, 1.0, None, 1.0, 0)
+    assert big.tolist() == [[127]]                                                 # saturates, does not wrap
+
+
+@pytest.mark.parametrize("args,error,match", [
+    ((torch.zeros(2, 3), 0, torch.zeros(2, 3, dtype=torch.int8)), TypeError, "q_x must be an int8 tensor"),
+    ((torch.zeros(2, 3, dtype=torch.int8), 0, torch.zeros(2, 4, dtype=torch.int8)), ValueError, "q_w must have shape"),
+    ((torch.zeros(2, 3, dtype=torch.int8), 200, torch.zeros(2, 3, dtype=torch.int8)), ValueError, "zero_point")])
+def test_int8_linear_rejects_bad_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        Q.int8_linear(*args, 0.1, 0.1, None, 0.1, 0)
+
+
+def test_fold_batchnorm_matches_torch_fuse_conv_bn_eval():
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    conv.eval(), bn.eval()
+    ours, torchs = Q.fold_batchnorm(conv, bn), fuse_conv_bn_eval(conv, bn)
+    torch.testing.assert_close(ours.weight, torchs.weight)
+    torch.testing.assert_close(ours.bias, torchs.bias)
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(ours(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("M", [0.5, 0.0123, 3e-5, 0.999999])
+def test_quantize_multiplier_closed_form_and_integer_requantization(M):
+    m0, shift = Q.quantize_multiplier(M)
+    assert 2 ** 30 <= m0 < 2 ** 31 and m0 * 2.0 ** (-31 - shift) == pytest.approx(M, rel=2 ** -30)
+    acc = torch.arange(-200_000, 200_000, 37)
+    fixed = Q.requantize_fixed_point(acc, m0, shift, 5)
+    floating = (torch.round(acc.double() * M) + 5).clamp(-128, 127)
+    assert (fixed.double() - floating).abs().max() <= 1
+
+
+def test_symmetric_scale_observer_convention_clips_plus_max():
+    x = torch.tensor([-127.5 / 64, 0.5, 127.5 / 64], requires_grad=True)   # max|x| = 127.5 s with s = 1/64 exactly
+    s = Q.symmetric_scale(x, 8)
+    assert s == 1 / 64 and Q.symmetric_scale(x, 8, restricted=True) == pytest.approx(127.5 / 64 / 127)
+    assert s == pytest.approx(float(observer_qparams(x.detach(), symmetric=True)[0]))      # PyTorch's convention
+    codes = Q.quantize_affine(x.detach(), s, 0, 8, signed=True)
+    assert codes.tolist() == [-128, 32, 127]        # -127.5 -> -128 (half to even); +127.5 -> 128, clipped to 127
+    Q.fake_quantize(x, s, 128, 8).sum().backward()                            # signed codes via zero point 128
+    assert x.grad.tolist() == [1.0, 1.0, 0.0]                                 # the clipped +max gets no gradient
+
+
+def test_static_int8_runs_int8_kernels_and_stays_close(cnn):
+    X = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    q = Q.static_int8(cnn, X)
+    assert any("quantized" in type(m).__module__ for m in q.modules())
+    with torch.no_grad():
+        assert (q(X) - cnn(X)).abs().max() < 0.05 * cnn(X).abs().max() + 0.02
+    assert Q.state_dict_bytes(q) < 0.5 * Q.state_dict_bytes(cnn)
+
+
+@pytest.mark.parametrize("num_bits", [1, 2, 4, 8])
+def test_packed_state_dict_unpacks_to_the_codes(num_bits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(7, 3))                           # 21 weights: packing pads the last byte
+    packed = Q.packed_state_dict(model, num_bits)
+    w = model[0].weight.detach()
+    if num_bits == 1:
+        bits = np.unpackbits(packed["0.weight"].numpy())[:21]
+        assert (torch.from_numpy(bits).bool() == (w >= 0).flatten()).all()
+        assert packed["0.weight"].nbytes == 3                           # ceil(21 / 8)
+    else:
+        scales, _ = observer_qparams(w, symmetric=True, per_channel=True)
+        expected = torch.quantize_per_channel(w, scales.float(), torch.zeros(3).long(), 0, torch.qint8).int_repr()
+        if num_bits == 8:
+            assert torch.equal(packed["0.weight"], expected.flatten())
+        else:
+            per_byte, lo = 8 // num_bits, 2 ** (num_bits - 1)
+            b = packed["0.weight"].long()
+            codes = torch.stack([(b >> (num_bits * i)) & (2 ** num_bits - 1) for i in range(per_byte)], 1).flatten()
+            torch.testing.assert_close(codes[:21] - lo, torch.round(w / (w.abs().amax(1, keepdim=True) /
+                                       ((2 ** num_bits - 1) / 2))).clamp(-lo, lo - 1).flatten().long())
+            assert packed["0.weight"].nbytes == -(-21 // per_byte)
+    assert Q.tensor_bytes(packed) == packed["0.weight"].nbytes + 3 * 4 + 3 * 4    # codes + scales + biases

@@ -316,15 +316,17 @@ def _n_m_cases(rng: np.random.Generator) -> list[dict]:
         ({"values": [[0.1, -3.0, 2.0, 0.5]]}, 2, 4),
         ({"values": [row]}, 2, 4),                                   # two groups, not the row's top 4
         ({"values": [row]}, 1, 4),                                   # keep 1 of 4 (not prune 1)
-        ({"seed": 41, "shape": [4, 8]}, 2, 4),                       # groups run along the last dim
+        ({"seed": 41, "shape": [4, 8]}, 2, 4),                       # groups run along in_features (dim 1)
+        ({"seed": 44, "shape": [4, 4, 1, 4]}, 2, 4),                 # conv weight: along C_in, not the kernel width 4
         ({"seed": 42, "shape": [2, 16]}, 4, 8),
-        ({"seed": 43, "shape": [2, 3, 8]}, 2, 4),
-        ({"seed": 44, "shape": [4, 2, 3, 4]}, 2, 4),                 # conv weight, kernel width 4
+        ({"seed": 43, "shape": [2, 8, 3]}, 2, 4),                    # conv1d weight (C_out, C_in, k): along C_in
+        ({"seed": 49, "shape": [3, 8, 2, 2]}, 2, 4),
         ({"values": [[1.0, 1.0, -1.0, 1.0, 2.0, 1.0, 1.0, 2.0]]}, 2, 4),   # ties in a group
         ({"seed": 45, "shape": [2, 4], "dtype": "float64", "parameter": True}, 3, 4),
         ({"seed": 46, "shape": [3, 4]}, 0, 4),
         ({"seed": 46, "shape": [3, 4]}, 4, 4),
         ({"seed": 47, "shape": [3, 6]}, 2, 4),                       # 6 % 4 != 0 -> ValueError
+        ({"seed": 48, "shape": [2, 6, 4]}, 2, 4),                    # C_in = 6 (kernel width 4) -> ValueError
         ({"seed": 47, "shape": [3, 8]}, 5, 4),                       # n > m -> ValueError
         ({"seed": 47, "shape": [3, 8]}, 2, 0),                       # m = 0 -> ValueError
         ({"seed": 47, "shape": [3, 8]}, 2.0, 4),                     # float n -> TypeError
@@ -333,7 +335,9 @@ def _n_m_cases(rng: np.random.Generator) -> list[dict]:
     cases = [{"weight": w, "n": n, "m": m} for w, n, m in fixed]
     for _ in range(8):
         m = int(rng.choice([2, 4, 4, 8]))
-        shape = [int(d) for d in rng.integers(1, 5, size=int(rng.integers(0, 3)))] + [m * int(rng.integers(1, 4))]
+        rest = [int(d) for d in rng.integers(1, 4, size=int(rng.integers(0, 3)))]
+        shape = ([int(rng.integers(1, 5)), m * int(rng.integers(1, 4))] + rest) if rng.random() < 0.8 \
+            else [m * int(rng.integers(1, 4))]
         cases.append({"weight": {"seed": int(rng.integers(0, 2**31)), "shape": shape,
                                  "kind": str(rng.choice(["normal", "ties"]))},
                       "n": int(rng.integers(0, m + 1)), "m": m})
@@ -353,12 +357,13 @@ def _n_m_compare(expected: dict, got) -> str | None:
     if done:
         return reason
     exp, mask = expected["mask"], got["mask"]
-    m = expected["m"]
-    groups = lambda t: t.reshape(-1, m).double()  # noqa: E731  (G, m)
+    m, axis = expected["m"], 1 if exp.dim() >= 2 else 0
+    groups = lambda t: t.movedim(axis, -1).reshape(-1, m).double()  # noqa: E731  (G, m)
     for g, (e, k, s) in enumerate(zip(groups(exp), groups(mask), groups(expected["scores"]))):
         reason = _ranking_reason(e, k, s, "entry")
         if reason:
-            return f"group {g} (entries {g * m}..{g * m + m - 1} of the flattened weight): {reason}"
+            return (f"group {g} (with dim {axis} moved last and the weight flattened, entries {g * m}..{g * m + m - 1}):"
+                    f" {reason}")
     return None
 
 

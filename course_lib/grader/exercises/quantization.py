@@ -356,6 +356,75 @@ def _binarize_describe(case: dict) -> str:
     return f"w = {_show(_tensor(case['w']))}"
 
 
+# --------------------------------------------------------------------------- int8_linear
+def _int8_linear_cases(rng: np.random.Generator) -> list[dict]:
+    base = {"n": 4, "k": 16, "c": 4, "x_range": [0.0, 3.0], "per_channel": True, "spread": 1.0, "bias": 0.5,
+            "shrink": 1.0}
+    fixed = [
+        {},                                                         # N == C: every axis mix-up shows as a value
+        {"x_range": [-1.0, 2.0], "spread": 30.0},                   # per-channel scales 30x apart
+        {"per_channel": False, "n": 3, "c": 5},                     # one float w_scale
+        {"bias": 0.0, "x_range": [0.5, 4.0]},                       # bias=None; x_zp = -128 (range from 0)
+        {"shrink": 0.2, "n": 6, "c": 3},                            # outputs saturate at -128 / 127
+        {"bias": 4.0, "k": 64, "c": 8},                             # a large bias
+        {"k": 8, "c": 2, "dtype_x": "int32"},                       # q_x not int8 -> TypeError
+        {"k_w": 12},                                                # K mismatch -> ValueError
+    ]
+    cases = [{**base, **f, "seed": 900 + i} for i, f in enumerate(fixed)]
+    for _ in range(8):
+        lo = float(rng.uniform(-3, 1))
+        cases.append({**base, "seed": int(rng.integers(0, 2**31)), "n": int(rng.integers(1, 9)),
+                      "k": int(rng.integers(1, 65)), "c": int(rng.integers(1, 9)),
+                      "x_range": [lo, lo + float(rng.uniform(0.5, 4))], "per_channel": bool(rng.random() < 0.7),
+                      "spread": float(10 ** rng.uniform(0, 1.5)), "bias": float(rng.choice([0.0, 0.3, 2.0])),
+                      "shrink": float(rng.choice([1.0, 1.0, 0.5]))})
+    return cases
+
+
+def _int8_linear_build(case: dict) -> tuple[tuple, dict]:
+    gen = torch.Generator().manual_seed(case["seed"])
+    n, k, c = case["n"], case["k"], case["c"]
+    lo, hi = case["x_range"]
+    x = lo + (hi - lo) * torch.rand(n, k, generator=gen, dtype=torch.float64)              # (N, K)
+    x_lo, x_hi = min(lo, 0.0), max(hi, 0.0)
+    x_scale = float(np.float32((x_hi - x_lo) / 255))
+    x_zp = int(min(max(-128 - round(x_lo / x_scale), -128), 127))
+    q_x = (torch.round(x / x_scale) + x_zp).clamp(-128, 127)
+    w = torch.randn(c, k, generator=gen, dtype=torch.float64) * 0.3                       # (C, K)
+    w = w * case["spread"] ** torch.linspace(0, 1, c, dtype=torch.float64).view(-1, 1)
+    amax = w.abs().amax(1) if case["per_channel"] else w.abs().max().expand(c)
+    s_w = (amax / 127).float().double()                                                    # (C,)
+    q_w = torch.round(w / s_w.view(-1, 1)).clamp(-127, 127)
+    bias = torch.randn(c, generator=gen, dtype=torch.float64) * case["bias"] if case["bias"] else None
+    y = (x_scale * (q_x - x_zp)) @ (s_w.view(-1, 1) * q_w).T + (bias if bias is not None else 0)   # (N, C)
+    y_lo, y_hi = min(float(y.min()), 0.0), max(float(y.max()), 0.0)
+    y_scale = float(np.float32(max(y_hi - y_lo, 1e-6) / 255 * case["shrink"]))
+    y_zp = int(min(max(-128 - round(y_lo / y_scale), -128), 127))
+    w_scale = s_w.float() if case["per_channel"] else float(s_w[0])
+    if "k_w" in case:
+        q_w = torch.zeros(c, case["k_w"], dtype=torch.float64)
+    q_x = q_x.to(_DTYPES[case.get("dtype_x", "int8")])
+    return (q_x, x_zp, q_w.to(torch.int8), w_scale, x_scale, None if bias is None else bias.float(), y_scale,
+            y_zp), {}
+
+
+def _int8_linear_describe(case: dict) -> str:
+    args, _ = _int8_linear_build(case)
+    names = ("q_x", "x_zp", "q_w", "w_scale", "x_scale", "bias", "y_scale", "y_zp")
+    return "\n".join(f"{name} = {_show(v) if isinstance(v, torch.Tensor) else repr(v)}" for name, v in zip(names, args))
+
+
+def _int8_linear_compare(expected: torch.Tensor, got) -> str | None:
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(expected.shape) or got.dtype != torch.int8:
+        return _tensor_reason(expected, got, "codes", exact=True)
+    diff = (got.long() - expected.long()).abs()                                            # (N, C)
+    if int(diff.max()) > 1:
+        i = tuple(int(v) for v in (diff > 1).nonzero()[0])
+        return (f"codes[{i[0]}, {i[1]}]: expected {int(expected[i])} (one code either way is accepted), got "
+                f"{int(got[i])} ({int((diff > 1).sum())} of {diff.numel()} are off by more than one code)")
+    return None
+
+
 # --------------------------------------------------------------------------- the exercises
 def _exercise(name, make_cases, build, describe, compare, forbidden=(), runner=None):
     from . import Exercise
@@ -389,4 +458,6 @@ EXERCISES = [
     _exercise("fake_quantize", _fake_quant_cases, _fake_quant_build, _fake_quant_describe, _fake_quant_compare,
               _TORCH_QUANT, runner=_value_and_grad),
     _exercise("binarize", _binarize_cases, _binarize_build, _binarize_describe, _binarize_compare, _TORCH_QUANT),
+    _exercise("int8_linear", _int8_linear_cases, _int8_linear_build, _int8_linear_describe, _int8_linear_compare,
+              _TORCH_QUANT),
 ]
