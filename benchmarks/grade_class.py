@@ -42,8 +42,8 @@ def main() -> None:
             path.write_text(source)
             paths.append(path)
         start = time.perf_counter()
-        with Pool(1):
-            pass
+        with Pool(1) as pool:
+            pool.isolation                      # waits for the zygote's imports
         startup = time.perf_counter() - start
         start = time.perf_counter()
         rows = grade.grade_submissions(paths, limits=SandboxLimits(timeout_s=args.timeout), jobs=args.jobs,
