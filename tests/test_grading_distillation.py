@@ -246,23 +246,6 @@ def test_grader_accepts_independent_correct_versions_without_input_checks():
             assert passed, f"{name}: {message}"
 
 
-def _valid_only(name, fn, seed):
-    """Grade ``fn`` on the valid-input cases alone (those where the reference returns)."""
-    cases = grading.make_cases(name, seed)
-    expected = grading.expected_outcomes(name, cases)
-    keep = [i for i, e in enumerate(expected) if not e.raised]
-    cases, expected = [cases[i] for i in keep], [expected[i] for i in keep]
-    return grading.judge(name, cases, expected, grading.run_cases(fn, name, cases))
-
-
-def test_wrong_answers_are_caught_by_valid_input_cases():
-    for name, fns in WRONG.items():
-        for fn in fns:
-            for seed in (0, 5):
-                passed, message = _valid_only(name, fn, seed)
-                assert not passed, f"{name}: {fn.__name__} passes every valid case (seed {seed})"
-
-
 def test_kd_loss_grader_explains_gradient_failures():
     _, message = grade("kd_loss", kd_teacher_not_detached, 0)
     assert "teacher_logits" in message and "detach" in message
