@@ -20,7 +20,7 @@ CORRECT = (ROOT / "tests" / "fixtures" / "submissions" / "correct.py").read_text
 WRONG = CORRECT.replace("if p.requires_grad or not trainable_only", "").replace(
     "np.percentile(s, [25, 50, 75])", "np.percentile(s, [25, 50, 75], method='nearest')")
 STUB = "\n\n".join(f"def {name}(*args, **kwargs):\n    raise NotImplementedError" for name in
-                   ("count_parameters", "model_size_bytes", "conv2d_macs", "summarize_timings"))
+                   ("count_parameters", "conv2d_macs", "roofline_time", "summarize_timings"))
 LOOP = CORRECT.replace("def count_parameters(model, trainable_only=False):\n",
                        "def count_parameters(model, trainable_only=False):\n    while True:\n        pass\n")
 

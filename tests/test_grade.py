@@ -11,7 +11,7 @@ from course_lib.grader.submission import extract_definitions, load_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "fixtures" / "submissions"
-CHAPTER00 = ["count_parameters", "model_size_bytes", "conv2d_macs", "summarize_timings"]
+CHAPTER00 = ["count_parameters", "conv2d_macs", "roofline_time", "summarize_timings"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_generated_chapter_scores_zero(graded):
 
 @pytest.mark.parametrize("exercise,message", [
     ("count_parameters", "time limit of"),
-    ("model_size_bytes", "out of memory"),
+    ("roofline_time", "out of memory"),
     ("conv2d_macs", "sys.exit"),
     ("summarize_timings", "printed more than"),
 ])
@@ -61,7 +61,7 @@ def test_hostile_a_fails_each_exercise_alone(graded, exercise, message):
 
 @pytest.mark.parametrize("exercise,message", [
     ("count_parameters", "os._exit"),
-    ("model_size_bytes", "expected"),          # patching torch in the child changes nothing: compared in the grader
+    ("roofline_time", "expected"),          # patching torch in the child changes nothing: compared in the grader
     ("conv2d_macs", "FlopCounterMode.__init__ is not available while grading"),
     ("summarize_timings", "course_lib.measurement.summarize_timings is not available while grading"),
 ])
@@ -73,7 +73,7 @@ def test_hostile_b_cheats_get_no_points(graded, exercise, message):
 def test_top_level_code_never_runs_and_missing_is_reported(graded):
     assert not os.path.exists("/tmp/compress-explain-toplevel-ran")
     assert "RuntimeError: oops" in row(graded, "submissions/hostile_c.py", "count_parameters")["message"]
-    assert row(graded, "submissions/hostile_c.py", "model_size_bytes")["message"] == "missing"
+    assert row(graded, "submissions/hostile_c.py", "roofline_time")["message"] == "missing"
     macs = row(graded, "submissions/hostile_c.py", "conv2d_macs")["message"]
     assert "expected" in macs and "inputs:" in macs
 

@@ -196,8 +196,8 @@ def test_sample_class_gradebook(tmp_path):
                        "--roster", str(folder / "roster.csv"), "--timeout", "4", "--seed", "0"])
     assert code == 0
     rows = {r["student_id"]: r for r in csv.DictReader(book.open())}
-    assert list(next(iter(rows.values()))) == ["student_id", "file", "count_parameters", "model_size_bytes",
-                                               "conv2d_macs", "summarize_timings", "total", "max_total", "note"]
+    assert list(next(iter(rows.values()))) == ["student_id", "file", "count_parameters", "conv2d_macs",
+                                               "roofline_time", "summarize_timings", "total", "max_total", "note"]
     assert rows["s1001"]["total"] == "4" and rows["s1001"]["max_total"] == "4"        # alice: all correct
     assert rows["s1002"]["count_parameters"] == "0" and rows["s1002"]["total"] == "2"  # bob: two wrong
     assert rows["s1003"]["total"] == "0"                                               # carol: stubs

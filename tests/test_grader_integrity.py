@@ -191,7 +191,7 @@ def magnitude_mask(weight, amount):
 ATTACKS["notjson.ipynb"] = "\x00\x01 not a notebook {"
 ATTACKS["nested.ipynb"] = "[" * 200_000 + "]" * 200_000
 ATTACKS["syntax.py"] = ("import numpy as np\n\ndef count_parameters(model, trainable_only=False:\n    return 0\n"
-                        "\n# ---- cell ----\ndef model_size_bytes" + CORRECT.split("def model_size_bytes")[1])
+                        "\n# ---- cell ----\ndef roofline_time" + CORRECT.split("def roofline_time")[1])
 ATTACKS["=cmd.py"] = ("def count_parameters(model, trainable_only=False):\n"
                       "    raise ValueError('=HYPERLINK(\"http://x\")\\x1b[2J\\x1b]0;pwned\\x07 \\x07bell')\n")
 # Found by a red-team session: private library helpers, and reading the answer off an input.
@@ -232,7 +232,7 @@ def row(graded, file, exercise):
 
 
 def test_honest_submission_keeps_full_marks_next_to_attacks(graded):
-    for exercise in ("count_parameters", "model_size_bytes", "conv2d_macs", "summarize_timings"):
+    for exercise in ("count_parameters", "conv2d_macs", "roofline_time", "summarize_timings"):
         assert row(graded, "honest.py", exercise)["passed"] == "True", row(graded, "honest.py", exercise)["message"]
 
 
@@ -287,7 +287,7 @@ def test_malformed_submissions_become_rows_with_reasons(graded):
     assert "not a readable notebook" in row(graded, "nested.ipynb", "(none)")["message"]
     syntax = row(graded, "syntax.ipynb", "count_parameters")["message"]
     assert syntax.startswith("does not parse: line 3 of cell 1") and "count_parameters is not defined" in syntax
-    assert row(graded, "syntax.ipynb", "model_size_bytes")["passed"] == "True"
+    assert row(graded, "syntax.ipynb", "roofline_time")["passed"] == "True"
 
 
 def test_empty_notebook_counts_zero_of_its_chapter_and_roster_lists_everyone(graded):

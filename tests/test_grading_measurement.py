@@ -42,23 +42,37 @@ def count_as_float(model, trainable_only=False):
     return float(measurement.count_parameters(model, trainable_only))
 
 
-# ----------------------------------------------------------------------------- model_size_bytes
-def size_assuming_float32(model):
-    return 4 * sum(p.numel() for p in model.parameters())
+# ----------------------------------------------------------------------------- roofline_time
+def roof_sum(flops, bytes_moved, peak_flops, bandwidth):              # adds the two times
+    return flops / peak_flops + bytes_moved / bandwidth
 
 
-def size_parameters_only(model):
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+def roof_min(flops, bytes_moved, peak_flops, bandwidth):              # the faster of the two
+    return min(flops / peak_flops, bytes_moved / bandwidth)
 
 
-def size_state_dict(model):                                 # tied weights twice, non-persistent missed
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+def roof_compute_only(flops, bytes_moved, peak_flops, bandwidth):     # FLOPs are all that matter
+    return flops / peak_flops
 
 
-def size_without_dedup(model):
-    tensors = [p for _, p in model.named_parameters(remove_duplicate=False)]
-    tensors += [b for _, b in model.named_buffers(remove_duplicate=False)]
-    return sum(t.numel() * t.element_size() for t in tensors)
+def roof_swapped(flops, bytes_moved, peak_flops, bandwidth):          # each count over the other rate
+    return max(flops / bandwidth, bytes_moved / peak_flops)
+
+
+def roof_intensity(flops, bytes_moved, peak_flops, bandwidth):        # arithmetic intensity, not a time
+    return flops / bytes_moved if bytes_moved else float("inf")
+
+
+def roof_milliseconds(flops, bytes_moved, peak_flops, bandwidth):
+    return 1000 * max(flops / peak_flops, bytes_moved / bandwidth)
+
+
+def roof_floor_division(flops, bytes_moved, peak_flops, bandwidth):
+    return max(flops // peak_flops, bytes_moved // bandwidth)
+
+
+def roof_no_validation(flops, bytes_moved, peak_flops, bandwidth):
+    return max(flops / peak_flops, bytes_moved / bandwidth)
 
 
 # ----------------------------------------------------------------------------- conv2d_macs
@@ -143,8 +157,9 @@ def summary_no_validation(samples_ms):
 WRONG = {
     "count_parameters": [count_tensors, count_ignoring_trainable, count_state_dict, count_named_with_duplicates,
                          count_weights_only, count_as_float],
-    "model_size_bytes": [size_assuming_float32, size_parameters_only, size_state_dict, size_without_dedup],
     "conv2d_macs": [macs_ignoring_groups, macs_as_flops, macs_square_kernel_only, macs_groups_twice],
+    "roofline_time": [roof_sum, roof_min, roof_compute_only, roof_swapped, roof_intensity, roof_milliseconds,
+                      roof_floor_division],
     "summarize_timings": [summary_with_mean, summary_upper_middle, summary_exclusive_quartiles, summary_std],
 }
 
@@ -181,7 +196,19 @@ def test_grader_accepts_independent_correct_versions():
         q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0]] * 3
         return {"median": statistics.median(s), "iqr": q[2] - q[0], "min": s[0], "max": s[-1], "n": len(s)}
 
-    for name, fn in [("count_parameters", count), ("conv2d_macs", macs), ("summarize_timings", summary)]:
+    def roofline(flops, bytes_moved, peak_flops, bandwidth):
+        import numbers
+        for name, v in (("flops", flops), ("bytes_moved", bytes_moved), ("peak_flops", peak_flops),
+                        ("bandwidth", bandwidth)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"{name} must be a real number, got {v!r}")
+            if not math.isfinite(v) or v < 0 or (name in ("peak_flops", "bandwidth") and v == 0):
+                raise ValueError(f"{name} must be finite and positive, got {v!r}")
+        compute, memory = np.float64(flops) / peak_flops, np.float64(bytes_moved) / bandwidth
+        return float(np.maximum(compute, memory))
+
+    for name, fn in [("count_parameters", count), ("conv2d_macs", macs), ("roofline_time", roofline),
+                     ("summarize_timings", summary)]:
         passed, message = grade(name, fn, 7)
         assert passed, f"{name}: {message}"
 
@@ -215,4 +242,5 @@ def test_check_unknown_exercise_lists_names():
 
 
 # Grade the idea: these are right but skip the input checks; they pass, with notes.
-test_grader_grades_the_idea = grades_the_idea({"conv2d_macs": [macs_no_validation], "summarize_timings": [summary_no_validation]})
+test_grader_grades_the_idea = grades_the_idea({"conv2d_macs": [macs_no_validation], "roofline_time": [roof_no_validation],
+                                              "summarize_timings": [summary_no_validation]})

@@ -3,7 +3,9 @@
 The hidden inputs are chosen to separate a right answer from the wrong ones learners write:
 shared (tied) weights and a module used twice (counted once), frozen layers (``trainable_only``),
 buffers of other dtypes (BatchNorm's int64 counter, a non-persistent buffer), float16/float64
-layers, grouped and depthwise convolutions, non-square kernels, even-length timing lists.
+layers, grouped and depthwise convolutions, non-square kernels, even-length timing lists, and for the
+roofline a compute-bound, a memory-bound and an exactly-at-the-ridge kernel (the max of the two times,
+not their sum).
 """
 from __future__ import annotations
 
@@ -133,19 +135,6 @@ def _count_describe(case: dict) -> str:
     return f"model = {describe_model(case['model'])}\ntrainable_only = {case['trainable_only']}"
 
 
-# --------------------------------------------------------------------------- model_size_bytes
-def _size_cases(rng: np.random.Generator) -> list[dict]:
-    return [{"model": m} for m in _FIXED_MODELS] + [{"model": _random_model_spec(rng)} for _ in range(12)]
-
-
-def _size_build(case: dict) -> tuple[tuple, dict]:
-    return (build_model(case["model"]),), {}
-
-
-def _size_describe(case: dict) -> str:
-    return f"model = {describe_model(case['model'])}"
-
-
 # --------------------------------------------------------------------------- conv2d_macs
 _MACS_ARGS = ("in_channels", "out_channels", "kernel_size", "out_h", "out_w", "groups")
 
@@ -178,6 +167,48 @@ def _macs_build(case: dict) -> tuple[tuple, dict]:
 def _macs_describe(case: dict) -> str:
     args, kwargs = _macs_build(case)
     return "conv2d_macs(" + ", ".join(f"{a}={v!r}" for a, v in zip(_MACS_ARGS, [*args, kwargs["groups"]])) + ")"
+
+
+# --------------------------------------------------------------------------- roofline_time
+_ROOF_ARGS = ("flops", "bytes_moved", "peak_flops", "bandwidth")
+
+
+def _roof_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        (2e9, 1e6, 1e11, 1e10),          # compute-bound: 20 ms of arithmetic, 0.1 ms of traffic (max, not sum)
+        (1e6, 4e8, 1e11, 2e10),          # memory-bound: 20 ms of traffic (the bytes term, over the bandwidth)
+        (5e9, 1e9, 1e11, 2e10),          # exactly at the ridge: both 50 ms (the max, not their sum)
+        (0, 1e6, 1e11, 1e10),            # no arithmetic: only traffic
+        (1e9, 0, 1e11, 1e10),            # no traffic: only arithmetic
+        (3, 5, 2, 4),                    # Python ints: 1.5 s (true division)
+        (7.5e8, 3e8, 5e10, 1.5e10),      # memory-bound although it does more FLOPs than bytes
+        (1e12, 1e12, 1e12, 1e12),
+        (-1.0, 1e6, 1e11, 1e10),         # negative count -> ValueError
+        (1e9, 1e6, 0.0, 1e10),           # zero peak -> ValueError
+        (1e9, 1e6, 1e11, float("nan")),  # nan -> ValueError
+        (True, 1e6, 1e11, 1e10),         # bool -> TypeError
+        ("1e9", 1e6, 1e11, 1e10),        # text -> TypeError
+    ]
+    cases = [dict(zip(_ROOF_ARGS, c)) for c in fixed]
+    for _ in range(10):
+        peak, bw = 10 ** rng.uniform(9, 12), 10 ** rng.uniform(9, 11)
+        intensity = 10 ** rng.uniform(-2, 3)                 # FLOP/byte, on both sides of the ridge
+        bytes_moved = float(np.round(10 ** rng.uniform(3, 9)))
+        cases.append(dict(zip(_ROOF_ARGS, (float(np.round(bytes_moved * intensity)), bytes_moved,
+                                           float(peak), float(bw)))))
+    return cases
+
+
+def _roof_build(case: dict) -> tuple[tuple, dict]:
+    return tuple(case[a] for a in _ROOF_ARGS), {}
+
+
+def _roof_describe(case: dict) -> str:
+    return "roofline_time(" + ", ".join(f"{a}={case[a]!r}" for a in _ROOF_ARGS) + ")"
+
+
+def _roof_compare(expected: float, got) -> str | None:
+    return close_float(expected, got, rtol=1e-9, atol=0.0, what="time in seconds")
 
 
 # --------------------------------------------------------------------------- summarize_timings
@@ -225,9 +256,9 @@ def _exercise(name, make_cases, build, describe, compare, forbidden=()):
 
 EXERCISES = [
     _exercise("count_parameters", _count_cases, _count_build, _count_describe, exact_int),
-    _exercise("model_size_bytes", _size_cases, _size_build, _size_describe, exact_int),
     _exercise("conv2d_macs", _macs_cases, _macs_build, _macs_describe, exact_int,
               forbidden=["torch.utils.flop_counter"]),
+    _exercise("roofline_time", _roof_cases, _roof_build, _roof_describe, _roof_compare),
     _exercise("summarize_timings", _timing_cases, _timing_build, _timing_describe, _timing_compare,
               forbidden=["course_lib.timing._summary"]),
 ]
