@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
+from tqdm.auto import tqdm
 
 from . import models, timing
 from .validation import check_float, check_int, check_module, check_tensor
@@ -39,7 +40,8 @@ __all__ = [
     "speed_table", "sparse_matmul_rows", "stored_bytes", "sparse_state_dict", "semi_structured_rows",
     "plot_masks", "plot_sensitivity", "plot_schedule", "plot_weight_histograms", "l1_prox_step", "train_l1_proximal",
     "sensitivity_amounts", "per_layer_masks", "random_masks", "csr_bytes", "csr_break_even", "csr_with_index",
-    "pruning_quantization_codes", "pruning_quantization_myth", "seed_study",
+    "pruning_quantization_codes", "pruning_quantization_myth", "seed_study", "lottery_ticket_starts",
+    "lottery_ticket",
 ]
 
 
@@ -583,6 +585,64 @@ def seed_study(model: nn.Module, sparsity: float, split, *, seeds: Sequence[int]
                                                                           epochs=epochs, lr=lr, seed=seed)}
         for method, run in runs.items():
             rows.append({"method": method, "seed": seed, "val acc": models.evaluate(run(), split.X_val, split.y_val)})
+    return rows
+
+
+def lottery_ticket_starts(init: nn.Module, trained: nn.Module, amount: float, fresh: nn.Module
+                          ) -> tuple[dict[str, Tensor], nn.Module, nn.Module]:
+    """The mask and the two starting points of a lottery-ticket retraining.
+
+    .. math::  m = \\text{global magnitude mask of } \\theta_T \\text{ (a fraction amount pruned)}, \\qquad
+               \\text{ticket: } m \\odot \\theta_0, \\qquad \\text{control: } m \\odot \\theta_0'
+
+    ``init`` holds :math:`\\theta_0` (the weights before training), ``trained`` :math:`\\theta_T`,
+    ``fresh`` a new random initialization :math:`\\theta_0'` of the same architecture. Returns
+    ``(masks, ticket_start, control_start)``: copies of ``init`` and ``fresh`` with the pruned weights
+    zeroed (biases kept). Inputs are not modified.
+    """
+    masks = model_masks(trained, amount, scope="global")
+    return masks, apply_masks(init, masks), apply_masks(fresh, masks)
+
+
+def lottery_ticket(make_model: Callable[[], nn.Module], split, amount: float, *, epochs: int = 10,
+                   seeds: Sequence[int] = (0, 1, 2), lr: float = 3e-3, progress: bool = True) -> list[dict]:
+    """A small lottery-ticket experiment: train, prune, rewind to the initialization, retrain.
+
+    Per seed: ``make_model()`` under ``torch.manual_seed(seed)`` gives :math:`\\theta_0` (kept); a copy
+    is trained ``epochs`` epochs (:func:`course_lib.models.train`) to :math:`\\theta_T`; the global
+    magnitude mask :math:`m` of :math:`\\theta_T` (a fraction ``amount`` of all weights pruned) is
+    retrained ``epochs`` epochs, mask held fixed (:func:`fine_tune`), from two starts
+    (:func:`lottery_ticket_starts`): the **winning ticket** :math:`m \\odot \\theta_0` (rewound) and the
+    **control** :math:`m \\odot \\theta_0'`, a fresh initialization drawn under
+    ``torch.manual_seed(seed + 1000)``. All three trainings use the same shuffle seed, on one CPU thread.
+    ``progress`` shows a tqdm bar over the seeds.
+
+    Returns one row per seed: ``seed, sparsity, dense, ticket, control`` (validation accuracies;
+    ``sparsity`` measured on the retrained ticket).
+
+    References
+    ----------
+    Frankle & Carbin (2019). The Lottery Ticket Hypothesis: Finding Sparse, Trainable Neural
+    Networks. ICLR.
+
+    Taught in: 01_pruning, section 4.
+    """
+    amount = check_float("amount", amount, 0.0, 1.0)
+    epochs = check_int("epochs", epochs, 1)
+    X, y = split.X_train, split.y_train
+    rows = []
+    for seed in tqdm(list(seeds), desc=f"lottery ticket {amount:.0%}", disable=not progress, leave=False):
+        torch.manual_seed(seed)
+        init = make_model()                                                  # theta_0
+        torch.manual_seed(seed + 1000)
+        fresh = make_model()                                                 # theta_0'
+        dense = fine_tune(init, {}, X, y, epochs=epochs, lr=lr, seed=seed)  # theta_T (init untouched)
+        masks, ticket_start, control_start = lottery_ticket_starts(init, dense, amount, fresh)
+        ticket = fine_tune(ticket_start, masks, X, y, epochs=epochs, lr=lr, seed=seed)
+        control = fine_tune(control_start, masks, X, y, epochs=epochs, lr=lr, seed=seed)
+        acc = lambda m: models.evaluate(m, split.X_val, split.y_val)  # noqa: E731
+        rows.append({"seed": seed, "sparsity": sparsity(ticket), "dense": acc(dense), "ticket": acc(ticket),
+                     "control": acc(control)})
     return rows
 
 

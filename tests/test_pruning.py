@@ -488,3 +488,76 @@ def test_seed_study_rows_and_controls_keep_the_sparsity(monkeypatch):
     one_shot, iterative_last, random_ctrl, fresh = tuned[0], tuned[10], tuned[11], tuned[12]    # seed 0 (10 iterative steps)
     assert all(abs(pruning.sparsity(m) - 0.5) < 0.05 for m in (one_shot, iterative_last, random_ctrl, fresh))                                                              # the fresh-init control: the same mask
     torch.testing.assert_close((fresh[0].weight != 0).float(), magnitude_mask(model[0].weight, 0.5))
+
+
+# ----------------------------------------------------------------------------- lottery ticket
+def _tiny_split():
+    from types import SimpleNamespace
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(96, 8, generator=g)
+    y = (X[:, 0] + X[:, 1] > 0).long()
+    return SimpleNamespace(X_train=X, y_train=y, X_val=X[:32], y_val=y[:32])
+
+
+def test_lottery_ticket_rewinds_to_theta0_and_the_mask_survives_retraining():
+    split = _tiny_split()
+    torch.manual_seed(0)
+    init = models.MLP(8, (16,), 2)
+    theta0 = copy.deepcopy(init.state_dict())
+    torch.manual_seed(1)
+    fresh = models.MLP(8, (16,), 2)
+    trained = pruning.fine_tune(init, {}, split.X_train, split.y_train, epochs=3, lr=1e-2)
+    masks, ticket_start, control_start = pruning.lottery_ticket_starts(init, trained, 0.7, fresh)
+    # the mask is torch's global magnitude pruning of the *trained* weights
+    oracle = copy.deepcopy(trained)
+    prune.global_unstructured([(m, "weight") for m in pruning.prunable_layers(oracle).values()],
+                              pruning_method=prune.L1Unstructured, amount=0.7)
+    for name, m in pruning.prunable_layers(oracle).items():
+        assert torch.equal(masks[name], m.weight_mask)
+    # the ticket starts at theta_0 on the kept weights (exactly), zero elsewhere; the control does not
+    for name, layer in pruning.prunable_layers(ticket_start).items():
+        keep = masks[name].bool()
+        assert torch.equal(layer.weight[keep], theta0[f"{name}.weight"][keep])
+        assert torch.equal(layer.weight[~keep], torch.zeros(int((~keep).sum())))
+        assert torch.equal(layer.bias, theta0[f"{name}.bias"])
+        assert not torch.equal(dict(control_start.named_modules())[name].weight[keep], theta0[f"{name}.weight"][keep])
+    assert all(torch.equal(v, init.state_dict()[k]) for k, v in theta0.items())          # inputs not modified
+    # retraining under the mask: pruned weights stay exactly 0, kept ones move
+    ticket = pruning.fine_tune(ticket_start, masks, split.X_train, split.y_train, epochs=3, lr=1e-2)
+    for name, layer in pruning.prunable_layers(ticket).items():
+        keep = masks[name].bool()
+        assert torch.equal(layer.weight[~keep], torch.zeros(int((~keep).sum())))
+        assert not torch.equal(layer.weight[keep], theta0[f"{name}.weight"][keep])
+
+
+def test_lottery_ticket_retrains_theta0_and_a_fresh_init_under_one_mask(monkeypatch):
+    split = _tiny_split()
+    make = lambda: models.MLP(8, (16,), 2)  # noqa: E731
+    calls = []
+    real_fine_tune = pruning.fine_tune
+
+    def recording(model, masks, *a, **k):
+        calls.append((copy.deepcopy(model), dict(masks)))
+        return real_fine_tune(model, masks, *a, **k)
+
+    monkeypatch.setattr(pruning, "fine_tune", recording)
+    rows = pruning.lottery_ticket(make, split, 0.75, epochs=2, seeds=(3, 4))
+    assert [r["seed"] for r in rows] == [3, 4] and len(calls) == 6
+    for i, (row, seed) in enumerate(zip(rows, (3, 4))):
+        (dense_start, no_masks), (ticket_start, masks), (control_start, masks_c) = calls[3 * i: 3 * i + 3]
+        torch.manual_seed(seed)
+        theta0 = make().state_dict()
+        assert no_masks == {} and all(torch.equal(v, theta0[k]) for k, v in dense_start.state_dict().items())
+        assert masks.keys() == masks_c.keys() and all(torch.equal(masks[k], masks_c[k]) for k in masks)
+        kept_ticket, kept_control = [], []
+        for name, layer in pruning.prunable_layers(ticket_start).items():
+            torch.testing.assert_close(layer.weight, theta0[f"{name}.weight"] * masks[name], rtol=0, atol=0)
+            ctrl = dict(control_start.named_modules())[name].weight
+            assert torch.equal(ctrl, ctrl * masks[name])                              # the control is masked too
+            kept_ticket.append(layer.weight[masks[name].bool()])
+            kept_control.append(ctrl[masks[name].bool()])
+        assert not torch.equal(torch.cat(kept_ticket), torch.cat(kept_control))       # ... from another init
+        assert abs(row["sparsity"] - 0.75) < 1e-3
+        assert all(0.0 <= row[k] <= 1.0 for k in ("dense", "ticket", "control"))
+    with pytest.raises(ValueError, match="amount"):
+        pruning.lottery_ticket(make, split, 1.5)
