@@ -61,3 +61,24 @@ def tensor_reason(expected, got: Any, what: str = "value", *, exact: bool = Fals
         return (f"{what}{where}: expected {e[i].item()!r}, got {g[i].item()!r} "
                 f"({int(bad.sum())} of {e.numel()} differ{tolerance})")
     return None
+
+
+def labels_from_spec(spec: dict):
+    """Class labels from a case: ``{"values": [...]}`` or ``{"seed", "classes", "n"}`` (uniform draws)."""
+    import torch
+
+    if "values" in spec:
+        return torch.tensor(spec["values"], dtype=torch.int64)
+    gen = torch.Generator().manual_seed(spec["seed"])
+    return torch.randint(0, spec["classes"], (spec["n"],), generator=gen)
+
+
+def show_tensor(t) -> str:
+    """A tensor as a learner would type it (small), or its dtype, shape, range and first values (large)."""
+    import torch
+
+    if t.numel() > 24:
+        return (f"a {t.dtype} tensor of shape {tuple(t.shape)}, min {float(t.min()):.6g}, max {float(t.max()):.6g}, "
+                f"first values {[round(v, 6) for v in t.flatten()[:6].tolist()]}")
+    dtype = "" if t.dtype in (torch.float32, torch.int64) else f", dtype={t.dtype}"
+    return f"torch.tensor({t.tolist()}{dtype})"

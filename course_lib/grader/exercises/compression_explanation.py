@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._compare import tensor_reason, type_name
+from ._compare import labels_from_spec as _labels, show_tensor as _show, tensor_reason, type_name
 
 CHAPTER = "07_compression_and_explanation"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -47,21 +47,6 @@ def _tensor(spec: dict) -> torch.Tensor:
     for row in spec.get("zero_rows", []):
         x[row] = 0.0
     return x.to(dtype)
-
-
-def _labels(spec: dict) -> torch.Tensor:
-    if "values" in spec:
-        return torch.tensor(spec["values"], dtype=torch.int64)
-    gen = torch.Generator().manual_seed(spec["seed"])
-    return torch.randint(0, spec["classes"], (spec["n"],), generator=gen)
-
-
-def _show(t: torch.Tensor) -> str:
-    if t.numel() > 24:
-        return (f"a {t.dtype} tensor of shape {tuple(t.shape)}, min {float(t.min()):.6g}, max {float(t.max()):.6g}, "
-                f"first values {[round(v, 6) for v in t.flatten()[:6].tolist()]}")
-    dtype = "" if t.dtype in (torch.float32, torch.int64) else f", dtype={t.dtype}"
-    return f"torch.tensor({t.tolist()}{dtype})"
 
 
 def _kind(rng: np.random.Generator) -> str:

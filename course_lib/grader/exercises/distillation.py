@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._compare import tensor_reason, type_name
+from ._compare import labels_from_spec as _labels, show_tensor as _show, tensor_reason, type_name
 
 CHAPTER = "04_distillation"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -39,21 +39,6 @@ def _tensor(spec: dict) -> torch.Tensor:
     if "zero_rows" in spec:
         x[spec["zero_rows"]] = 0.0
     return x.to(dtype)
-
-
-def _labels(spec: dict) -> torch.Tensor:
-    if "values" in spec:
-        return torch.tensor(spec["values"], dtype=torch.int64)
-    gen = torch.Generator().manual_seed(spec["seed"])
-    return torch.randint(0, spec["classes"], (spec["n"],), generator=gen)
-
-
-def _show(t: torch.Tensor) -> str:
-    if t.numel() > 24:
-        return (f"a {t.dtype} tensor of shape {tuple(t.shape)}, min {float(t.min()):.6g}, max {float(t.max()):.6g}, "
-                f"first values {[round(v, 6) for v in t.flatten()[:6].tolist()]}")
-    dtype = "" if t.dtype in (torch.float32, torch.int64) else f", dtype={t.dtype}"
-    return f"torch.tensor({t.tolist()}{dtype})"
 
 
 def _scalar_reason(expected: torch.Tensor, got, what: str) -> str | None:
