@@ -8,7 +8,7 @@ WORK   := work
 # JupyterLab refuses to run as root unless told to (containers, Binder-like images).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab work test venv check-venv release check-release checkpoints clean
+.PHONY: lab work test html venv check-venv release check-release checkpoints clean
 
 # The environment is rebuilt when the pinned requirements change.
 $(STAMP): requirements.txt pyproject.toml
@@ -47,8 +47,21 @@ lab: venv work
 	@echo "Your work lives in $(WORK)/ (git-ignored; make release and make test never touch it)."
 	$(VENV)/bin/jupyter lab --notebook-dir=$(WORK) $(ROOT_FLAG)
 
+# tests/test_browser.py (JupyterLab and the website in a real Chromium) needs a chromium binary; without one it
+# is skipped, and make says so before and after the run. .ci/run installs Debian's chromium.
+BROWSER_NOTE := command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+  [ -n "$$COURSE_CHROMIUM" ] || echo "make: NOTE: no chromium binary found, so the real-browser test \
+(tests/test_browser.py) is SKIPPED; install it with: apt-get install chromium"
+
 test: venv
+	@$(BROWSER_NOTE)
 	$(PY) -m pytest
+	@$(BROWSER_NOTE)
+
+# The course as a static website in _build/html/ (open _build/html/index.html): the learner notebooks executed
+# (cached in _build/executed/ until a chapter, course_lib or data changes), rendered by Sphinx + myst-nb. Offline.
+html: venv
+	$(PY) -m course_lib.website
 
 # Regenerate chapters/ from solutions/ (never touches work/; a replaced chapter is kept in build/replaced-chapters/).
 release: venv
@@ -62,4 +75,4 @@ checkpoints: venv
 	$(PY) -m course_lib.checkpoints --regenerate
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build _build *.egg-info

@@ -123,9 +123,14 @@ def format_table(rows: Sequence[ProgressRow], *, width: int = 100) -> str:
 
 def show(folder: str | Path | None = None, *, chapter: str | None = None, seed: int | None = None) -> None:
     """Print the gradebook of ``folder`` (default: this notebook's folder if it holds chapter notebooks,
-    else ``work/``), or of one ``chapter``. Does nothing under the test suite (``COURSE_CLAIMS=strict``)."""
+    else ``work/``), or of one ``chapter``. Does nothing under the test suite (``COURSE_CLAIMS=strict``)
+    or on the website (``COURSE_SITE`` set by ``course_lib.website``)."""
     from .timing import claims_are_strict
 
+    if os.environ.get("COURSE_SITE"):
+        print("progress: nothing is graded on the website; in your own copy (`make lab`) this cell lists which "
+              "of your exercises pass.")
+        return
     if claims_are_strict():
         print("progress: not graded under the test suite (COURSE_CLAIMS=strict); "
               "run `python -m course_lib.progress` in a terminal.")

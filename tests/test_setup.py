@@ -15,7 +15,7 @@ def test_requirements_pin_every_package_exactly():
     pins = _pins("\n".join(lines))
     for package in ["torch", "jupyterlab", "ipywidgets", "ipykernel", "nbval", "pytest", "nbclient", "nbformat",
                     "numpy", "scipy", "scikit-learn", "scikit-image", "pandas", "matplotlib", "tqdm", "shap",
-                    "lime", "captum"]:
+                    "lime", "captum", "sphinx", "myst-nb", "sphinx-book-theme", "sphinx-mathjax-offline", "playwright"]:
         assert package in pins, f"{package} is not pinned in requirements.txt"
 
 
@@ -37,6 +37,11 @@ def test_makefile_targets_and_ci_entry_point():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert readme.index("make lab") < readme.index("## Layout") and "make test" in readme
+    # the website: a make target, said in the README with where the site is; CI installs the browser test's chromium
+    assert "html:" in makefile and "course_lib.website" in makefile
+    assert "make html" in readme and "_build/html/" in readme and "_build/" in (ROOT / ".gitignore").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get install" in ci and "chromium" in ci and "COURSE_REQUIRE_BROWSER=1" in ci
 
 
 def test_no_download_calls_in_course_code():

@@ -1,0 +1,410 @@
+"""The course as a static website: ``make html`` (``python -m course_lib.website``) builds ``_build/html/``.
+
+The pages are the **learner** notebooks of ``chapters/``, run as a learner gets them: every exercise cell
+shows its stub, and the outputs after it come from the reference that ``check`` falls back to. No
+solution code is published. Four steps:
+
+1. **execute** each chapter with nbclient (cwd: a staging copy, ``COURSE_SITE=1`` set). Results are cached
+   in ``_build/executed/`` under a key made of the notebook, ``course_lib/``, ``data/``, the pinned
+   requirements and the claims mode, so a second build with nothing changed executes nothing;
+2. **still** each live widget (a static page has no kernel): an ``interact`` becomes a note saying so,
+   its controls drawn at their starting values (disabled HTML controls) and the output it showed there;
+   a tqdm bar becomes its final state. The widget state is then dropped, so no page loads widget
+   JavaScript from a CDN;
+3. **pages**: a landing page (the README's introduction, its two commands and its chapter table), a
+   glossary (every chapter's English / Chinese table) and the reading lists;
+4. **render** with Sphinx, myst-nb (execution off) and sphinx-book-theme; MathJax 3 is served from the
+   site itself (``_static/mathjax``), so the pages need no network.
+
+A cell that raises stops the build with the chapter and cell named. Under the test suite
+(``COURSE_CLAIMS=strict``) a speed claim that does not reproduce is such an error, as under nbval.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from queue import Empty
+
+import nbformat
+
+__all__ = ["build", "still_widgets", "landing_page", "glossary_page", "reading_page", "BuildError", "main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "_build"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+SITE_NOTE = ("> **This is the website of the course: read-only.** It shows the learner notebook "
+             "`chapters/{name}` as it runs before you solve anything: each exercise cell holds the stub "
+             "(`raise NotImplementedError`), and the outputs after it come from the course's reference "
+             "implementation, which `check` uses until your function passes. Widgets are shown as stills. "
+             "To run and solve the chapter: `make lab`.")
+
+
+class BuildError(RuntimeError):
+    """A chapter did not run to the end, or Sphinx failed."""
+
+
+# --------------------------------------------------------------------------------------------- 1. execute
+def _digest(paths: list[Path]) -> str:
+    sha = hashlib.sha256()
+    for path in sorted(paths):
+        path = path.resolve()
+        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+        sha.update(str(name).encode() + b"\0" + path.read_bytes() + b"\0")
+    return sha.hexdigest()
+
+
+def _inputs_digest() -> str:
+    """What every chapter's output depends on, besides the chapter itself."""
+    library = [p for p in (ROOT / "course_lib").rglob("*.py") if p.name != "website.py"]   # not an input
+    data = [p for p in (ROOT / "data").rglob("*") if p.is_file()]
+    return _digest(library + data + [ROOT / "requirements.txt"])
+
+
+def _claims_mode() -> str:
+    from .timing import claims_are_strict
+
+    return "strict" if claims_are_strict() else "warn"
+
+
+def _poll_in_slices(channel, step: float = 0.25) -> None:
+    """Make ``channel.get_msg(timeout)`` wait in short polls until the same deadline.
+
+    Measured here (pyzmq 27.3, jupyter_client 8.10): in 3 of 5 runs of chapter 03, nbclient saw the reply to
+    the widget cell only when the cell's whole timeout had passed, although the kernel sent it at once
+    (its timestamp says so): the asyncio poller missed the socket's wake-up. A fresh poll finds a waiting
+    message immediately, so polling in slices removes the wait (5 of 5 runs at ~7 s instead of timeout + 7 s).
+    """
+    original = channel.get_msg
+
+    async def get_msg(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = step if deadline is None else min(step, max(0.0, deadline - time.monotonic()))
+            try:
+                return await original(timeout=wait)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    channel.get_msg = get_msg
+
+
+def _execute(source: Path, target: Path, key: str, timeout: int) -> float:
+    """Run ``source`` top to bottom in a fresh kernel (cwd: ``target``'s folder) and write it to ``target``."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    started = time.perf_counter()
+    nb = nbformat.read(source, as_version=4)
+    env_before = os.environ.get("COURSE_SITE")
+    os.environ["COURSE_SITE"] = "1"           # progress.show prints a note instead of grading the staging copy
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
+                                resources={"metadata": {"path": str(target.parent)}})
+        client.on_notebook_start = lambda **_: _poll_in_slices(client.kc.shell_channel)
+        client.execute()
+    except CellExecutionError as exc:
+        raise BuildError(f"{source.name} did not run to the end:\n{exc}") from None
+    finally:
+        if env_before is None:
+            os.environ.pop("COURSE_SITE", None)
+        else:
+            os.environ["COURSE_SITE"] = env_before
+    nb.metadata["course_site"] = {"key": key, "seconds": round(time.perf_counter() - started, 1)}
+    nbformat.write(nb, target)
+    return time.perf_counter() - started
+
+
+def execute_chapters(chapters: list[Path], *, cache: Path, timeout: int = 1800, fresh: bool = False) -> dict:
+    """Execute the chapters that changed since their cached run; return ``{name: seconds or "cached"}``."""
+    from tqdm.auto import tqdm
+
+    cache.mkdir(parents=True, exist_ok=True)
+    common, mode = _inputs_digest(), _claims_mode()
+    report = {}
+    for source in tqdm(chapters, desc="executing chapters", unit="chapter"):
+        target = cache / source.name
+        key = hashlib.sha256(f"{common} {_digest([source])} {mode}".encode()).hexdigest()
+        strict_key = hashlib.sha256(f"{common} {_digest([source])} strict".encode()).hexdigest()
+        if not fresh and target.exists():
+            cached = nbformat.read(target, as_version=4).metadata.get("course_site", {}).get("key")
+            if cached in (key, strict_key):   # a strict run is good for a warn build too, never the reverse
+                report[source.name] = "cached"
+                continue
+        report[source.name] = round(_execute(source, target, key, timeout), 1)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------- 2. still
+def _fmt(value, fmt: str | None) -> str:
+    if isinstance(value, float):
+        return format(value, fmt or ".2f")
+    return str(value)
+
+
+def _control_html(model: dict) -> str:
+    """One widget control as a disabled HTML control at its current value, with its range in words."""
+    kind, s = model["model_name"], model["state"]
+    label = html.escape(s.get("description", ""))
+    if kind in ("IntSliderModel", "FloatSliderModel"):
+        value = _fmt(s["value"], s.get("readout_format"))
+        rng = f"{_fmt(s['min'], s.get('readout_format'))} to {_fmt(s['max'], s.get('readout_format'))}"
+        field = (f'<input type="range" disabled min="{s["min"]}" max="{s["max"]}" step="{s.get("step", 1)}" '
+                 f'value="{s["value"]}">')
+    elif kind == "FloatLogSliderModel":
+        base = s.get("base", 10)
+        value = f"{s['value']:.3g}"
+        rng = f"{base ** s['min']:.3g} to {base ** s['max']:.3g} (log scale)"
+        field = (f'<input type="range" disabled min="{s["min"]}" max="{s["max"]}" step="{s.get("step", 0.1)}" '
+                 f'value="{math.log(s["value"], base)}">')
+    elif kind in ("SelectionSliderModel", "DropdownModel", "SelectModel", "ToggleButtonsModel", "RadioButtonsModel"):
+        labels = list(s.get("_options_labels", []))
+        index = s.get("index") or 0
+        value = labels[index] if labels else ""
+        rng = ", ".join(labels)
+        if kind == "SelectionSliderModel":
+            field = f'<input type="range" disabled min="0" max="{max(len(labels) - 1, 0)}" step="1" value="{index}">'
+        else:
+            options = "".join(f"<option{' selected' if i == index else ''}>{html.escape(o)}</option>"
+                              for i, o in enumerate(labels))
+            field = f"<select disabled>{options}</select>"
+    else:
+        value, rng, field = str(s.get("value", "")), "", ""
+    return (f'<div class="course-widget-control"><label>{label}</label> {field} '
+            f'<span class="course-widget-value">{html.escape(str(value))}</span>'
+            f'<span class="course-widget-range">{html.escape(rng)}</span></div>')
+
+
+def _html_output(markup: str, plain: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_output("display_data", data={"text/html": markup, "text/plain": plain})
+
+
+def _children(model: dict, state: dict) -> list[dict]:
+    ids = [c.removeprefix("IPY_MODEL_") for c in model["state"].get("children", [])]
+    return [state[i] for i in ids if i in state]
+
+
+def _still(model: dict, state: dict) -> list[nbformat.NotebookNode]:
+    """The static outputs that stand for one displayed widget."""
+    children = _children(model, state)
+    names = [c["model_name"] for c in children]
+    if "widget-interact" in model["state"].get("_dom_classes", []):
+        controls = "".join(_control_html(c) for c in children if c["model_name"] != "OutputModel")
+        note = ("<p><strong>Interactive widget, shown as a still.</strong> A static page cannot run Python, so "
+                "the controls are drawn at their starting values and below them is what the widget showed "
+                "for those values. Run the chapter in JupyterLab (<code>make lab</code>) to move them.</p>")
+        outs = [_html_output(f'<div class="course-widget-still">{note}{controls}</div>',
+                             "[interactive widget: a still at its starting values]")]
+        for out in (c for c in children if c["model_name"] == "OutputModel"):
+            outs += [nbformat.from_dict(o) for o in out["state"].get("outputs", [])]
+        return outs
+    if len(children) == 3 and names[1] in ("FloatProgressModel", "IntProgressModel"):   # a tqdm bar
+        left, bar, right = (c["state"] for c in children)
+        markup = (f'<div class="course-progress">{left.get("value", "")} '
+                  f'<progress value="{bar["value"]}" max="{bar["max"]}"></progress> {right.get("value", "")}</div>')
+        text = html.unescape(re.sub(r"<[^>]+>", "", f"{left.get('value', '')} {right.get('value', '')}"))
+        return [_html_output(markup, text.replace("\u2007", " "))]
+    return [_html_output('<div class="course-widget-still"><p><strong>Widget.</strong> A static page cannot run '
+                         'Python: run the chapter in JupyterLab (<code>make lab</code>) to see it.</p></div>',
+                         "[widget]")]
+
+
+def still_widgets(nb: nbformat.NotebookNode) -> int:
+    """Replace every widget output of ``nb`` by its still (in place) and drop the widget state; return
+    how many widget outputs were replaced."""
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    replaced = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs = []
+        for out in cell.get("outputs", []):
+            view = out.get("data", {}).get(WIDGET_VIEW) if out.get("output_type") in ("display_data", "execute_result") else None
+            if view is None:
+                outputs.append(out)
+                continue
+            model = state.get(view.get("model_id"))
+            outputs += _still(model, state) if model else [_html_output(
+                "<p><em>A widget stood here; its state was not saved.</em></p>", "[widget]")]
+            replaced += 1
+        cell.outputs = outputs
+    nb.metadata.pop("widgets", None)
+    return replaced
+
+
+# ----------------------------------------------------------------------------------------------- 3. pages
+def _section(markdown: str, heading: str) -> str:
+    """The body under ``## heading`` up to the next heading of level 1 or 2."""
+    match = re.search(rf"^## {re.escape(heading)}\s*\n(.*?)(?=^#{{1,2}} |\Z)", markdown, re.S | re.M)
+    if match is None:
+        raise BuildError(f"no '## {heading}' section found")
+    return match.group(1).strip()
+
+
+def _title(nb: nbformat.NotebookNode) -> str:
+    for cell in nb.cells:
+        match = re.search(r"^# (.+)$", cell.source, re.M) if cell.cell_type == "markdown" else None
+        if match:
+            return match.group(1).strip()
+    raise BuildError("a chapter has no '# title'")
+
+
+def landing_page(readme: str, chapters: list[str]) -> str:
+    """index.md: the README's introduction, its Start commands, and its chapter table linked to the pages."""
+    title = re.search(r"^# (.+)$", readme, re.M).group(1)
+    intro = readme.split("\n## ", 1)[0].split("\n", 1)[1].strip()
+    commands = re.search(r"```bash\n.*?```", _section(readme, "Start"), re.S).group(0)
+    table = []
+    for line in _section(readme, "Chapters").splitlines():
+        number = re.match(r"\| (\d\d) ([^:|]+)", line)
+        page = next((c for c in chapters if number and c.startswith(number.group(1) + "_")), None)
+        if page:
+            line = line.replace(number.group(0), f"| [{number.group(1)} {number.group(2)}](chapters/{page}.ipynb)", 1)
+        table.append(line)
+    toc = "\n".join(f"chapters/{c}" for c in chapters)
+    return f"""# {title}
+
+{intro}
+
+## Read it here, run it at home
+
+These pages are the learner notebooks as they run before you solve anything: each exercise cell holds its stub,
+and the outputs after it come from the course's reference implementation, which `check` uses until your own
+function passes. No solution code is published here. Widgets need a running kernel, so each one stands here as a
+still. To run the course (offline, on a laptop CPU):
+
+{commands}
+
+## Chapters
+
+{chr(10).join(table)}
+
+Also: the [glossary](glossary.md) (English and Chinese terms of every chapter) and the [reading lists](reading.md).
+
+```{{toctree}}
+:hidden:
+:caption: Chapters
+
+{toc}
+```
+
+```{{toctree}}
+:hidden:
+:caption: Reference
+
+glossary
+reading
+```
+"""
+
+
+def glossary_page(notebooks: dict[str, nbformat.NotebookNode]) -> str:
+    """glossary.md: every chapter's glossary table under the chapter's title."""
+    parts = ["# Glossary\n", "Every chapter's key terms, in English and as Chinese-language material on the topic names "
+             "them, with what each means in the course.\n"]
+    for name, nb in notebooks.items():
+        cell = next((c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## Glossary")), None)
+        if cell is None:
+            raise BuildError(f"{name} has no '## Glossary' cell")
+        table = "\n".join(line for line in cell.splitlines() if line.startswith("|"))
+        parts.append(f"## [{_title(nb)}](chapters/{name}.ipynb)\n\n{table}\n")
+    return "\n".join(parts)
+
+
+def reading_page(notebooks: dict[str, nbformat.NotebookNode]) -> str:
+    """reading.md: every chapter's reading list under the chapter's title."""
+    parts = ["# Reading lists\n", "Each chapter's short reading list: the papers its methods come from and the "
+             "documentation of the libraries it checks against.\n"]
+    for name, nb in notebooks.items():
+        text = "\n\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        parts.append(f"## [{_title(nb)}](chapters/{name}.ipynb)\n\n{_section(text, 'Reading list')}\n")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- 4. render
+def _site_notebook(executed: Path, name: str) -> nbformat.NotebookNode:
+    nb = nbformat.read(executed, as_version=4)
+    if nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("> **Generated from"):
+        nb.cells[0].source = SITE_NOTE.format(name=f"{name}.ipynb")
+    still_widgets(nb)
+    return nb
+
+
+def _mathjax() -> Path:
+    """MathJax 3's browser files, as the pinned ``sphinx-mathjax-offline`` wheel ships them (used as data only)."""
+    from importlib.metadata import distribution
+
+    folder = Path(distribution("sphinx-mathjax-offline").locate_file("sphinx-mathjax-offline/static/mathjax"))
+    if not (folder / "tex-chtml.js").exists():
+        raise BuildError(f"MathJax's files are missing from {folder}; run `make venv` again")
+    return folder
+
+
+def build(out: Path | None = None, *, chapters: list[str] | None = None, fresh: bool = False,
+          timeout: int = 1800) -> dict:
+    """Build the site into ``out`` (default ``_build/html``); return a report of what ran and how long."""
+    started = time.perf_counter()
+    out = Path(out) if out is not None else BUILD / "html"
+    sources = sorted((ROOT / "chapters").glob("*.ipynb"))
+    if chapters is not None:
+        unknown = set(chapters) - {p.stem for p in sources}
+        if unknown:
+            raise ValueError(f"chapters must name notebooks of chapters/, got unknown {sorted(unknown)}")
+        sources = [p for p in sources if p.stem in chapters]
+    staging = BUILD / "source"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(ROOT / "website", staging)
+    (staging / "chapters").mkdir()
+    executed = BUILD / "executed"
+    report = {"executed": execute_chapters(sources, cache=executed, timeout=timeout, fresh=fresh)}
+    notebooks = {}
+    for source in sources:
+        nb = _site_notebook(executed / source.name, source.stem)
+        nbformat.write(nb, staging / "chapters" / source.name)
+        notebooks[source.stem] = nb
+    (staging / "index.md").write_text(landing_page((ROOT / "README.md").read_text(), list(notebooks)))
+    (staging / "glossary.md").write_text(glossary_page(notebooks))
+    (staging / "reading.md").write_text(reading_page(notebooks))
+    shutil.copytree(_mathjax(), staging / "_static" / "mathjax")
+    shutil.rmtree(out, ignore_errors=True)
+    sphinx = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", "-W", "--keep-going",
+                             "-d", str(BUILD / "doctrees"), str(staging), str(out)],
+                            capture_output=True, text=True)
+    if sphinx.returncode != 0:
+        raise BuildError(f"Sphinx failed (exit {sphinx.returncode}):\n{sphinx.stdout}\n{sphinx.stderr}")
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["out"] = str(out)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.website", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=None, help="output folder (default: _build/html)")
+    parser.add_argument("--fresh", action="store_true", help="execute every chapter again, ignoring the cache")
+    parser.add_argument("--chapter", action="append", default=None, help="only this chapter (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        report = build(args.out, chapters=args.chapter, fresh=args.fresh)
+    except (BuildError, ValueError) as exc:
+        print(f"make html: {exc}", file=sys.stderr)
+        return 1
+    for name, seconds in report["executed"].items():
+        print(f"  {name}: {'cached' if seconds == 'cached' else f'executed in {seconds} s'}")
+    print(f"make html: the site is in {report['out']}/ (open {report['out']}/index.html); "
+          f"built in {report['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
