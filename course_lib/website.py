@@ -22,8 +22,10 @@ A cell that raises stops the build with the chapter and cell named. Under the te
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import html
+import io
 import json
 import math
 import os
@@ -110,7 +112,10 @@ def _execute(source: Path, target: Path, key: str, timeout: int) -> float:
     env_before = os.environ.get("COURSE_SITE")
     os.environ["COURSE_SITE"] = "1"           # progress.show prints a note instead of grading the staging copy
     try:
+        # the kernel's own log (a warning about local TCP at start, an interrupt note at shutdown) is noise here:
+        # what a cell raises still reaches nbclient, and stops the build
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
+                                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
                                 resources={"metadata": {"path": str(target.parent)}})
         client.on_notebook_start = lambda **_: _poll_in_slices(client.kc.shell_channel)
         client.execute()
@@ -153,37 +158,58 @@ def _fmt(value, fmt: str | None) -> str:
     return str(value)
 
 
-def _control_html(model: dict) -> str:
-    """One widget control as a disabled HTML control at its current value, with its range in words."""
+def _control(model: dict) -> dict:
+    """One widget control at its current state: its label, the value shown, where a slider's knob sits
+    (0 to 1 along the track; None for a drop-down) and what it allows, in words."""
     kind, s = model["model_name"], model["state"]
-    label = html.escape(s.get("description", ""))
+    label = s.get("description", "")
     if kind in ("IntSliderModel", "FloatSliderModel"):
-        value = _fmt(s["value"], s.get("readout_format"))
-        rng = f"{_fmt(s['min'], s.get('readout_format'))} to {_fmt(s['max'], s.get('readout_format'))}"
-        field = (f'<input type="range" disabled min="{s["min"]}" max="{s["max"]}" step="{s.get("step", 1)}" '
-                 f'value="{s["value"]}">')
-    elif kind == "FloatLogSliderModel":
+        fmt = s.get("readout_format")
+        span = (s["max"] - s["min"]) or 1
+        return {"label": label, "value": _fmt(s["value"], fmt), "position": (s["value"] - s["min"]) / span,
+                "allowed": f"{_fmt(s['min'], fmt)} to {_fmt(s['max'], fmt)}, step {_fmt(s.get('step', 1), fmt)}"}
+    if kind == "FloatLogSliderModel":
         base = s.get("base", 10)
-        value = f"{s['value']:.3g}"
-        rng = f"{base ** s['min']:.3g} to {base ** s['max']:.3g} (log scale)"
-        field = (f'<input type="range" disabled min="{s["min"]}" max="{s["max"]}" step="{s.get("step", 0.1)}" '
-                 f'value="{math.log(s["value"], base)}">')
-    elif kind in ("SelectionSliderModel", "DropdownModel", "SelectModel", "ToggleButtonsModel", "RadioButtonsModel"):
+        span = (s["max"] - s["min"]) or 1
+        return {"label": label, "value": f"{s['value']:.3g}", "position": (math.log(s["value"], base) - s["min"]) / span,
+                "allowed": f"{base ** s['min']:.3g} to {base ** s['max']:.3g} (log scale)"}
+    if kind in ("SelectionSliderModel", "DropdownModel", "SelectModel", "ToggleButtonsModel", "RadioButtonsModel"):
         labels = list(s.get("_options_labels", []))
         index = s.get("index") or 0
-        value = labels[index] if labels else ""
-        rng = ", ".join(labels)
-        if kind == "SelectionSliderModel":
-            field = f'<input type="range" disabled min="0" max="{max(len(labels) - 1, 0)}" step="1" value="{index}">'
-        else:
-            options = "".join(f"<option{' selected' if i == index else ''}>{html.escape(o)}</option>"
-                              for i, o in enumerate(labels))
-            field = f"<select disabled>{options}</select>"
-    else:
-        value, rng, field = str(s.get("value", "")), "", ""
-    return (f'<div class="course-widget-control"><label>{label}</label> {field} '
-            f'<span class="course-widget-value">{html.escape(str(value))}</span>'
-            f'<span class="course-widget-range">{html.escape(rng)}</span></div>')
+        position = index / max(len(labels) - 1, 1) if kind == "SelectionSliderModel" else None
+        return {"label": label, "value": labels[index] if labels else "", "position": position,
+                "allowed": "one of " + ", ".join(labels)}
+    return {"label": label, "value": str(s.get("value", "")), "position": None, "allowed": ""}
+
+
+def _controls_image(controls: list[dict]) -> str:
+    """A picture of the controls as JupyterLab draws them (label, track and knob, or a drop-down box, and
+    the value), base64 PNG."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import FancyBboxPatch
+
+    fig = Figure(figsize=(5.0, 0.4 * len(controls) + 0.1), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, 5.0)
+    ax.set_ylim(len(controls) + 0.1, -0.05)
+    ax.axis("off")
+    left, width = 1.35, 2.3                                       # where tracks and boxes start, and their length
+    for row, c in enumerate(controls):
+        y = row + 0.5
+        ax.text(left - 0.15, y, c["label"], ha="right", va="center", fontsize=10)
+        if c["position"] is None:                                 # a drop-down
+            ax.add_patch(FancyBboxPatch((left, y - 0.3), width, 0.6, boxstyle="round,pad=0,rounding_size=0.05",
+                                        fill=False, ec="#9e9e9e"))
+            ax.text(left + 0.1, y, c["value"], va="center", fontsize=10)
+            ax.text(left + width - 0.1, y, "v", ha="right", va="center", fontsize=9, color="#616161")
+        else:                                                     # a slider: grey track, blue knob, readout
+            knob = left + width * min(max(c["position"], 0.0), 1.0)
+            ax.plot([left, left + width], [y, y], color="#bdbdbd", lw=4, solid_capstyle="round")
+            ax.plot([knob], [y], "o", ms=12, color="#1976d2")
+            ax.text(left + width + 0.2, y, c["value"], va="center", fontsize=10)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _html_output(markup: str, plain: str) -> nbformat.NotebookNode:
@@ -200,12 +226,17 @@ def _still(model: dict, state: dict) -> list[nbformat.NotebookNode]:
     children = _children(model, state)
     names = [c["model_name"] for c in children]
     if "widget-interact" in model["state"].get("_dom_classes", []):
-        controls = "".join(_control_html(c) for c in children if c["model_name"] != "OutputModel")
+        controls = [_control(c) for c in children if c["model_name"] != "OutputModel"]
+        words = "".join(f"<li><code>{html.escape(c['label'])}</code>: {html.escape(c['value'])}"
+                        f"{' (' + html.escape(c['allowed']) + ')' if c['allowed'] else ''}</li>" for c in controls)
         note = ("<p><strong>Interactive widget, shown as a still.</strong> A static page cannot run Python, so "
-                "the controls are drawn at their starting values and below them is what the widget showed "
-                "for those values. Run the chapter in JupyterLab (<code>make lab</code>) to move them.</p>")
-        outs = [_html_output(f'<div class="course-widget-still">{note}{controls}</div>',
-                             "[interactive widget: a still at its starting values]")]
+                "below is a picture of its controls at their starting values, then what the widget showed for "
+                "them. Run the chapter in JupyterLab (<code>make lab</code>) to move them.</p>")
+        outs = [_html_output(f'<div class="course-widget-still">{note}<ul>{words}</ul></div>',
+                             "[interactive widget: a still at its starting values]"),
+                nbformat.v4.new_output("display_data", data={
+                    "image/png": _controls_image(controls),
+                    "text/plain": "; ".join(f"{c['label']} = {c['value']}" for c in controls)})]
         for out in (c for c in children if c["model_name"] == "OutputModel"):
             outs += [nbformat.from_dict(o) for o in out["state"].get("outputs", [])]
         return outs

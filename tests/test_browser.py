@@ -144,8 +144,8 @@ def _menu(page, menu: str, item: str) -> None:
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{item}$")).first.click()
 
 
-def _prompts(page) -> list[str]:
-    return page.eval_on_selector_all(".jp-CodeCell .jp-InputPrompt", "els => els.map(e => e.textContent.trim())")
+def _prompts(panel) -> list[str]:
+    return panel.locator(".jp-CodeCell .jp-InputPrompt").evaluate_all("els => els.map(e => e.textContent.trim())")
 
 
 def _widget_output(widget) -> str:
@@ -159,15 +159,17 @@ def test_a_chapter_runs_in_jupyterlab_with_its_slider_and_plots(lab, browser, ch
     started = time.monotonic()
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(f"{lab['url']}/lab/tree/{chapter}.ipynb?token={lab['token']}")
-        page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=120_000)
+        # ?reset: a workspace holding only this notebook (no tab of an earlier test left open behind it)
+        page.goto(f"{lab['url']}/lab/tree/{chapter}.ipynb?reset&token={lab['token']}")
+        page.wait_for_selector(".jp-NotebookPanel:visible .jp-CodeCell", timeout=120_000)
+        panel = page.locator(".jp-NotebookPanel:visible").first          # every check below looks inside it
         _wait_for_idle_kernel(lab)
         _menu(page, "Run", "Run All Cells")
         # Run All ends when every cell has run, or earlier at a cell that raised (JupyterLab skips the rest)
         deadline, quiet = time.monotonic() + RUN_ALL_TIMEOUT_S, 0
         while quiet < 3:
             time.sleep(1)
-            busy = "[*]:" in _prompts(page) or page.locator(
+            busy = "[*]:" in _prompts(panel) or panel.locator(
                 ".jp-Notebook-ExecutionIndicator[data-status='idle']").count() == 0
             quiet = 0 if busy else quiet + 1
             assert time.monotonic() < deadline, f"Run All did not finish in {RUN_ALL_TIMEOUT_S} s"
@@ -188,16 +190,16 @@ def test_a_chapter_runs_in_jupyterlab_with_its_slider_and_plots(lab, browser, ch
         assert not errors, f"{chapter}: cells raised in JupyterLab: {errors}"
         not_run = [i for i, c in enumerate(code) if not c.get("execution_count")]
         assert not not_run, f"{chapter}: code cells {not_run} did not run"
-        assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+        assert panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
                             has_text="Traceback").count() == 0
 
         # a plot image is present and decoded
-        images = page.locator(".jp-RenderedImage img")
+        images = panel.locator(".jp-RenderedImage img")
         assert images.count() >= 1, f"{chapter}: no plot image rendered"
         assert images.first.evaluate("img => img.complete && img.naturalWidth > 0"), "the first plot did not load"
 
         # the ipywidgets slider renders, and moving it changes the widget's output
-        widget = page.locator(".widget-interact").first
+        widget = panel.locator(".widget-interact").first
         widget.scroll_into_view_if_needed()
         slider = widget.locator(".widget-slider").first
         slider.wait_for(state="visible", timeout=60_000)
