@@ -121,6 +121,8 @@ def _execute(source: Path, target: Path, key: str, timeout: int) -> float:
         client.execute()
     except CellExecutionError as exc:
         raise BuildError(f"{source.name} did not run to the end:\n{exc}") from None
+    except Exception as exc:                  # the kernel did not start, a cell ran past the timeout, ...
+        raise BuildError(f"{source.name} could not be run: {type(exc).__name__}: {exc}") from None
     finally:
         if env_before is None:
             os.environ.pop("COURSE_SITE", None)
