@@ -34,6 +34,9 @@ def test_every_learner_chapter_runs_to_the_end_with_its_stubs(website):
         assert all(c.execution_count for c in code), f"{name}: a cell did not run"
         errors = [o for c in code for o in c.outputs if o.output_type == "error"]
         assert not errors, f"{name}: {errors[0].ename}: {errors[0].evalue}"
+        warned = [o.text for c in code for o in c.outputs if o.output_type == "stream" and o.name == "stderr"
+                  and "Warning" in o.text]
+        assert not warned, f"{name}: a library warning shows on the page (and in JupyterLab): {warned[0][:300]}"
         assert any("raise NotImplementedError" in c.source for c in code), f"{name}: no stub on its page"
 
 
