@@ -109,8 +109,6 @@ def _execute(source: Path, target: Path, key: str, timeout: int) -> float:
 
     started = time.perf_counter()
     nb = nbformat.read(source, as_version=4)
-    env_before = os.environ.get("COURSE_SITE")
-    os.environ["COURSE_SITE"] = "1"           # progress.show prints a note instead of grading the staging copy
     try:
         # the kernel's own log (a warning about local TCP at start, an interrupt note at shutdown) is noise here:
         # what a cell raises still reaches nbclient, and stops the build
@@ -118,16 +116,12 @@ def _execute(source: Path, target: Path, key: str, timeout: int) -> float:
                                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
                                 resources={"metadata": {"path": str(target.parent)}})
         client.on_notebook_start = lambda **_: _poll_in_slices(client.kc.shell_channel)
-        client.execute()
+        # COURSE_SITE: progress.show prints a note instead of grading the staging copy
+        client.execute(env={**os.environ, "COURSE_SITE": "1"})
     except CellExecutionError as exc:
         raise BuildError(f"{source.name} did not run to the end:\n{exc}") from None
     except Exception as exc:                  # the kernel did not start, a cell ran past the timeout, ...
         raise BuildError(f"{source.name} could not be run: {type(exc).__name__}: {exc}") from None
-    finally:
-        if env_before is None:
-            os.environ.pop("COURSE_SITE", None)
-        else:
-            os.environ["COURSE_SITE"] = env_before
     nb.metadata["course_site"] = {"key": key, "seconds": round(time.perf_counter() - started, 1)}
     nbformat.write(nb, target)
     return time.perf_counter() - started
