@@ -38,6 +38,8 @@ def test_every_learner_chapter_runs_to_the_end_with_its_stubs(website):
                   and "Warning" in o.text]
         assert not warned, f"{name}: a library warning shows on the page (and in JupyterLab): {warned[0][:300]}"
         assert any("raise NotImplementedError" in c.source for c in code), f"{name}: no stub on its page"
+        for cell in (c for c in code if "progress.show(" in c.source):       # the site grades nothing
+            assert "nothing is graded on the website" in "".join(o.get("text", "") for o in cell.outputs), name
 
 
 def _solution_lines(name: str) -> set[str]:
