@@ -3,7 +3,8 @@
 Notebooks teach; this package computes. One concept per module:
 
 - core: ``data`` (datasets, offline), ``models`` (small MLP/CNN, ``train``, ``evaluate``),
-  ``checkpoints`` (shipped trained models, verified by sha256), ``timing`` (``benchmark``);
+  ``checkpoints`` (shipped trained models, verified by sha256), ``timing`` (``benchmark``),
+  ``stats`` (intervals and comparisons: how sure a number is);
 - ``grader/``: the grading machinery, a part of its own (``check`` in notebooks, the classroom
   CLI ``python -m course_lib.grade``, the sandbox, the exercise specs); ``release`` (solutions/ ->
   chapters/);

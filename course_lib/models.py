@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .validation import check_int
 
-__all__ = ["MLP", "SmallCNN", "train", "evaluate", "predict_proba", "set_seed"]
+__all__ = ["MLP", "SmallCNN", "train", "evaluate", "predict_proba", "set_seed", "train_seeds"]
 
 
 # ---------------------------------------------------------------- validation
@@ -393,3 +393,53 @@ def predict_proba(model: nn.Module, X: Tensor, batch_size: int = 512) -> Tensor:
     tensor([[0.2500, 0.2500, 0.2500, 0.2500]])
     """
     return torch.softmax(_logits(model, X, batch_size), dim=1)
+
+
+def train_seeds(make_model: Callable[[], nn.Module], split, seeds: Sequence[int], *, progress: bool = True,
+                keep_models: bool = False, **train_kwargs) -> dict:
+    """Train one recipe once per seed and score each run on validation and test.
+
+    Seed ``s`` fixes both sources of training randomness: :func:`set_seed` ``(s)`` right before
+    ``make_model()`` (the initialisation) and ``train(..., seed=s)`` (the data order). Two recipes run
+    with the same seeds are therefore **paired**: seed ``s`` of each starts from the same weights and
+    sees the batches in the same order whenever the recipes allow it (same architecture).
+
+    Parameters
+    ----------
+    make_model : callable with no arguments
+        Builds a fresh, untrained model (``lambda: MLP(64, (32,), 10)``).
+    split : data.Split
+        Trained on ``X_train``; scored on ``X_val`` and ``X_test``.
+    seeds : sequence of int
+    progress : bool, default=True
+        A tqdm bar over seeds.
+    keep_models : bool, default=False
+        Also return the trained models.
+    **train_kwargs
+        Passed to :func:`train` (``epochs``, ``lr``, ``weight_decay``, ...); ``seed`` and ``progress``
+        are set here.
+
+    Returns
+    -------
+    dict
+        ``"seed"``, ``"val"``, ``"test"``: numpy arrays of shape ``(len(seeds),)`` (accuracies), and
+        ``"models"`` when ``keep_models``.
+    """
+    seeds = [check_int("seed", s, 0) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, got an empty sequence")
+    if "seed" in train_kwargs or "progress" in train_kwargs:
+        raise ValueError("train_seeds sets seed and progress itself; pass seeds=[...] and progress=...")
+    out: dict = {"seed": np.array(seeds), "val": [], "test": [], "models": []}
+    for seed in tqdm(seeds, desc="seeds", disable=not progress, leave=False):
+        set_seed(seed)
+        model = make_model()
+        train(model, split.X_train, split.y_train, seed=seed, progress=False, **train_kwargs)
+        out["val"].append(evaluate(model, split.X_val, split.y_val))
+        out["test"].append(evaluate(model, split.X_test, split.y_test))
+        if keep_models:
+            out["models"].append(model)
+    out["val"], out["test"] = np.array(out["val"]), np.array(out["test"])
+    if not keep_models:
+        del out["models"]
+    return out

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["COLORS", "plot_latency_throughput", "plot_timing_samples"]
+__all__ = ["COLORS", "plot_latency_throughput", "plot_timing_samples", "plot_intervals"]
 
 COLORS = {"latency": "tab:blue", "throughput": "tab:orange", "median": "black", "mean": "tab:red",
           "iqr": "tab:gray"}
@@ -47,5 +47,29 @@ def plot_timing_samples(samples_ms: Sequence[float], title: str = "timing sample
     ax.axvline(samples.mean(), color=COLORS["mean"], linestyle="--", label=f"mean {samples.mean():.3f} ms")
     ax.set(xlabel="time per call (ms)", ylabel="count", title=title)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_intervals(rows: Sequence[tuple[str, object]], *, xlabel: str, title: str = "",
+                   reference: float | None = None, scale: float = 1.0, color: str = "tab:blue"):
+    """Estimates with their interval bars, one row per label (dots, never bars from a truncated axis).
+
+    ``rows`` are ``(label, interval)`` pairs; an interval is anything with ``estimate``, ``low`` and
+    ``high`` (a :class:`course_lib.stats.Interval`). ``scale`` multiplies all three (100 for points);
+    ``reference`` draws a vertical line (0 for differences).
+    """
+    labels = [label for label, _ in rows]
+    est = np.array([float(iv.estimate) for _, iv in rows]) * scale
+    low = np.array([float(iv.low) for _, iv in rows]) * scale
+    high = np.array([float(iv.high) for _, iv in rows]) * scale
+    y = np.arange(len(rows))[::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.32 * len(rows)))
+    ax.errorbar(est, y, xerr=[est - low, high - est], fmt="o", color=color, ecolor=color, capsize=3)
+    if reference is not None:
+        ax.axvline(reference, color="black", linewidth=0.8, linestyle="--")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set(xlabel=xlabel, title=title)
+    ax.margins(y=0.5 / max(len(rows), 1))
     fig.tight_layout()
     return fig, ax

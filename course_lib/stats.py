@@ -74,6 +74,10 @@ class PairedDifference(Interval):
     ties: int = 0
     losses: int = 0
 
+    def scaled(self, factor: float, unit: str) -> "PairedDifference":
+        """The same difference in other units; the standard deviation is scaled too."""
+        return replace(Interval.scaled(self, factor, unit), sd=self.sd * abs(factor))
+
     def __str__(self) -> str:
         return f"{Interval.__str__(self)[:-1]}; A > B on {self.wins} of {self.n})"
 

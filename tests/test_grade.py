@@ -11,7 +11,7 @@ from course_lib.grader.submission import extract_definitions, load_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "fixtures" / "submissions"
-CHAPTER00 = ["count_parameters", "conv2d_macs", "roofline_time", "summarize_timings"]
+CHAPTER00 = ["count_parameters", "conv2d_macs", "roofline_time", "mcnemar_exact", "summarize_timings"]
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,7 @@ def test_hostile_a_fails_each_exercise_alone(graded, exercise, message):
     ("roofline_time", "expected"),          # patching torch in the child changes nothing: compared in the grader
     ("conv2d_macs", "FlopCounterMode.__init__ is not available while grading"),
     ("summarize_timings", "course_lib.measurement.summarize_timings is not available while grading"),
+    ("mcnemar_exact", "scipy.stats._binomtest.binomtest is not available while grading"),
 ])
 def test_hostile_b_cheats_get_no_points(graded, exercise, message):
     r = row(graded, "submissions/hostile_b.py", exercise)

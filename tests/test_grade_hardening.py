@@ -197,12 +197,14 @@ def test_sample_class_gradebook(tmp_path):
     assert code == 0
     rows = {r["student_id"]: r for r in csv.DictReader(book.open())}
     assert list(next(iter(rows.values()))) == ["student_id", "file", "count_parameters", "conv2d_macs",
-                                               "roofline_time", "summarize_timings", "total", "max_total", "note"]
-    assert rows["s1001"]["total"] == "4" and rows["s1001"]["max_total"] == "4"        # alice: all correct
-    assert rows["s1002"]["count_parameters"] == "0" and rows["s1002"]["total"] == "2"  # bob: two wrong
+                                               "roofline_time", "mcnemar_exact", "summarize_timings", "total",
+                                               "max_total", "note"]
+    assert rows["s1001"]["total"] == "5" and rows["s1001"]["max_total"] == "5"        # alice: all correct
+    assert rows["s1002"]["count_parameters"] == "0" and rows["s1002"]["mcnemar_exact"] == "0"
+    assert rows["s1002"]["total"] == "2"                                               # bob: three wrong
     assert rows["s1003"]["total"] == "0"                                               # carol: stubs
     assert rows["dave"]["conv2d_macs"] == "0" and rows["dave"]["total"] == "1"  # not in roster; loops, one missing
-    assert rows["s1005"]["total"] == "0" and rows["s1005"]["max_total"] == "4"      # erin: in the roster only
+    assert rows["s1005"]["total"] == "0" and rows["s1005"]["max_total"] == "5"      # erin: in the roster only
     assert rows["s1005"]["note"] == "no submission"
     assert book.read_text() == (folder / "gradebook.csv").read_text()                  # the shipped sample
 

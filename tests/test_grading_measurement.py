@@ -154,6 +154,67 @@ def summary_no_validation(samples_ms):
     return {"median": float(m), "iqr": float(q3 - q1), "min": float(s.min()), "max": float(s.max()), "n": s.size}
 
 
+# ----------------------------------------------------------------------------- mcnemar_exact
+def _cells(pred_a, pred_b, y):
+    a, b, t = (np.asarray(v) for v in (pred_a, pred_b, y))
+    if a.ndim != 1 or a.shape != b.shape or a.shape != t.shape:
+        raise ValueError("pred_a, pred_b and y must be 1-D of one length")
+    return int(np.sum((a == t) & (b != t))), int(np.sum((a != t) & (b == t))), a, b
+
+
+def _binom_cdf(k, m):
+    return sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m if k >= 0 else 0.0
+
+
+def mcn_counts_disagreements(pred_a, pred_b, y):      # every a != b counted as discordant
+    n10, n01, a, b = _cells(pred_a, pred_b, y)
+    m = int(np.sum(a != b))
+    return 1.0 if m == 0 else min(1.0, 2 * _binom_cdf(min(n10, m - n10), m))
+
+
+def mcn_one_sided(pred_a, pred_b, y):                  # P(X <= min), not doubled
+    n10, n01, _, _ = _cells(pred_a, pred_b, y)
+    return 1.0 if n10 + n01 == 0 else _binom_cdf(min(n10, n01), n10 + n01)
+
+
+def mcn_strict_tail(pred_a, pred_b, y):                # P(X < min): the observed count left out
+    n10, n01, _, _ = _cells(pred_a, pred_b, y)
+    return 1.0 if n10 + n01 == 0 else min(1.0, 2 * _binom_cdf(min(n10, n01) - 1, n10 + n01))
+
+
+def mcn_not_capped(pred_a, pred_b, y):                 # 2 P(X <= min) can pass 1
+    n10, n01, _, _ = _cells(pred_a, pred_b, y)
+    return 1.0 if n10 + n01 == 0 else 2 * _binom_cdf(min(n10, n01), n10 + n01)
+
+
+def mcn_chi2_corrected(pred_a, pred_b, y):             # the asymptotic test with continuity correction
+    n10, n01, _, _ = _cells(pred_a, pred_b, y)
+    if n10 + n01 == 0:
+        return 1.0
+    chi2 = max(abs(n10 - n01) - 1, 0) ** 2 / (n10 + n01)
+    return math.erfc(math.sqrt(chi2 / 2))
+
+
+def mcn_mid_p(pred_a, pred_b, y):                      # mid-p: half the observed point's probability
+    n10, n01, _, _ = _cells(pred_a, pred_b, y)
+    m, k = n10 + n01, min(n10, n01)
+    return 1.0 if m == 0 else min(1.0, 2 * (_binom_cdf(k - 1, m) + 0.5 * math.comb(m, k) / 2 ** m))
+
+
+def mcn_accuracy_gap(pred_a, pred_b, y):               # the accuracy difference, not a p-value
+    _, _, a, b = _cells(pred_a, pred_b, y)
+    t = np.asarray(y)
+    return float(abs(np.mean(a == t) - np.mean(b == t)))
+
+
+def mcn_no_validation(pred_a, pred_b, y):              # right, but never checks lengths or dimensions
+    a, b, t = (np.asarray(v).ravel() for v in (pred_a, pred_b, y))
+    k = min(len(a), len(b), len(t))
+    n10 = int(np.sum((a[:k] == t[:k]) & (b[:k] != t[:k])))
+    n01 = int(np.sum((a[:k] != t[:k]) & (b[:k] == t[:k])))
+    return 1.0 if n10 + n01 == 0 else min(1.0, 2 * _binom_cdf(min(n10, n01), n10 + n01))
+
+
 WRONG = {
     "count_parameters": [count_tensors, count_ignoring_trainable, count_state_dict, count_named_with_duplicates,
                          count_weights_only, count_as_float],
@@ -161,6 +222,8 @@ WRONG = {
     "roofline_time": [roof_sum, roof_min, roof_compute_only, roof_swapped, roof_intensity, roof_milliseconds,
                       roof_floor_division],
     "summarize_timings": [summary_with_mean, summary_upper_middle, summary_exclusive_quartiles, summary_std],
+    "mcnemar_exact": [mcn_counts_disagreements, mcn_one_sided, mcn_strict_tail, mcn_not_capped, mcn_chi2_corrected,
+                      mcn_mid_p, mcn_accuracy_gap],
 }
 
 
@@ -207,8 +270,30 @@ def test_grader_accepts_independent_correct_versions():
         compute, memory = np.float64(flops) / peak_flops, np.float64(bytes_moved) / bandwidth
         return float(np.maximum(compute, memory))
 
+    def mcnemar(pred_a, pred_b, y):                 # torch only, the tail from log-gamma, a 0-d tensor back
+        import torch
+        a, b, t = (torch.as_tensor(v) for v in (pred_a, pred_b, y))
+        if not (a.dim() == b.dim() == t.dim() == 1) or not (len(a) == len(b) == len(t)):
+            raise ValueError("pred_a, pred_b and y must be 1-D tensors of one length")
+        only_a, only_b = ((a == t) & (b != t)).sum(), ((a != t) & (b == t)).sum()
+        m = (only_a + only_b).double()
+        if m == 0:
+            return torch.tensor(1.0, dtype=torch.float64)
+        i = torch.arange(int(torch.minimum(only_a, only_b)) + 1, dtype=torch.float64)
+        log_terms = torch.lgamma(m + 1) - torch.lgamma(i + 1) - torch.lgamma(m - i + 1) - m * math.log(2)
+        return torch.clamp(2 * torch.exp(log_terms).sum(), max=1.0)
+
+    def mcnemar_exact_fraction(pred_a, pred_b, y):  # exact rational arithmetic, a Fraction back
+        from fractions import Fraction
+        pairs = list(zip(list(pred_a), list(pred_b), list(y), strict=True))
+        n10 = sum(1 for a, b, t in pairs if a == t and b != t)
+        n01 = sum(1 for a, b, t in pairs if a != t and b == t)
+        m = n10 + n01
+        return min(Fraction(1), Fraction(2 * sum(math.comb(m, i) for i in range(min(n10, n01) + 1)), 2 ** m))
+
     for name, fn in [("count_parameters", count), ("conv2d_macs", macs), ("roofline_time", roofline),
-                     ("summarize_timings", summary)]:
+                     ("summarize_timings", summary), ("mcnemar_exact", mcnemar),
+                     ("mcnemar_exact", mcnemar_exact_fraction)]:
         passed, message = grade(name, fn, 7)
         assert passed, f"{name}: {message}"
 
@@ -243,4 +328,21 @@ def test_check_unknown_exercise_lists_names():
 
 # Grade the idea: these are right but skip the input checks; they pass, with notes.
 test_grader_grades_the_idea = grades_the_idea({"conv2d_macs": [macs_no_validation], "roofline_time": [roof_no_validation],
-                                              "summarize_timings": [summary_no_validation]})
+                                              "summarize_timings": [summary_no_validation],
+                                              "mcnemar_exact": [mcn_no_validation]})
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mcnemar_expected_values_are_scipys_exact_binomial_test(seed):
+    """The grader's expected p-values (from the reference) equal scipy's binomtest on every valid case."""
+    from scipy import stats as ss
+    from course_lib.grader import exercises
+    spec, cases = exercises.get("mcnemar_exact"), grading.make_cases("mcnemar_exact", seed)
+    outcomes = grading.expected_outcomes("mcnemar_exact", cases)
+    valid = [(c, o) for c, o in zip(cases, outcomes) if not o.error_types]
+    assert len(valid) >= 13
+    for case, outcome in valid:
+        (pred_a, pred_b, y), _ = spec.build(case)
+        n10, n01, _, _ = _cells(pred_a, pred_b, y)
+        oracle = 1.0 if n10 + n01 == 0 else ss.binomtest(n10, n10 + n01, 0.5).pvalue
+        assert outcome.value == pytest.approx(oracle, rel=1e-9, abs=0), case

@@ -156,7 +156,8 @@ def test_release_never_reads_or_writes_work(tmp_path):
 def test_progress_grades_a_folder_of_chapter_notebooks(tmp_path):
     shutil.copy2(ROOT / "chapters" / "00_measurement.ipynb", tmp_path / "00_measurement.ipynb")
     rows = progress.grade(tmp_path, seed=0, jobs=2)
-    assert [r.exercise for r in rows] == ["count_parameters", "conv2d_macs", "roofline_time", "summarize_timings"]
+    assert [r.exercise for r in rows] == ["count_parameters", "conv2d_macs", "roofline_time", "mcnemar_exact",
+                                          "summarize_timings"]
     assert all(r.status == "not started" for r in rows), [(r.exercise, r.status, r.message[:80]) for r in rows]
     solved = (ROOT / "solutions" / "00_measurement.ipynb").read_text()
     wrong = "return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)"
@@ -165,9 +166,10 @@ def test_progress_grades_a_folder_of_chapter_notebooks(tmp_path):
     rows = progress.grade(tmp_path, seed=0, jobs=2)
     status = {r.exercise: r.status for r in rows}
     assert status == {"count_parameters": "fail", "conv2d_macs": "pass", "roofline_time": "pass",
-                      "summarize_timings": "pass"}, [(r.exercise, r.status, r.message[:80]) for r in rows]
+                      "mcnemar_exact": "pass", "summarize_timings": "pass"}, \
+        [(r.exercise, r.status, r.message[:80]) for r in rows]
     table = progress.format_table(rows)
-    assert "00_measurement: 3/4 exercises pass" in table and "FAIL    count_parameters" in table
+    assert "00_measurement: 4/5 exercises pass" in table and "FAIL    count_parameters" in table
 
 
 def test_progress_reports_a_missing_folder_and_stays_quiet_under_the_test_suite(tmp_path, capsys):

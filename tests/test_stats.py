@@ -67,6 +67,12 @@ def test_paired_difference_matches_scipy_ttest_rel(seed, n):
     assert got.wins + got.ties + got.losses == n and got.wins == int(np.sum(a > b))
 
 
+def test_scaled_moves_every_number_into_the_new_unit():
+    d = paired_difference([0.90, 0.80, 0.85], [0.88, 0.79, 0.82]).scaled(100, " points")
+    assert d.estimate == pytest.approx(2.0) and d.sd == pytest.approx(100 * np.std([0.02, 0.01, 0.03], ddof=1))
+    assert d.unit == " points" and "points" in str(d) and d.wins == 3
+
+
 def test_paired_difference_counts_wins_ties_losses_by_hand():
     d = paired_difference([1, 2, 3, 4], [0, 2, 4, 3])
     assert (d.wins, d.ties, d.losses) == (2, 1, 1)

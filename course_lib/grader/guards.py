@@ -30,7 +30,7 @@ __all__ = ["ForbiddenError", "refuse", "classify", "install", "files_to_hide", "
 # Every chapter module holds references; none may run while a submission is graded.
 REFERENCE_MODULES = tuple(f"course_lib.{m}" for m in (
     "measurement", "pruning", "quantization", "lowrank", "distillation", "local_explanation",
-    "global_explanation", "compression_explanation", "grader.grading"))
+    "global_explanation", "compression_explanation", "stats", "grader.grading"))
 
 _KERNEL_KEYS = ("CPU", "QuantizedCPU", "AutogradCPU", "CompositeImplicitAutograd", "CompositeExplicitAutograd")
 
@@ -174,6 +174,8 @@ def _find_spec(name: str):
 
 def _resolve(dotted: str):
     module_name, _, attr = dotted.rpartition(".")
+    if not module_name:                 # a top-level name that is not an installed module: nothing to block
+        return None
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError):

@@ -5,7 +5,10 @@ shared (tied) weights and a module used twice (counted once), frozen layers (``t
 buffers of other dtypes (BatchNorm's int64 counter, a non-persistent buffer), float16/float64
 layers, grouped and depthwise convolutions, non-square kernels, even-length timing lists, and for the
 roofline a compute-bound, a memory-bound and an exactly-at-the-ridge kernel (the max of the two times,
-not their sum).
+not their sum); for McNemar's test examples both models get wrong with different labels (not
+discordant), balanced counts (p capped at 1), no discordant example, and few discordant examples
+(exact binomial, two-sided, not a normal approximation). mcnemar_exact's reference is
+course_lib.stats.mcnemar_exact (the course's statistics module, taught in this chapter).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._compare import close_float, exact_int, is_int_like, type_name
+from ._compare import close_float, exact_int, is_int_like, show_tensor, type_name
 
 CHAPTER = "00_measurement"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64,
@@ -211,6 +214,78 @@ def _roof_compare(expected: float, got) -> str | None:
     return close_float(expected, got, rtol=1e-9, atol=0.0, what="time in seconds")
 
 
+# --------------------------------------------------------------------------- mcnemar_exact (reference in stats)
+def _mcn_fixed(n10: int, n01: int, both_right: int, both_wrong_same: int, both_wrong_apart: int) -> dict:
+    """A case with exactly these cells: only-A-right, only-B-right, both right, both wrong with the same
+    label, both wrong with different labels (not discordant: the trap of counting disagreements)."""
+    y, a, b = [], [], []
+    for count, (pa, pb) in ((n10, (0, 1)), (n01, (1, 0)), (both_right, (0, 0)), (both_wrong_same, (2, 2)),
+                            (both_wrong_apart, (1, 2))):
+        y += [0] * count
+        a += [pa] * count
+        b += [pb] * count
+    return {"pred_a": a, "pred_b": b, "y": y}
+
+
+def _mcn_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        _mcn_fixed(3, 0, 2, 0, 5),      # both wrong apart x5 is not discordant: m = 3, p = 0.25
+        _mcn_fixed(9, 1, 20, 3, 0),     # two-sided: 2 * 11/1024 (not the one-sided 11/1024; P(X <= 1), not P(X < 1))
+        _mcn_fixed(4, 4, 10, 0, 0),     # balanced: 2 * P(X <= 4 | m = 8) > 1, capped at 1.0
+        _mcn_fixed(0, 0, 6, 2, 2),      # no discordant example: p = 1.0
+        _mcn_fixed(1, 6, 30, 0, 4),     # B ahead: the same test from the other side (min of the two counts)
+        _mcn_fixed(2, 12, 300, 3, 5),   # a normal approximation is far off with 14 discordant examples
+        _mcn_fixed(0, 25, 100, 0, 0),   # p = 2^-24: tiny but exact
+        {"pred_a": [0, 1, 2], "pred_b": [0, 1], "y": [0, 1, 2]},              # lengths differ -> ValueError
+        {"pred_a": [[0, 1]], "pred_b": [[0, 1]], "y": [[0, 1]]},               # not 1-D -> ValueError
+    ]
+    for _ in range(6):                  # test sets of the course's sizes, discordant counts from 0 to ~60
+        n10, n01 = (int(v) for v in rng.integers(0, 40, 2))
+        fixed.append({"seed": int(rng.integers(2**31)), "n": int(rng.choice([360, 720])), "n10": n10, "n01": n01,
+                      "both_wrong": int(rng.integers(0, 20))})
+    return fixed
+
+
+def _mcn_build(case: dict) -> tuple[tuple, dict]:
+    if "seed" not in case:
+        return tuple(torch.tensor(case[k], dtype=torch.int64) for k in ("pred_a", "pred_b", "y")), {}
+    gen = torch.Generator().manual_seed(case["seed"])
+    n, n10, n01, both_wrong = case["n"], case["n10"], case["n01"], case["both_wrong"]
+    y = torch.randint(0, 10, (n,), generator=gen)                                      # (n,) ten classes
+    wrong1 = (y + torch.randint(1, 10, (n,), generator=gen)) % 10                      # a wrong label each
+    wrong2 = (wrong1 + torch.randint(1, 9, (n,), generator=gen)) % 10
+    wrong2 = torch.where(wrong2 == y, (wrong2 + 1) % 10, wrong2)                       # another wrong label
+    role = torch.zeros(n, dtype=torch.int64)                                           # 0: both right
+    role[torch.randperm(n, generator=gen)[:n10 + n01 + both_wrong]] = torch.tensor(
+        [1] * n10 + [2] * n01 + [3] * both_wrong, dtype=torch.int64)                  # 1: only A, 2: only B, 3: both wrong
+    pred_a = torch.where((role == 2) | (role == 3), wrong1, y)
+    pred_b = torch.where(role == 1, wrong1, torch.where(role == 3, wrong2, y))
+    return (pred_a, pred_b, y), {}
+
+
+def _mcn_describe(case: dict) -> str:
+    (pred_a, pred_b, y), _ = _mcn_build(case)
+    return f"pred_a = {show_tensor(pred_a)}, pred_b = {show_tensor(pred_b)}, y = {show_tensor(y)}"
+
+
+def _mcn_runner(fn, args: tuple, kwargs: dict):
+    """Send back a float: a Python float, a numpy float, a Fraction or a 0-d tensor all count as one."""
+    import numbers
+
+    value = fn(*args, **kwargs)
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point():
+        return float(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind == "f":
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_, int, np.integer)):
+        return float(value)
+    return value
+
+
+def _mcn_compare(expected: float, got) -> str | None:
+    return close_float(expected, got, rtol=1e-6, atol=1e-12, what="p-value")
+
+
 # --------------------------------------------------------------------------- summarize_timings
 def _timing_cases(rng: np.random.Generator) -> list[dict]:
     cases = [{"samples": s, "as": "list"} for s in (
@@ -248,10 +323,10 @@ def _timing_compare(expected: dict, got) -> str | None:
 
 
 # --------------------------------------------------------------------------- the exercises
-def _exercise(name, make_cases, build, describe, compare, forbidden=()):
+def _exercise(name, make_cases, build, describe, compare, forbidden=(), topic="measurement", runner=None):
     from . import Exercise
-    return Exercise(name=name, chapter=CHAPTER, topic="measurement", make_cases=make_cases, build=build,
-                    describe=describe, compare=compare, forbidden=tuple(forbidden))
+    return Exercise(name=name, chapter=CHAPTER, topic=topic, make_cases=make_cases, build=build,
+                    describe=describe, compare=compare, forbidden=tuple(forbidden), runner=runner)
 
 
 EXERCISES = [
@@ -259,6 +334,8 @@ EXERCISES = [
     _exercise("conv2d_macs", _macs_cases, _macs_build, _macs_describe, exact_int,
               forbidden=["torch.utils.flop_counter"]),
     _exercise("roofline_time", _roof_cases, _roof_build, _roof_describe, _roof_compare),
+    _exercise("mcnemar_exact", _mcn_cases, _mcn_build, _mcn_describe, _mcn_compare, topic="stats",
+              runner=_mcn_runner, forbidden=["scipy.stats"]),
     _exercise("summarize_timings", _timing_cases, _timing_build, _timing_describe, _timing_compare,
               forbidden=["course_lib.timing._summary"]),
 ]
