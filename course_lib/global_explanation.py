@@ -36,7 +36,7 @@ from .validation import check_int
 
 __all__ = ["impurity_importance", "permutation_importance", "drop_column_importance", "partial_dependence",
            "ice_curves", "surrogate_fidelity", "neg_mse", "r2", "accuracy", "noise_columns", "forest_fit",
-           "surrogate_sweep", "rank_agreement", "ranks", "off_support_fraction", "plot_pdp_ice",
+           "surrogate_sweep", "importance_over_seeds", "rank_agreement", "ranks", "off_support_fraction", "plot_pdp_ice",
            "plot_importances", "plot_network"]
 
 _TREE_LEAF = -1          # children_left / children_right of a leaf (sklearn.tree._tree.TREE_LEAF)
@@ -355,6 +355,30 @@ def forest_fit(task: str = "regression", n_estimators: int = 100, seed: int = 0,
         return fit.last.predict
 
     return fit
+
+
+def importance_over_seeds(X_train: np.ndarray, y_train: np.ndarray, X_held: np.ndarray, y_held: np.ndarray,
+                          seeds: Sequence[int], *, n_estimators: int = 60, progress: bool = True) -> dict:
+    """Held-out permutation and drop-column importance of a random-forest regressor, once per forest seed.
+
+    Seed ``s`` grows every forest of the run (the full one and the d refits without a column) with
+    ``random_state=s``; the spread over seeds is the forests' own **refit noise**, which a single run's
+    importance carries and does not show. Permutation uses ``n_repeats=5, seed=0`` on each seed's forest.
+
+    Returns
+    -------
+    dict
+        ``"permutation"`` and ``"drop-column"``: arrays of shape ``(len(seeds), d)``, R² units.
+    """
+    from tqdm.auto import tqdm
+
+    out: dict = {"permutation": [], "drop-column": []}
+    for seed in tqdm([check_int("seed", s, 0) for s in seeds], desc="forest seeds", disable=not progress, leave=False):
+        fit = forest_fit("regression", n_estimators=n_estimators, seed=seed)
+        predict = fit(X_train, y_train)
+        out["permutation"].append(permutation_importance(predict, X_held, y_held, r2, n_repeats=5, seed=0)[0])
+        out["drop-column"].append(drop_column_importance(fit, X_train, y_train, X_held, y_held, r2))
+    return {k: np.array(v) for k, v in out.items()}
 
 
 def surrogate_sweep(model_predict: Callable, X_fit: np.ndarray, X_eval: np.ndarray, depths: Sequence[int],

@@ -32,7 +32,7 @@ from scipy import special
 from .validation import check_float, check_int
 
 __all__ = ["Interval", "PairedDifference", "wilson_interval", "clopper_pearson_interval", "accuracy_interval",
-           "paired_difference", "unpaired_difference", "discordant_counts", "mcnemar_exact", "paired_bootstrap",
+           "mean_interval", "paired_difference", "unpaired_difference", "discordant_counts", "mcnemar_exact", "paired_bootstrap",
            "bootstrap_interval", "paired_power", "minimum_detectable_effect", "claim"]
 
 
@@ -193,6 +193,19 @@ def accuracy_interval(correct: object, confidence: float = 0.95, method: str = "
 
 def _t_quantile(q: float, df: float) -> float:
     return float(special.stdtrit(df, q))
+
+
+def mean_interval(values: object, confidence: float = 0.95) -> Interval:
+    """Student t interval of the mean of n independent runs (e.g. one importance over forest seeds).
+
+    .. math::  \bar x \pm t_{1-\alpha/2,\ n-1}\ \frac{s}{\sqrt n}
+    """
+    v = _as_1d("values", values).astype(float)
+    if v.size < 2:
+        raise ValueError(f"values needs at least 2 entries for an interval, got {v.size}")
+    t = _t_quantile(1 - _alpha(confidence) / 2, v.size - 1)
+    mean, half = float(v.mean()), t * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return Interval(mean, mean - half, mean + half, confidence, int(v.size), "t interval over runs", difference=True)
 
 
 def paired_difference(a: object, b: object, confidence: float = 0.95) -> PairedDifference:

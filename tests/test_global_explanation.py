@@ -201,3 +201,18 @@ def test_helpers():
     fit = G.forest_fit("regression", n_estimators=3, seed=0)
     Xd, yd, _ = _data(8, n=30)
     assert fit(Xd, yd)(Xd).shape == (30,) and fit.last.n_estimators == 3
+
+
+def test_importance_over_seeds_repeats_each_measurement_with_each_forest_seed():
+    from course_lib import global_explanation as GE
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3))
+    y = 2 * X[:, 0] + 0.1 * rng.normal(size=80)
+    Xh = rng.normal(size=(40, 3))
+    yh = 2 * Xh[:, 0]
+    out = GE.importance_over_seeds(X, y, Xh, yh, seeds=[0, 3], n_estimators=5, progress=False)
+    assert out["drop-column"].shape == out["permutation"].shape == (2, 3)
+    by_hand = GE.drop_column_importance(GE.forest_fit("regression", n_estimators=5, seed=3), X, y, Xh, yh, GE.r2)
+    np.testing.assert_allclose(out["drop-column"][1], by_hand)
+    assert not np.allclose(out["drop-column"][0], out["drop-column"][1])      # another seed, other forests
+    assert (out["permutation"][:, 0] > 10 * np.abs(out["permutation"][:, 1:]).max()).all()   # only x0 matters

@@ -78,6 +78,14 @@ def test_paired_difference_counts_wins_ties_losses_by_hand():
     assert (d.wins, d.ties, d.losses) == (2, 1, 1)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_mean_interval_matches_scipy_ttest_1samp(seed):
+    v = np.random.default_rng(seed).normal(0.01, 0.02, 5)
+    ref = ss.ttest_1samp(v, 0.0).confidence_interval(confidence_level=0.95)
+    got = stats.mean_interval(v)
+    assert got.low == pytest.approx(ref.low, rel=1e-10) and got.high == pytest.approx(ref.high, rel=1e-10)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_unpaired_difference_matches_scipy_welch(seed):
     rng = np.random.default_rng(seed)
