@@ -1,4 +1,5 @@
 """Chapter 07's references against oracles: scipy, scikit-learn, torch, chapter 04/05's references, hand-worked cases."""
+import math
 import numpy as np
 import pytest
 import torch
@@ -216,3 +217,27 @@ def test_attribution_share_hand_worked():
     a[0, 0, 0, 0], a[0, 0, 2, 2] = -3.0, 1.0
     assert CE.attribution_share(a, CE.corner_mask(4, 1)).item() == pytest.approx(0.75)
     assert int(CE.corner_mask(16).sum()) == 16
+
+
+def test_explanation_kd_loss_equals_a_hand_worked_case():
+    # One example, two classes. Teacher logits (0, ln 3) -> p_t = (1/4, 3/4) at T = 1; student (0, 0) -> (1/2, 1/2).
+    # KL(p_t || p_s) = 1/4 ln(1/2) + 3/4 ln(3/2); CE(student, y=1) = ln 2. Maps (1, 1) and (1, 0): cos = 1/sqrt(2).
+    s = torch.tensor([[0.0, 0.0]])
+    t = torch.tensor([[0.0, math.log(3.0)]])
+    y = torch.tensor([1])
+    sm, tm = torch.tensor([[[[1.0, 1.0]]]]), torch.tensor([[[[1.0, 0.0]]]])
+    kl = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    expected = 0.6 * kl + 0.4 * math.log(2.0) + 0.7 * (1 - 1 / math.sqrt(2))
+    got = CE.explanation_kd_loss(s, t, y, sm, tm, lam=0.7, temperature=1.0, alpha=0.6)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_explanation_kd_loss_temperature_enters_squared_on_the_soft_term():
+    # Teacher logits (0, 2 ln 3) at T = 2 give the same p_t = (1/4, 3/4); the soft term is then T^2 = 4 times KL.
+    s = torch.tensor([[0.0, 0.0]])
+    t = torch.tensor([[0.0, 2 * math.log(3.0)]])
+    y = torch.tensor([0])
+    maps = torch.ones(1, 1, 2, 2)
+    kl = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    got = CE.explanation_kd_loss(s, t, y, maps, maps, lam=3.0, temperature=2.0, alpha=1.0)
+    assert float(got) == pytest.approx(4 * kl, rel=1e-6)

@@ -153,3 +153,12 @@ def test_roofline_rows_bound_is_the_closed_form():
     assert row["bound"] == "memory" and row["FLOPs"] == 1000 and row["bytes"] == 8000
     assert row["roofline (ms)"] == pytest.approx(8000 / 1e9 * 1e3)           # bytes / bandwidth, in ms
     assert row["fraction of roofline"] == pytest.approx(row["roofline (ms)"] / row["measured (ms)"])
+
+
+def test_roofline_rows_compute_bound_linear_by_hand():
+    # Linear 256 -> 256 on a batch of 256: 2 * 256^3 FLOPs; bytes = (input + weight + output) 3 * 256^2 floats
+    # + 256 bias floats, 4 bytes each. At 1 GFLOP/s and 1 TB/s: compute-bound, 33.554432 ms.
+    (row,) = measurement.roofline_rows({"lin": (nn.Linear(256, 256), (256, 256))}, peak=1e9, bandwidth=1e12, rounds=1)
+    assert (row["FLOPs"], row["bytes"], row["bound"]) == (2 * 256 ** 3, (3 * 256 * 256 + 256) * 4, "compute")
+    assert row["roofline (ms)"] == pytest.approx(33.554432)
+    assert row["intensity (FLOP/B)"] == pytest.approx(2 * 256 ** 3 / ((3 * 256 * 256 + 256) * 4))

@@ -1,6 +1,9 @@
 """timing.benchmark and the counting helpers."""
 import os
+import subprocess
+import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -14,11 +17,16 @@ def test_benchmark_keeps_every_sample_and_summarizes_them():
     calls = []
     result = timing.benchmark(lambda: calls.append(1), warmup=2, repeats=7)
     assert len(calls) == 9 and result.n == 7 and len(result.samples_ms) == 7
-    samples = np.asarray(result.samples_ms)                  # the summary is numpy's, of the kept samples
-    q25, q50, q75 = np.percentile(samples, [25, 50, 75])
-    assert (result.median, result.iqr, result.min, result.max) == \
-        (pytest.approx(q50), pytest.approx(q75 - q25), samples.min(), samples.max())
     assert result.device == "cpu" and result.threads == torch.get_num_threads() and result.warmup == 2
+
+
+def test_benchmark_summary_of_known_samples_by_hand(monkeypatch):
+    # Samples 3, 1, 10, 2 ms: sorted 1, 2, 3, 10; median (2 + 3) / 2 = 2.5; linear quartiles at h = 0.75 and
+    # 2.25: Q1 = 1 + 0.75 * (2 - 1) = 1.75, Q3 = 3 + 0.25 * (10 - 3) = 4.75, IQR 3.0; min 1, max 10.
+    monkeypatch.setattr(timing, "_cpu_samples", lambda fn, repeats, min_time_s: [3.0, 1.0, 10.0, 2.0])
+    result = timing.benchmark(lambda: None, warmup=0, repeats=4, device="cpu")
+    assert result.samples_ms == [3.0, 1.0, 10.0, 2.0]
+    assert (result.median, result.iqr, result.min, result.max, result.n) == (2.5, pytest.approx(3.0), 1.0, 10.0, 4)
 
 
 def test_benchmark_measures_a_known_duration():
@@ -50,9 +58,13 @@ def test_num_threads_restores_the_setting():
     assert torch.get_num_threads() == before
 
 
-def test_latency_vs_batch_rows():
-    rows = timing.latency_vs_batch(nn.Linear(8, 4), torch.randn(8), [1, 4], repeats=3, warmup=1, progress=False)
+def test_latency_vs_batch_times_the_model_on_each_batch_size():
+    seen = []
+    model = nn.Linear(8, 4)
+    model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    rows = timing.latency_vs_batch(model, torch.randn(8), [1, 4], repeats=3, warmup=1, progress=False)
     assert [r["batch"] for r in rows] == [1, 4]
+    assert set(seen) == {(1, 8), (4, 8)}                   # the example, batched, and nothing else
 
 
 def test_latency_vs_batch_throughput_with_a_known_clock(monkeypatch):
@@ -153,10 +165,27 @@ def test_speedup_table_rows_are_relative_to_the_first_function():
     assert rows[1]["speedup low"] <= rows[1]["speedup"] <= rows[1]["speedup high"]
 
 
-def test_other_load_reports_a_non_negative_number_of_cores_or_none():
+def test_other_load_is_machine_time_minus_own_time_over_wall_time(monkeypatch):
+    # The machine spent 3.5 s of CPU, this process 1.0 s of it, in 1.25 s of wall time: 2 other cores busy.
+    machine, clock = iter([100.0, 103.5]), types.SimpleNamespace(process_time=iter([5.0, 6.0]).__next__,
+                                                                   perf_counter=iter([10.0, 11.25]).__next__)
+    monkeypatch.setattr(timing, "_cpu_busy_s", lambda: next(machine))
+    monkeypatch.setattr(timing, "time", clock)
     with timing.other_load() as load:
-        time.sleep(0.05)
-    assert load.cores is None or 0.0 <= load.cores <= (os.cpu_count() or 1) + 0.5
+        pass
+    assert load.cores == pytest.approx(2.0)
+
+
+def test_other_load_sees_a_busy_process_beside_it():
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("other_load reads /proc/stat (Linux)")
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 0.8\nwhile time.time() < end: pass"])
+    try:
+        with timing.other_load() as load:
+            time.sleep(0.6)
+    finally:
+        busy.wait()
+    assert load.cores is not None and load.cores > 0.5
 
 
 def test_claim_asserts_when_strict_and_warns_a_learner(monkeypatch, capsys):
