@@ -431,6 +431,19 @@ def train_seeds(make_model: Callable[[], nn.Module], split, seeds: Sequence[int]
     if "seed" in train_kwargs or "progress" in train_kwargs:
         raise ValueError("train_seeds sets seed and progress itself; pass seeds=[...] and progress=...")
     out: dict = {"seed": np.array(seeds), "val": [], "test": [], "models": []}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # tiny models: a second thread only waits, and on a busy machine it stalls
+    try:
+        _train_each(make_model, split, seeds, progress, keep_models, train_kwargs, out)
+    finally:
+        torch.set_num_threads(threads)
+    out["val"], out["test"] = np.array(out["val"]), np.array(out["test"])
+    if not keep_models:
+        del out["models"]
+    return out
+
+
+def _train_each(make_model, split, seeds, progress, keep_models, train_kwargs, out) -> None:
     for seed in tqdm(seeds, desc="seeds", disable=not progress, leave=False):
         set_seed(seed)
         model = make_model()
@@ -439,7 +452,3 @@ def train_seeds(make_model: Callable[[], nn.Module], split, seeds: Sequence[int]
         out["test"].append(evaluate(model, split.X_test, split.y_test))
         if keep_models:
             out["models"].append(model)
-    out["val"], out["test"] = np.array(out["val"]), np.array(out["test"])
-    if not keep_models:
-        del out["models"]
-    return out
