@@ -87,7 +87,8 @@ def claims_are_strict() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def claim(holds: bool, expected: str, measured: str) -> bool:
+def claim(holds: bool, expected: str, measured: str, *,
+          remeasure: Callable[[], tuple[bool, str]] | None = None, attempts: int = 2) -> bool:
     """Check a claim about **speed on this machine**; deterministic claims use a plain ``assert``.
 
     Timing depends on what else the machine is doing. In CI and under the test suite
@@ -103,14 +104,38 @@ def claim(holds: bool, expected: str, measured: str) -> bool:
         The claim, e.g. ``"int8 is > 1.1x faster than fp32"``.
     measured : str
         What was measured, e.g. ``"1.05x (95% interval 0.98-1.12x)"``.
+    remeasure : callable, optional
+        ``remeasure() -> (holds, measured)`` runs the measurement again. A claim that fails is
+        re-measured up to ``attempts`` times before it fails (a burst of other work on the machine
+        should not fail a claim that holds on a quiet one); it holds if any re-measurement holds,
+        and the message of a claim that still fails lists every measurement.
+    attempts : int, default=2
+        How many re-measurements ``remeasure`` gets.
 
     Examples
     --------
     >>> claim(2.0 > 1.5, "> 1.5x faster", "2.0x")
     True
+    >>> claim(0.9 > 1.5, "> 1.5x faster", "0.9x", remeasure=lambda: (2.0 > 1.5, "2.0x"))
+    speed claim '> 1.5x faster' held when re-measured: 2.0x (first measurement: 0.9x)
+    True
     """
     if holds:
         return True
+    check_int("attempts", attempts, 0)
+    if remeasure is not None and not callable(remeasure):
+        raise TypeError(f"remeasure must be a callable returning (holds, measured), got {type(remeasure).__name__}")
+    tries = [measured]
+    for _ in range(attempts if remeasure is not None else 0):
+        result = remeasure()
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise TypeError(f"remeasure() must return a tuple (holds, measured), got {result!r}")
+        again_holds, again = result
+        tries.append(str(again))
+        if again_holds:
+            print(f"speed claim {expected!r} held when re-measured: {again} (first measurement: {measured})")
+            return True
+    measured = measured if len(tries) == 1 else "; then ".join(tries) + f" ({len(tries)} measurements)"
     message = f"not reproduced right now: {measured} measured, {expected} expected"
     if claims_are_strict():
         raise AssertionError(message)
