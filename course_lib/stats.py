@@ -196,7 +196,7 @@ def _t_quantile(q: float, df: float) -> float:
 
 
 def mean_interval(values: object, confidence: float = 0.95) -> Interval:
-    """Student t interval of the mean of n independent runs (e.g. one importance over forest seeds).
+    r"""Student t interval of the mean of n independent runs (e.g. one importance over forest seeds).
 
     .. math::  \bar x \pm t_{1-\alpha/2,\ n-1}\ \frac{s}{\sqrt n}
     """

@@ -1,10 +1,15 @@
 """What every exercise's grader must do, as tests each chapter's grader test module instantiates:
 
-    test_grader_accepts_reference, test_grader_rejects_stub, test_grader_rejects_wrong_answer = \\
-        contract_tests(WRONG)
+    (test_grader_accepts_reference, test_grader_accepts_independent_correct_versions,
+     test_grader_rejects_stub, test_grader_rejects_wrong_answer) = contract_tests(WRONG, INDEPENDENT)
 
 ``WRONG`` maps each exercise to the realistic wrong implementations its grader must reject (at
 least three each): on every seed, each is rejected with a counterexample, not because it crashed.
+``INDEPENDENT`` maps **every** exercise to at least one correct implementation written from the
+instructions without the reference (another algorithm, a loop, numpy, a library): the grader's
+expected values come from the reference, so only an independent answer that passes shows that the
+grader accepts the idea and not just the reference's own arithmetic. ``accepts_reference`` alone is a
+round trip (the reference through the sandbox's encoding and the comparison), not an oracle.
 """
 import re
 
@@ -44,14 +49,27 @@ def stub(*args, **kwargs):
     raise NotImplementedError
 
 
-def contract_tests(wrong: dict, seeds=SEEDS, wrong_seeds=WRONG_SEEDS):
+def contract_tests(wrong: dict, independent: dict, seeds=SEEDS, wrong_seeds=WRONG_SEEDS, independent_seeds=None):
     assert all(len(fns) >= 3 for fns in wrong.values()), "each exercise needs >= 3 wrong answers"
+    independent = {name: fns if isinstance(fns, (list, tuple)) else [fns] for name, fns in independent.items()}
+    assert set(independent) == set(wrong) and all(independent.values()), \
+        f"every exercise needs an independent correct version; missing: {sorted(set(wrong) - set(independent))}"
+    independent_seeds = seeds if independent_seeds is None else independent_seeds
 
     @pytest.mark.parametrize("name", list(wrong))
     @pytest.mark.parametrize("seed", seeds)
     def accepts_reference(name, seed):
+        """A round trip: the reference's answers, encoded in the sandbox, equal its expected values."""
         passed, message = grade(name, grading.reference(name), seed)
         assert passed, message
+
+    @pytest.mark.parametrize("name,fn", [(n, f) for n, fs in independent.items() for f in fs],
+                             ids=lambda v: getattr(v, "__name__", v))
+    @pytest.mark.parametrize("seed", independent_seeds)
+    def accepts_independent(name, fn, seed):
+        """The oracle: a correct answer written without the reference passes."""
+        passed, message = grade(name, fn, seed)
+        assert passed, f"{name}: {message}"
 
     @pytest.mark.parametrize("name", list(wrong))
     def rejects_stub(name):
@@ -69,4 +87,4 @@ def contract_tests(wrong: dict, seeds=SEEDS, wrong_seeds=WRONG_SEEDS):
         assert not re.match(r"case \d+ of \d+: raised (RuntimeError|IndexError|TypeError)", message), \
             message                                                          # ... not a crash on valid input
 
-    return accepts_reference, rejects_stub, rejects_wrong_answer
+    return accepts_reference, accepts_independent, rejects_stub, rejects_wrong_answer

@@ -227,75 +227,77 @@ WRONG = {
 }
 
 
-test_grader_accepts_reference, test_grader_rejects_stub, test_grader_rejects_wrong_answer = \
-    contract_tests(WRONG)
+# ----------------------------------------------------------------------------- independent correct versions
+# Written from the instructions without the reference: the contract grades each on its seeds.
+def count_by_identity(model, trainable_only=False):
+    seen, total = set(), 0
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if id(p) not in seen and (p.requires_grad or not trainable_only):
+                seen.add(id(p))
+                total += p.numel()
+    return total
 
 
-def test_grader_accepts_independent_correct_versions():
-    """Two correct implementations written from the instructions both pass (not only the reference)."""
-    def count(model, trainable_only=False):
-        seen, total = set(), 0
-        for module in model.modules():
-            for p in module.parameters(recurse=False):
-                if id(p) not in seen and (p.requires_grad or not trainable_only):
-                    seen.add(id(p))
-                    total += p.numel()
-        return total
+def macs_by_formula(in_channels, out_channels, kernel_size, out_h, out_w, groups=1):
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    for v in (in_channels, out_channels, kh, kw, out_h, out_w, groups):
+        if v <= 0:
+            raise ValueError(f"sizes must be positive, got {v}")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError("groups must divide both channel counts")
+    return np.int64(out_channels) * out_h * out_w * (in_channels // groups) * kh * kw
 
-    def macs(in_channels, out_channels, kernel_size, out_h, out_w, groups=1):
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-        for v in (in_channels, out_channels, kh, kw, out_h, out_w, groups):
-            if v <= 0:
-                raise ValueError(f"sizes must be positive, got {v}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError("groups must divide both channel counts")
-        return np.int64(out_channels) * out_h * out_w * (in_channels // groups) * kh * kw
 
-    def summary(samples_ms):
-        import statistics
-        s = sorted(float(v) for v in samples_ms)
-        if not s or any(not math.isfinite(v) or v < 0 for v in s):
-            raise ValueError("samples_ms must be non-empty, finite and non-negative")
-        q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0]] * 3
-        return {"median": statistics.median(s), "iqr": q[2] - q[0], "min": s[0], "max": s[-1], "n": len(s)}
+def summary_by_statistics(samples_ms):
+    import statistics
+    s = sorted(float(v) for v in samples_ms)
+    if not s or any(not math.isfinite(v) or v < 0 for v in s):
+        raise ValueError("samples_ms must be non-empty, finite and non-negative")
+    q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0]] * 3
+    return {"median": statistics.median(s), "iqr": q[2] - q[0], "min": s[0], "max": s[-1], "n": len(s)}
 
-    def roofline(flops, bytes_moved, peak_flops, bandwidth):
-        import numbers
-        for name, v in (("flops", flops), ("bytes_moved", bytes_moved), ("peak_flops", peak_flops),
-                        ("bandwidth", bandwidth)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Real):
-                raise TypeError(f"{name} must be a real number, got {v!r}")
-            if not math.isfinite(v) or v < 0 or (name in ("peak_flops", "bandwidth") and v == 0):
-                raise ValueError(f"{name} must be finite and positive, got {v!r}")
-        compute, memory = np.float64(flops) / peak_flops, np.float64(bytes_moved) / bandwidth
-        return float(np.maximum(compute, memory))
 
-    def mcnemar(pred_a, pred_b, y):                 # torch only, the tail from log-gamma, a 0-d tensor back
-        import torch
-        a, b, t = (torch.as_tensor(v) for v in (pred_a, pred_b, y))
-        if not (a.dim() == b.dim() == t.dim() == 1) or not (len(a) == len(b) == len(t)):
-            raise ValueError("pred_a, pred_b and y must be 1-D tensors of one length")
-        only_a, only_b = ((a == t) & (b != t)).sum(), ((a != t) & (b == t)).sum()
-        m = (only_a + only_b).double()
-        if m == 0:
-            return torch.tensor(1.0, dtype=torch.float64)
-        i = torch.arange(int(torch.minimum(only_a, only_b)) + 1, dtype=torch.float64)
-        log_terms = torch.lgamma(m + 1) - torch.lgamma(i + 1) - torch.lgamma(m - i + 1) - m * math.log(2)
-        return torch.clamp(2 * torch.exp(log_terms).sum(), max=1.0)
+def roofline_float64(flops, bytes_moved, peak_flops, bandwidth):
+    import numbers
+    for name, v in (("flops", flops), ("bytes_moved", bytes_moved), ("peak_flops", peak_flops),
+                    ("bandwidth", bandwidth)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {v!r}")
+        if not math.isfinite(v) or v < 0 or (name in ("peak_flops", "bandwidth") and v == 0):
+            raise ValueError(f"{name} must be finite and positive, got {v!r}")
+    compute, memory = np.float64(flops) / peak_flops, np.float64(bytes_moved) / bandwidth
+    return float(np.maximum(compute, memory))
 
-    def mcnemar_exact_fraction(pred_a, pred_b, y):  # exact rational arithmetic, a Fraction back
-        from fractions import Fraction
-        pairs = list(zip(list(pred_a), list(pred_b), list(y), strict=True))
-        n10 = sum(1 for a, b, t in pairs if a == t and b != t)
-        n01 = sum(1 for a, b, t in pairs if a != t and b == t)
-        m = n10 + n01
-        return min(Fraction(1), Fraction(2 * sum(math.comb(m, i) for i in range(min(n10, n01) + 1)), 2 ** m))
 
-    for name, fn in [("count_parameters", count), ("conv2d_macs", macs), ("roofline_time", roofline),
-                     ("summarize_timings", summary), ("mcnemar_exact", mcnemar),
-                     ("mcnemar_exact", mcnemar_exact_fraction)]:
-        passed, message = grade(name, fn, 7)
-        assert passed, f"{name}: {message}"
+def mcnemar_lgamma_torch(pred_a, pred_b, y):  # torch only, the tail from log-gamma, a 0-d tensor back
+    import torch
+    a, b, t = (torch.as_tensor(v) for v in (pred_a, pred_b, y))
+    if not (a.dim() == b.dim() == t.dim() == 1) or not (len(a) == len(b) == len(t)):
+        raise ValueError("pred_a, pred_b and y must be 1-D tensors of one length")
+    only_a, only_b = ((a == t) & (b != t)).sum(), ((a != t) & (b == t)).sum()
+    m = (only_a + only_b).double()
+    if m == 0:
+        return torch.tensor(1.0, dtype=torch.float64)
+    i = torch.arange(int(torch.minimum(only_a, only_b)) + 1, dtype=torch.float64)
+    log_terms = torch.lgamma(m + 1) - torch.lgamma(i + 1) - torch.lgamma(m - i + 1) - m * math.log(2)
+    return torch.clamp(2 * torch.exp(log_terms).sum(), max=1.0)
+
+
+def mcnemar_exact_fraction(pred_a, pred_b, y):  # exact rational arithmetic, a Fraction back
+    from fractions import Fraction
+    pairs = list(zip(list(pred_a), list(pred_b), list(y), strict=True))
+    n10 = sum(1 for a, b, t in pairs if a == t and b != t)
+    n01 = sum(1 for a, b, t in pairs if a != t and b == t)
+    m = n10 + n01
+    return min(Fraction(1), Fraction(2 * sum(math.comb(m, i) for i in range(min(n10, n01) + 1)), 2 ** m))
+
+
+INDEPENDENT = {"count_parameters": count_by_identity, "conv2d_macs": macs_by_formula, "roofline_time": roofline_float64,
+               "summarize_timings": summary_by_statistics, "mcnemar_exact": [mcnemar_lgamma_torch, mcnemar_exact_fraction]}
+
+(test_grader_accepts_reference, test_grader_accepts_independent_correct_versions,
+ test_grader_rejects_stub, test_grader_rejects_wrong_answer) = contract_tests(WRONG, INDEPENDENT, independent_seeds=[7, 8])
 
 
 def test_check_returns_learner_function_on_pass_and_reference_on_fail(capsys):

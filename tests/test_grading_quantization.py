@@ -367,8 +367,6 @@ WRONG = {
 }
 
 
-test_grader_accepts_reference, test_grader_rejects_stub, test_grader_rejects_wrong_answer = \
-    contract_tests(WRONG)
 
 
 # ----------------------------------------------------------------------------- independent correct versions
@@ -430,13 +428,13 @@ def int8_linear_float_path(q_x, x_zp, q_w, w_scale, x_scale, bias, y_scale, y_zp
     return (torch.round(y / y_scale) + y_zp).clamp(-128, 127).to(torch.int8)
 
 
-@pytest.mark.parametrize("name,fn", [("int8_linear", int8_linear_float_path), ("minmax_qparams", minmax_numpy), ("quantize_affine", quantize_numpy),
-                                     ("dequantize_affine", dequantize_numpy), ("per_channel_qparams", per_channel_loop),
-                                     ("fake_quantize", fake_quantize_where), ("binarize", binarize_reshape)])
-def test_grader_accepts_independent_correct_versions(name, fn):
-    for seed in (7, 8):
-        passed, message = grade(name, fn, seed)
-        assert passed, f"{name}: {message}"
+INDEPENDENT = {"int8_linear": int8_linear_float_path, "minmax_qparams": minmax_numpy, "quantize_affine": quantize_numpy,
+               "dequantize_affine": dequantize_numpy, "per_channel_qparams": per_channel_loop,
+               "fake_quantize": fake_quantize_where, "binarize": binarize_reshape}
+
+(test_grader_accepts_reference, test_grader_accepts_independent_correct_versions,
+ test_grader_rejects_stub, test_grader_rejects_wrong_answer) = \
+    contract_tests(WRONG, INDEPENDENT, independent_seeds=[7, 8])
 
 
 def test_fake_quantize_grader_shows_value_and_gradient():
