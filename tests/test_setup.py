@@ -50,3 +50,18 @@ def test_no_download_calls_in_course_code():
     sources = list((ROOT / "course_lib").rglob("*.py")) + list((ROOT / "solutions").glob("*.ipynb"))
     offenders = [str(p.relative_to(ROOT)) for p in sources if pattern.search(p.read_text())]
     assert not offenders, offenders
+
+
+def test_python_sources_compile_without_warnings():
+    """An invalid escape such as ``"\\bar"`` in a docstring's math is a silent bug (``\\b`` is a backspace) and a
+    SyntaxWarning on import: every module and test must compile cleanly (raw docstrings for LaTeX)."""
+    import warnings
+    sources = sorted((ROOT / "course_lib").rglob("*.py")) + sorted((ROOT / "tests").rglob("*.py"))
+    assert len(sources) > 30
+    for path in sources:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                compile(path.read_text(encoding="utf-8"), str(path), "exec")
+            except SyntaxError as exc:                      # a warning turned into an error is a SyntaxError
+                raise AssertionError(f"{path.relative_to(ROOT)}: {exc}") from None
