@@ -45,7 +45,9 @@ from .validation import check_float, check_int, check_module, check_tensor
 
 __all__ = ["saliency", "integrated_gradients", "occlusion", "grad_cam", "exact_shapley", "lime_tabular",
            "deletion_curve", "gradient_x_input", "smoothgrad", "completeness_gap", "deletion_auc",
-           "upsample", "pointing_game", "mask_overlap", "score_methods", "randomize_layers", "rank_correlation",
+           "upsample", "pointing_game", "mask_overlap", "score_methods", "score_per_image", "paired_image_difference",
+           "paired_ratio_interval", "randomize_layers", "rank_correlation", "row_rank_correlation",
+           "randomization_per_image",
            "AttentionClassifier", "attention_data", "train_attention", "attention_vs_ig", "attention_intervention",
            "insertion_curve", "cascading_randomization", "guided_backprop", "kernel_shap", "input_control",
            "random_control", "on_randomized_model", "GapCNN", "train_gap_cnn"]
@@ -458,26 +460,132 @@ def on_randomized_model(method: Callable, model: nn.Module, seed: int = 0) -> Ca
     return lambda _model, x, target: method(randomised, x, target)
 
 
+def _scores_of_map(model: nn.Module, x: Tensor, target, mask: Tensor, attr: Tensor, steps: int) -> dict:
+    """Per-image scores of one map (upsampled to x if needed): see :func:`score_per_image`."""
+    if attr.shape != x.shape:                                             # Grad-CAM: layer resolution
+        attr = upsample(attr, x.shape[2:])
+    a = attr.abs()
+    deletion, insertion = deletion_curve(model, x, target, a, steps=steps), insertion_curve(model, x, target, a, steps=steps)
+    return {"pointing game": pointing_game(attr, mask), "mask overlap": mask_overlap(attr, mask),
+            "deletion AUC": deletion_auc(deletion), "insertion AUC": deletion_auc(insertion),
+            "deletion": deletion, "insertion": insertion}
+
+
+SCORES = ("pointing game", "mask overlap", "deletion AUC", "insertion AUC")
+
+
+def score_per_image(model: nn.Module, x: Tensor, target, mask: Tensor, methods: dict[str, Callable],
+                    steps: int = 16) -> dict[str, dict[str, Tensor]]:
+    """Every method's scores **per image**, so that two methods can be compared image by image.
+
+    For each method ``name: method(model, x, target)`` the map is upsampled to ``x`` (Grad-CAM) and
+    scored on every row i against its mask:
+
+    - ``"pointing game"``: 1.0 if the largest |map| lies inside the object (:func:`pointing_game`);
+    - ``"mask overlap"``: the fraction of the top-k |map| pixels inside the object, k = its area;
+    - ``"deletion AUC"`` (lower = more faithful) and ``"insertion AUC"`` (higher = more faithful): the
+      trapezoid area under the target probability as the top ``floor(k n / steps)`` pixels of |map| are
+      deleted (set to 0) or inserted, k = 0..steps (:func:`deletion_curve`, :func:`insertion_curve`);
+    - ``"deletion"`` and ``"insertion"``: those curves, shape (N, steps + 1).
+
+    Every score has shape (N,). Because all methods explain the same N images, the per-image
+    difference :math:`d_i = s_i(A) - s_i(B)` removes what the images share (a large object is easy
+    for every map); :func:`paired_image_difference` gives its bootstrap interval. Put the controls
+    (:func:`input_control`, :func:`random_control`, :func:`on_randomized_model`) among ``methods``.
+
+    Parameters
+    ----------
+    model : nn.Module mapping (N, C, H, W) to logits.
+    x : Tensor (N, C, H, W); target : int or one int per row.
+    mask : bool Tensor (N, 1, H, W), the ground-truth object of each row.
+    methods : dict of name -> callable ``(model, x, target) -> map`` shaped like x or (N, 1, h, w).
+    steps : int >= 1, default=16
+        Points of the deletion and insertion curves (minus one).
+    """
+    check_module("model", model)
+    x = _check_x(x).detach()
+    mask = check_tensor("mask", mask)
+    if mask.shape[0] != len(x) or mask.shape[2:] != x.shape[2:]:
+        raise ValueError(f"mask must be (N, 1, H, W) with x's N and H, W {tuple(x.shape)}, got {tuple(mask.shape)}")
+    if not isinstance(methods, dict) or not methods:
+        raise TypeError(f"methods must be a non-empty dict of name -> callable, got {type(methods).__name__}")
+    steps = check_int("steps", steps, 1)
+    return {name: _scores_of_map(model, x, target, mask, method(model, x, target), steps)
+            for name, method in methods.items()}
+
+
 def score_methods(model: nn.Module, x: Tensor, target, mask: Tensor, methods: dict[str, Callable],
                   steps: int = 16) -> list[dict]:
-    """Per method: pointing game, mask overlap, deletion AUC (lower = better), insertion AUC (higher =
-    better), all on |map| upsampled to x, and one cold time per explanation (use ``timing.compare`` for
-    a fair timing). Put the controls (:func:`input_control`, :func:`random_control`,
-    :func:`on_randomized_model`) among ``methods``: a ranking without them is confounded."""
+    """Per method: the mean over images of the scores of :func:`score_per_image` (pointing game, mask
+    overlap, deletion AUC, lower = better, insertion AUC, higher = better), all on |map| upsampled to x,
+    and one cold time per explanation (use ``timing.compare`` for a fair timing). Put the controls
+    (:func:`input_control`, :func:`random_control`, :func:`on_randomized_model`) among ``methods``: a
+    ranking without them is confounded; compare two methods with :func:`paired_image_difference`."""
     rows = []
     for name, method in methods.items():
         start = time.perf_counter()
         attr = method(model, x, target)
         elapsed = (time.perf_counter() - start) / len(x)
-        if attr.shape != x.shape:                                         # Grad-CAM: layer resolution
-            attr = upsample(attr, x.shape[2:])
-        a = attr.abs()
-        rows.append({"method": name, "pointing game": float(pointing_game(attr, mask).mean()),
-                     "mask overlap": float(mask_overlap(attr, mask).mean()),
-                     "deletion AUC": float(deletion_auc(deletion_curve(model, x, target, a, steps=steps)).mean()),
-                     "insertion AUC": float(deletion_auc(insertion_curve(model, x, target, a, steps=steps)).mean()),
+        scores = _scores_of_map(model, x, target, mask, attr, steps)
+        rows.append({"method": name, **{k: float(scores[k].mean()) for k in SCORES},
                      "ms / explanation": 1e3 * elapsed})
     return rows
+
+
+def paired_image_difference(a, b, *, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0):
+    """Percentile bootstrap interval of the mean per-image difference ``a_i - b_i`` of two methods.
+
+    ``a`` and ``b`` are one score per image (e.g. ``score_per_image(...)[name]["mask overlap"]``) for
+    the **same** images. Resampling images, not the two arms separately, keeps what an image does to
+    both methods together (the paired bootstrap of :func:`course_lib.stats.paired_bootstrap`, for any
+    score, not only 0/1):
+
+    .. math:: \bar d = \frac1N \sum_i (a_i - b_i), \qquad
+              [\,\bar d^*_{(\alpha/2)},\ \bar d^*_{(1-\alpha/2)}\,]
+
+    Returns a :class:`course_lib.stats.Interval` (shown with a sign) for ``stats.claim``.
+    """
+    from dataclasses import replace
+
+    from . import stats
+    a, b = _as_scores("a", a), _as_scores("b", b)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must score the same images, got lengths {a.size} and {b.size}")
+    iv = stats.bootstrap_interval(a - b, confidence=confidence, n_boot=n_boot, seed=seed)
+    return replace(iv, method="paired bootstrap over images", difference=True)
+
+
+def paired_ratio_interval(a, b, *, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0):
+    """Percentile bootstrap interval of ``mean(a) / mean(b)`` over the same images, resampled in pairs.
+
+    Each resample draws N image indices with replacement and takes the ratio of the two means on
+    that draw (``b``'s mean must stay positive). The estimate is ``mean(a) / mean(b)`` on all images.
+    """
+    from dataclasses import replace
+
+    from . import stats
+    a, b = _as_scores("a", a), _as_scores("b", b)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must score the same images, got lengths {a.size} and {b.size}")
+    if not (b > 0).all():
+        raise ValueError("b must be positive on every image (its mean is the denominator)")
+
+    def ratio(index):                                                     # (n_boot, N) image indices
+        i = index.astype(np.int64)
+        return a[i].mean(-1) / b[i].mean(-1)
+    iv = stats.bootstrap_interval(np.arange(a.size), ratio, confidence=confidence, n_boot=n_boot, seed=seed)
+    return replace(iv, method="paired bootstrap of a ratio of means over images", unit="x")
+
+
+def _as_scores(name: str, values) -> np.ndarray:
+    if isinstance(values, Tensor):
+        values = values.detach().cpu().double().numpy()
+    if isinstance(values, (str, bytes)) or not isinstance(values, (np.ndarray, Sequence)):
+        raise TypeError(f"{name} must be a 1-D tensor, array or sequence of scores, got {type(values).__name__}")
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size < 2 or not np.isfinite(v).all():
+        raise ValueError(f"{name} must be 1-D with at least 2 finite scores, got shape {v.shape}")
+    return v
 
 
 def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -519,16 +627,44 @@ def _average_ranks(t: Tensor) -> Tensor:
     return (lo + hi - 1).double() / 2
 
 
-def rank_correlation(a: Tensor, b: Tensor) -> float:
-    """Mean over rows of the Spearman rank correlation of two maps (flattened; ties: average ranks).
+def row_rank_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """The Spearman rank correlation of each row's two maps (flattened; ties: average ranks), shape (N,).
 
-    .. math:: \\rho = \\mathrm{corr}(\\mathrm{rank}(a_i), \\mathrm{rank}(b_i)), averaged over rows i
+    .. math:: \rho_i = \mathrm{corr}(\mathrm{rank}(a_i), \mathrm{rank}(b_i))
 
     A constant row has no ranking: its rho is nan (as ``scipy.stats.spearmanr``).
     """
     ra, rb = _average_ranks(a), _average_ranks(b)
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    return float(((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))).mean())
+    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))
+
+
+def rank_correlation(a: Tensor, b: Tensor) -> float:
+    """Mean over rows of the Spearman rank correlation of two maps (flattened; ties: average ranks).
+
+    .. math:: \rho = \mathrm{corr}(\mathrm{rank}(a_i), \mathrm{rank}(b_i)), averaged over rows i
+
+    A constant row has no ranking: its rho is nan (as ``scipy.stats.spearmanr``).
+    """
+    return float(row_rank_correlation(a, b).mean())
+
+
+def randomization_per_image(model: nn.Module, explain: Callable, x: Tensor, target,
+                            seed: int = 0) -> dict[str, Tensor]:
+    """The cascading randomisation test with one Spearman rho **per image** after each layer.
+
+    ``{layer name: rho of shape (N,)}``, output layer first: the mean over images of each entry is
+    :func:`cascading_randomization`'s number for that layer (same layers, same seed, same rule), and the
+    per-image values give it an interval (``stats.bootstrap_interval``) or pair two methods on the
+    same images (:func:`paired_image_difference`).
+    """
+    check_module("model", model)
+    x = _check_x(x).detach()
+    if not callable(explain):
+        raise TypeError(f"explain must be a callable (model, x, target) -> map, got {type(explain).__name__}")
+    before = explain(model, x, target).detach()
+    return {name: row_rank_correlation(before, explain(randomised, x, target).detach())
+            for name, randomised in randomize_layers(model, seed)}
 
 
 # --------------------------------------------------------------------------- SHAP with a background

@@ -392,3 +392,90 @@ def test_attention_intervention_closed_forms():
     a1 = float(torch.softmax(torch.tensor([5.0 * math.tanh(1.0), 0, 0, 0]), 0)[0])      # key sees tanh(e)
     p1 = torch.softmax(torch.tensor([-a1, a1]), 0)
     assert moved["TVD moved to the least attended"] == pytest.approx(float(p1[1] - 0.5), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- per-image scores and paired intervals
+def _mask_model():
+    """logit 0 = sum of the top-left 2x2 pixels (the object); logit 1 = 0."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2, bias=False))
+    mask = torch.zeros(3, 1, 4, 4, dtype=torch.bool)
+    mask[:, :, :2, :2] = True
+    with torch.no_grad():
+        model[1].weight[:] = torch.stack([mask[0].flatten().float(), torch.zeros(16)])
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) + 0.5
+    return model.eval(), x, mask
+
+
+def test_score_per_image_hand_worked_and_equal_to_the_curves():
+    model, x, mask = _mask_model()
+    outside = (~mask).float() * x                                          # points only outside the object
+    scores = L.score_per_image(model, x, 0, mask, {"perfect": lambda m, x, t: mask.float() * x,
+                                                   "outside": lambda m, x, t: outside}, steps=4)
+    perfect, wrong = scores["perfect"], scores["outside"]
+    assert perfect["pointing game"].tolist() == [1.0] * 3 and perfect["mask overlap"].tolist() == [1.0] * 3
+    assert wrong["pointing game"].tolist() == [0.0] * 3 and wrong["mask overlap"].tolist() == [0.0] * 3
+    # by hand: logit 0 = sum of the 4 object pixels, logit 1 = 0, so p = sigmoid(object sum)
+    obj = (x * mask).flatten(1).sum(1)
+    torch.testing.assert_close(wrong["deletion"][:, :-1], torch.sigmoid(obj).unsqueeze(1).expand(3, 4))
+    assert perfect["deletion"][:, 1:].allclose(torch.tensor(0.5))         # a quarter of 16 pixels: the object
+    torch.testing.assert_close(perfect["deletion AUC"], L.deletion_auc(perfect["deletion"]))
+    means = {r["method"]: r for r in L.score_methods(model, x, 0, mask, {"perfect": lambda m, x, t: mask.float() * x},
+                                                     steps=4)}
+    for k in L.SCORES:
+        assert means["perfect"][k] == pytest.approx(float(perfect[k].mean()))
+    with pytest.raises(ValueError, match="mask"):
+        L.score_per_image(model, x, 0, mask[:2], {"perfect": L.input_control})
+    with pytest.raises(TypeError, match="methods"):
+        L.score_per_image(model, x, 0, mask, [L.input_control])
+
+
+def test_paired_image_difference_is_stats_paired_bootstrap_on_0_1_and_matches_scipy():
+    from scipy.stats import bootstrap
+    from course_lib import stats
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 2, 40), rng.integers(0, 2, 40)
+    ours, theirs = L.paired_image_difference(a, b, seed=3), stats.paired_bootstrap(a, b, seed=3)
+    assert (ours.estimate, ours.low, ours.high) == (theirs.estimate, theirs.low, theirs.high)
+    assert ours.difference and ours.n == 40
+    base = rng.normal(size=30)                                             # a large shared image effect
+    a, b = base + 0.3 + 0.1 * rng.normal(size=30), base + 0.1 * rng.normal(size=30)
+    iv = L.paired_image_difference(torch.tensor(a), torch.tensor(b), n_boot=20000)
+    ref = bootstrap((a - b,), np.mean, method="percentile", n_resamples=20000,
+                    random_state=np.random.default_rng(1)).confidence_interval
+    assert iv.low == pytest.approx(ref.low, abs=0.01) and iv.high == pytest.approx(ref.high, abs=0.01)
+    assert iv.low > 0.2 and iv.high < 0.4                                  # pairing removes the shared effect
+    with pytest.raises(ValueError, match="same images"):
+        L.paired_image_difference(a, b[:-1])
+    with pytest.raises(TypeError, match="a must"):
+        L.paired_image_difference("0101", b)
+
+
+def test_paired_ratio_interval_closed_form_and_scipy():
+    from scipy.stats import bootstrap
+    rng = np.random.default_rng(2)
+    b = rng.uniform(0.05, 0.2, 48)
+    exact = L.paired_ratio_interval(1.5 * b, b)                            # every resample: exactly 1.5
+    assert exact.estimate == pytest.approx(1.5) and exact.low == pytest.approx(1.5) and exact.high == pytest.approx(1.5)
+    a = b * rng.uniform(1.0, 2.0, 48)
+    iv = L.paired_ratio_interval(a, b, n_boot=20000)
+    assert iv.estimate == pytest.approx(a.mean() / b.mean())
+    ref = bootstrap((a, b), lambda p, q: p.mean() / q.mean(), paired=True, vectorized=False, method="percentile",
+                    n_resamples=20000, random_state=np.random.default_rng(3)).confidence_interval
+    assert iv.low == pytest.approx(ref.low, abs=0.01) and iv.high == pytest.approx(ref.high, abs=0.01)
+    with pytest.raises(ValueError, match="positive"):
+        L.paired_ratio_interval(a, b - 0.1)
+
+
+def test_randomization_per_image_matches_scipy_and_cascading_randomization():
+    from scipy.stats import spearmanr
+    model, x = _cnn(7), torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(7))
+    per_image = L.randomization_per_image(model, L.saliency, x, [0, 1, 2, 0], seed=2)
+    means = L.cascading_randomization(model, L.saliency, x, [0, 1, 2, 0], seed=2)
+    assert list(per_image) == [name for name, _ in means] == ["5", "2", "0"]
+    for (name, rho), copy_ in zip(means, L.randomize_layers(model, seed=2)):
+        assert per_image[name].shape == (4,) and float(per_image[name].mean()) == pytest.approx(rho, abs=1e-12)
+        before, after = L.saliency(model, x, [0, 1, 2, 0]), L.saliency(copy_[1], x, [0, 1, 2, 0])
+        expected = [spearmanr(p.flatten(), q.flatten())[0] for p, q in zip(before, after)]
+        np.testing.assert_allclose(per_image[name].numpy(), expected, atol=1e-10)
+    with pytest.raises(TypeError, match="explain"):
+        L.randomization_per_image(model, "saliency", x, 0)
