@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ from .validation import check_float, check_int, check_module, check_tensor
 __all__ = ["low_rank_factors", "rank_for_energy", "factorize_linear", "factorize_conv", "break_even_rank",
            "as_matrix", "spectrum", "frobenius_error", "factorizable_layers", "factorized_params",
            "dense_params", "factorize_model", "ranks_uniform", "ranks_by_energy", "fine_tune",
-           "rank_sweep", "speed_rows", "plot_spectra", "plot_speed", "plot_reconstruction"]
+           "runs_over_seeds", "fine_tune_seeds", "rank_sweep", "speed_rows", "plot_spectra", "plot_speed",
+           "plot_reconstruction"]
 
 
 # =========================================================================== the exercises
@@ -342,24 +343,105 @@ def fine_tune(model: nn.Module, split, *, epochs: int, lr: float = 1e-3, seed: i
     return tuned.eval()
 
 
-def rank_sweep(model: nn.Module, split, fractions: Sequence[float], *, epochs: int, seeds: Sequence[int] = (0,),
-               layers: Sequence[str] | None = None, progress: bool = True) -> list[dict]:
-    """Validation accuracy when every layer is factorized at ``fraction`` of its full rank, before and after
-    ``epochs`` of fine-tuning (one row per fraction and seed), with the weights kept."""
+def runs_over_seeds(tune: Callable[[int], nn.Module], split, seeds: Sequence[int], *, progress: bool = True,
+                    keep_models: bool = False) -> dict:
+    r"""Run one arm of a comparison once per seed and score each model on validation and test.
+
+    ``tune(seed)`` returns a trained model; everything random in it must come from ``seed`` (the order
+    of the batches of :func:`course_lib.models.train`, an initialisation after ``set_seed``). Two arms
+    run with the same seeds are then **paired**: seed ``s`` gives both the same order of batches (for
+    the same training set), so the seed's own luck cancels in the per-seed difference
+    :math:`d_s = \mathrm{acc}_A(s) - \mathrm{acc}_B(s)` that :func:`course_lib.stats.paired_difference`
+    takes. Arms whose starting point is fixed (a factorized or pruned copy of one trained model) differ
+    between seeds only through that order.
+
+    Parameters
+    ----------
+    tune : callable ``int -> nn.Module``
+        Builds and trains one model for a seed (e.g. ``lambda s: fine_tune(small, split, epochs=3, seed=s)``).
+    split : data.Split
+        Scored on ``X_val``/``y_val`` and ``X_test``/``y_test``.
+    seeds : sequence of distinct ints >= 0, at least 2 (an interval needs two runs)
+    progress : bool, default=True
+        A tqdm bar over seeds.
+    keep_models : bool, default=False
+        Also return the trained models (to reuse them instead of training again).
+
+    Returns
+    -------
+    dict
+        ``"seed"``, ``"val"``, ``"test"``: numpy arrays of shape ``(len(seeds),)`` (accuracies), and
+        ``"models"`` (a list) when ``keep_models``.
+
+    Raises
+    ------
+    TypeError
+        ``tune`` is not callable, a seed is not an int, or ``tune`` returns something other than a module.
+    ValueError
+        fewer than 2 seeds, a negative or a repeated seed.
+    """
     from tqdm.auto import tqdm
 
+    if not callable(tune):
+        raise TypeError(f"tune must be a callable seed -> nn.Module, got {type(tune).__name__}")
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, range, np.ndarray)):
+        raise TypeError(f"seeds must be a sequence of ints >= 0, got {type(seeds).__name__}")
+    seeds = [check_int("seed", seed, 0) for seed in seeds]
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must hold at least 2 distinct ints >= 0, got {seeds!r}")
+    out: dict = {"seed": np.array(seeds), "val": [], "test": [], "models": []}
+    for seed in tqdm(seeds, desc="seeds", disable=not progress, leave=False):
+        model = tune(seed)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"tune(seed) must return an nn.Module, got {type(model).__name__}")
+        out["val"].append(models.evaluate(model, split.X_val, split.y_val))
+        out["test"].append(models.evaluate(model, split.X_test, split.y_test))
+        if keep_models:
+            out["models"].append(model)
+    out["val"], out["test"] = np.array(out["val"]), np.array(out["test"])
+    if not keep_models:
+        del out["models"]
+    return out
+
+
+def fine_tune_seeds(model: nn.Module, split, *, epochs: int, seeds: Sequence[int], lr: float = 1e-3,
+                    progress: bool = True, keep_models: bool = False) -> dict:
+    """:func:`fine_tune` a copy of ``model`` once per seed (:func:`runs_over_seeds`): one arm, paired by seed.
+
+    Every seed starts from the same weights (``model``: a factorized copy is deterministic, the SVD
+    has no randomness), so the runs differ only in the order of the batches; ``model`` is unchanged.
+    Returns ``{"seed", "val", "test"}`` (and ``"models"``) as :func:`runs_over_seeds`.
+    """
+    check_module("model", model)
+    epochs = check_int("epochs", epochs, 0)
+    check_float("lr", lr, 0.0, low_inclusive=False)
+    return runs_over_seeds(lambda seed: fine_tune(model, split, epochs=epochs, lr=lr, seed=seed), split, seeds,
+                           progress=progress, keep_models=keep_models)
+
+
+def rank_sweep(model: nn.Module, split, fractions: Sequence[float], *, epochs: int, seeds: Sequence[int] = (0, 1),
+               layers: Sequence[str] | None = None, progress: bool = True) -> list[dict]:
+    """Accuracy when every layer is factorized at ``fraction`` of its full rank, before and after ``epochs``
+    of fine-tuning on each seed (:func:`fine_tune_seeds`): one row per fraction and seed.
+
+    Each row holds the fraction, the ranks, the fraction of the dense weights kept, the seed, the
+    validation and test accuracy of the factorized model before fine-tuning (the same for every seed:
+    the SVD is deterministic) and after it (``"val acc fine-tuned"``, ``"test acc fine-tuned"``).
+    Rows with the same seed are paired across fractions, and with any other arm run on that seed.
+    """
     dense = factorizable_layers(model) if layers is None else {n: model.get_submodule(n) for n in layers}
     total = sum(dense_params(m) for m in dense.values())
     rows = []
-    for fraction in tqdm(list(fractions), desc="ranks", disable=not progress):
+    for fraction in list(fractions):
         ranks = ranks_uniform(model, fraction, list(dense))
         small = factorize_model(model, ranks)
-        before = models.evaluate(small, split.X_val, split.y_val)
-        for seed in seeds:
-            tuned = fine_tune(small, split, epochs=epochs, seed=seed)
+        before = {"val acc": models.evaluate(small, split.X_val, split.y_val),
+                  "test acc": models.evaluate(small, split.X_test, split.y_test)}
+        runs = fine_tune_seeds(small, split, epochs=epochs, seeds=seeds, progress=progress)
+        for seed, val, test in zip(runs["seed"], runs["val"], runs["test"]):
             rows.append({"rank fraction": fraction, "ranks": ranks, "weights kept": _weights(dense, ranks) / total,
-                         "seed": seed, "val acc": before, "val acc fine-tuned": models.evaluate(tuned, split.X_val,
-                                                                                             split.y_val)})
+                         "seed": int(seed), **before, "val acc fine-tuned": float(val),
+                         "test acc fine-tuned": float(test)})
     return rows
 
 

@@ -1,4 +1,6 @@
 """course_lib.lowrank against oracles: numpy's and scikit-learn's SVDs, closed forms, hand-worked cases."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -216,3 +218,99 @@ def test_factorize_model_and_rank_choices():
     budget = 3 * (16 + 12) + 2 * (12 + 4)
     ranks = lowrank.ranks_by_energy(model, budget)
     assert sum(lowrank.factorized_params(model.get_submodule(n), r) for n, r in ranks.items()) <= budget
+
+
+# ----------------------------------------------------------------------------- seeds (paired arms)
+def _tiny_split(seed=0, n=160, d=8, classes=3):   # 160 rows: 3 batches of 64, so the order matters
+    from course_lib.data import Split
+
+    g = torch.Generator().manual_seed(seed)
+    centres = 2 * torch.randn(classes, d, generator=g)
+
+    def part(k):
+        y = torch.randint(0, classes, (k,), generator=g)
+        return centres[y] + torch.randn(k, d, generator=g), y
+
+    (Xa, ya), (Xb, yb), (Xc, yc) = part(n), part(n // 4), part(n // 4)
+    return Split(Xa, ya, Xb, yb, Xc, yc, classes=[str(k) for k in range(classes)])
+
+
+def _tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def _accuracy_by_hand(model, X, y):
+    with torch.no_grad():
+        return float((model(X).argmax(dim=1) == y).double().mean())
+
+
+def test_runs_over_seeds_calls_each_seed_once_and_scores_the_returned_models():
+    split, seen = _tiny_split(), []
+
+    def tune(seed):
+        seen.append(seed)
+        return _tiny_model(seed)                          # untrained: a different model per seed
+
+    out = lowrank.runs_over_seeds(tune, split, [3, 1, 4], progress=False, keep_models=True)
+    assert seen == [3, 1, 4] and out["seed"].tolist() == [3, 1, 4]
+    for k, model in enumerate(out["models"]):
+        assert out["val"][k] == pytest.approx(_accuracy_by_hand(model, split.X_val, split.y_val))
+        assert out["test"][k] == pytest.approx(_accuracy_by_hand(model, split.X_test, split.y_test))
+    assert "models" not in lowrank.runs_over_seeds(tune, split, range(2), progress=False)
+
+
+@pytest.mark.parametrize("tune,seeds,error,match", [
+    (None, [0, 1], TypeError, "tune must be a callable"),
+    (lambda s: _tiny_model(s), "01", TypeError, "seeds must be a sequence"),
+    (lambda s: _tiny_model(s), [0], ValueError, "at least 2 distinct"),
+    (lambda s: _tiny_model(s), [1, 1], ValueError, "at least 2 distinct"),
+    (lambda s: _tiny_model(s), [0, -1], ValueError, "seed must be"),
+    (lambda s: _tiny_model(s), [0, 1.0], TypeError, "seed must be"),
+    (lambda s: "not a model", [0, 1], TypeError, "must return an nn.Module"),
+])
+def test_runs_over_seeds_rejects_bad_arguments(tune, seeds, error, match):
+    with pytest.raises(error, match=match):
+        lowrank.runs_over_seeds(tune, _tiny_split(), seeds, progress=False)
+
+
+def test_fine_tune_seeds_pairs_arms_by_seed_and_leaves_the_model_unchanged():
+    split, start = _tiny_split(), _tiny_model()
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    a = lowrank.fine_tune_seeds(start, split, epochs=2, seeds=[0, 1, 2], progress=False, keep_models=True)
+    b = lowrank.fine_tune_seeds(copy.deepcopy(start), split, epochs=2, seeds=[0, 1, 2], progress=False, keep_models=True)
+    # the same start and the same seed: the same batch order, so the same weights -> paired differences are exactly 0
+    for ma, mb in zip(a["models"], b["models"]):
+        for (ka, va), (_, vb) in zip(ma.state_dict().items(), mb.state_dict().items()):
+            assert torch.equal(va, vb), ka
+    np.testing.assert_array_equal(a["test"], b["test"])
+    # another seed is another batch order: other weights from the same start
+    assert not torch.equal(a["models"][0][0].weight, a["models"][1][0].weight)
+    assert all(torch.equal(v, start.state_dict()[k]) for k, v in before.items())
+    # zero epochs: every seed returns the starting model itself
+    zero = lowrank.fine_tune_seeds(start, split, epochs=0, seeds=[0, 5], progress=False)
+    assert zero["test"].tolist() == [pytest.approx(_accuracy_by_hand(start, split.X_test, split.y_test))] * 2
+
+
+def test_fine_tune_seeds_rejects_bad_arguments():
+    split = _tiny_split()
+    with pytest.raises(TypeError, match="model"):
+        lowrank.fine_tune_seeds("model", split, epochs=1, seeds=[0, 1])
+    with pytest.raises(ValueError, match="epochs"):
+        lowrank.fine_tune_seeds(_tiny_model(), split, epochs=-1, seeds=[0, 1])
+    with pytest.raises(ValueError, match="lr"):
+        lowrank.fine_tune_seeds(_tiny_model(), split, epochs=1, seeds=[0, 1], lr=0.0)
+
+
+def test_rank_sweep_rows_hold_the_factorized_models_accuracies():
+    split, model = _tiny_split(), _tiny_model()
+    rows = lowrank.rank_sweep(model, split, [0.5, 1.0], epochs=1, seeds=[0, 1], progress=False)
+    assert [(r["rank fraction"], r["seed"]) for r in rows] == [(0.5, 0), (0.5, 1), (1.0, 0), (1.0, 1)]
+    assert rows[0]["ranks"] == {"0": 3, "2": 2}                            # round(0.5 * 6) and round(0.5 * 3)
+    assert rows[0]["weights kept"] == pytest.approx((3 * 14 + 2 * 9) / (48 + 18))
+    small = lowrank.factorize_model(model, {"0": 3, "2": 2})
+    assert rows[0]["test acc"] == pytest.approx(_accuracy_by_hand(small, split.X_test, split.y_test))
+    # full rank: the factorized model computes the dense one, so the accuracy before fine-tuning is the dense one
+    assert rows[2]["val acc"] == pytest.approx(_accuracy_by_hand(model, split.X_val, split.y_val))
+    tuned = lowrank.fine_tune(small, split, epochs=1, seed=1)
+    assert rows[1]["test acc fine-tuned"] == pytest.approx(_accuracy_by_hand(tuned, split.X_test, split.y_test))
