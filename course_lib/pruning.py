@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
-from . import models, timing
-from .validation import check_float, check_int, check_module, check_tensor
+from . import models, stats, timing
+from .validation import check_bool, check_float, check_int, check_module, check_tensor
 
 __all__ = [
     "magnitude_mask", "global_magnitude_masks", "structured_mask", "n_m_mask", "polynomial_sparsity",
@@ -40,8 +40,8 @@ __all__ = [
     "speed_table", "sparse_matmul_rows", "stored_bytes", "sparse_state_dict", "semi_structured_rows",
     "plot_masks", "plot_sensitivity", "plot_schedule", "plot_weight_histograms", "l1_prox_step", "train_l1_proximal",
     "sensitivity_amounts", "per_layer_masks", "random_masks", "csr_bytes", "csr_break_even", "csr_with_index",
-    "pruning_quantization_codes", "pruning_quantization_myth", "seed_study", "lottery_ticket_starts",
-    "lottery_ticket",
+    "pruning_quantization_codes", "pruning_quantization_myth", "seed_study", "seed_difference", "correct",
+    "accuracy_difference", "detectable_on_examples", "l1_seed_study", "lottery_ticket_starts", "lottery_ticket",
 ]
 
 
@@ -557,35 +557,214 @@ def train_l1_proximal(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, epo
     return trained.eval()
 
 
-def seed_study(model: nn.Module, sparsity: float, split, *, seeds: Sequence[int] = (0, 1, 2), epochs: int = 30,
-               lr: float = 3e-3) -> list[dict]:
-    """One-shot vs iterative pruning with controls, the same fine-tuning budget, several seeds.
+def _scores(model: nn.Module, split) -> dict[str, float]:
+    """Accuracy on each part of ``split`` it has (train, val, test), keyed ``"<part> acc"``."""
+    return {f"{part} acc": models.evaluate(model, getattr(split, f"X_{part}"), getattr(split, f"y_{part}"))
+            for part in ("train", "val", "test") if hasattr(split, f"X_{part}")}
 
-    For each seed (it sets the fine-tuning shuffle, the random mask and the fresh initialization):
-    magnitude one-shot + ``epochs`` epochs; iterative (10 steps of ``epochs // 10`` epochs); a
-    **random** mask of the same per-layer sparsity + ``epochs`` epochs (is magnitude better than
-    chance?); and the magnitude mask on a **freshly initialized** copy trained ``epochs`` epochs
-    (does the pruned architecture need the trained weights? Liu et al., 2019; Frankle & Carbin's
-    random-reinitialization control, 2019). Rows: ``method, seed, val acc``.
+
+def _fresh_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with every submodule re-initialised (``reset_parameters``) under ``seed``."""
+    torch.manual_seed(seed)
+    fresh = copy.deepcopy(model)
+    for m in fresh.modules():
+        if hasattr(m, "reset_parameters") and m is not fresh:
+            m.reset_parameters()
+    return fresh
+
+
+SEED_STUDY_METHODS = ("one-shot + fine-tune", "iterative", "random mask + fine-tune (control)",
+                      "magnitude mask, fresh init (control)")
+
+
+def seed_study(model: nn.Module, sparsities: float | Sequence[float], split, *, seeds: Sequence[int] = (0, 1, 2, 3, 4),
+               epochs: int = 30, lr: float = 3e-3, controls_at: Sequence[float] | None = None,
+               keep_models: bool = False, progress: bool = False) -> list[dict] | tuple[list[dict], dict]:
+    """One-shot vs iterative pruning with controls, the same fine-tuning budget, several paired seeds.
+
+    For each target sparsity :math:`s` and seed (the seed sets the fine-tuning shuffle, the random
+    mask and the fresh initialization, so seed ``seed`` pairs the arms), all layer-wise by magnitude:
+
+    - **one-shot**: prune to :math:`s` at once (:func:`prune_one_shot`), fine-tune ``epochs`` epochs;
+    - **iterative**: 10 steps on :func:`polynomial_sparsity` (cubic), ``max(1, epochs // 10)`` epochs
+      after each (:func:`prune_iterative`; step ``t`` shuffles with seed ``seed + t``), so both arms get
+      the same number of epochs when ``epochs`` is a multiple of 10;
+    - at the sparsities in ``controls_at`` (default: every one) two controls, each fine-tuned
+      ``epochs`` epochs: a **random** mask of the same per-layer sparsity (:func:`random_masks` with
+      ``seed``; is magnitude better than chance?) and the magnitude mask on a **freshly initialized**
+      copy (re-initialised under ``torch.manual_seed(seed)``; does the pruned architecture need the
+      trained weights? Liu et al., 2019; Frankle & Carbin's random-reinitialization control, 2019).
+
+    Every model is trained once: with ``keep_models`` the trained models come back too, so later
+    cells reuse them instead of training the same recipe again. Compare arms with
+    :func:`seed_difference` (paired by seed).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained dense model (not modified).
+    sparsities : float or sequence of floats in [0, 1]
+    split : data.Split (or anything with ``X_train``, ``y_train``, ``X_val``, ``y_val``; ``X_test``,
+        ``y_test`` are scored when present)
+    seeds : sequence of int >= 0, at least one
+    epochs : int >= 1
+    lr : float > 0
+    controls_at : sequence of floats, default=None
+        Each must be one of ``sparsities``; None = every sparsity.
+    keep_models : bool, default=False
+    progress : bool, default=False
+        A tqdm bar over the (sparsity, seed) jobs.
+
+    Returns
+    -------
+    list of dict, or (list of dict, dict)
+        Rows ``sparsity, method, seed, measured sparsity`` with ``train acc``, ``val acc`` and
+        ``test acc`` (the parts ``split`` has); with ``keep_models`` also
+        ``{(sparsity, method, seed): model}``.
     """
-    masks = model_masks(model, sparsity)
-    rows = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        fresh = copy.deepcopy(model)
-        for m in fresh.modules():
-            if hasattr(m, "reset_parameters") and m is not fresh:
-                m.reset_parameters()
-        runs = {"one-shot + fine-tune": lambda: prune_one_shot(model, sparsity, split, epochs=epochs, lr=lr, seed=seed),
-                "iterative": lambda: prune_iterative(model, sparsity, split, n_steps=10, epochs_per_step=max(1, epochs // 10),
-                                                     lr=lr, seed=seed)[0],
-                "random mask + fine-tune (control)": lambda: fine_tune(model, random_masks(model, sparsity, seed), split.X_train,
-                                                                       split.y_train, epochs=epochs, lr=lr, seed=seed),
-                "magnitude mask, fresh init (control)": lambda: fine_tune(fresh, masks, split.X_train, split.y_train,
-                                                                          epochs=epochs, lr=lr, seed=seed)}
+    check_module("model", model)
+    if isinstance(sparsities, numbers.Real) and not isinstance(sparsities, bool):
+        sparsities = [sparsities]
+    if isinstance(sparsities, (str, bytes)) or not isinstance(sparsities, Sequence) or not sparsities:
+        raise TypeError(f"sparsities must be a float in [0, 1] or a non-empty sequence of them, got {sparsities!r}")
+    targets = [check_float("sparsities", s, 0.0, 1.0) for s in sparsities]
+    seeds = [check_int("seeds", s, 0) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, got []")
+    epochs = check_int("epochs", epochs, 1)
+    lr = check_float("lr", lr, 0.0, low_inclusive=False)
+    controls = set(targets) if controls_at is None else {check_float("controls_at", s, 0.0, 1.0) for s in controls_at}
+    if not controls <= set(targets):
+        raise ValueError(f"controls_at must be a subset of sparsities {targets}, got {sorted(controls)}")
+    keep_models, progress = check_bool("keep_models", keep_models), check_bool("progress", progress)
+    rows, kept = [], {}
+    jobs = [(s, seed) for s in targets for seed in seeds]
+    for target, seed in tqdm(jobs, desc="seed study", disable=not progress, leave=False):
+        masks = model_masks(model, target)
+        runs = {SEED_STUDY_METHODS[0]: lambda: prune_one_shot(model, target, split, epochs=epochs, lr=lr, seed=seed),
+                SEED_STUDY_METHODS[1]: lambda: prune_iterative(model, target, split, n_steps=10,
+                                                               epochs_per_step=max(1, epochs // 10), lr=lr,
+                                                               seed=seed)[0]}
+        if target in controls:
+            fresh = _fresh_copy(model, seed)
+            runs[SEED_STUDY_METHODS[2]] = lambda: fine_tune(
+                model, random_masks(model, target, seed), split.X_train, split.y_train, epochs=epochs, lr=lr, seed=seed)
+            runs[SEED_STUDY_METHODS[3]] = lambda: fine_tune(
+                fresh, masks, split.X_train, split.y_train, epochs=epochs, lr=lr, seed=seed)
         for method, run in runs.items():
-            rows.append({"method": method, "seed": seed, "val acc": models.evaluate(run(), split.X_val, split.y_val)})
-    return rows
+            tuned = run()
+            rows.append({"sparsity": target, "method": method, "seed": seed, "measured sparsity": sparsity(tuned),
+                         **_scores(tuned, split)})
+            if keep_models:
+                kept[target, method, seed] = tuned
+    return (rows, kept) if keep_models else rows
+
+
+def seed_difference(rows: Sequence[dict], a: tuple[float, str], b: tuple[float, str], *,
+                    score: str = "test acc") -> stats.PairedDifference:
+    """Arm ``a`` minus arm ``b`` of a :func:`seed_study`, paired by seed, in accuracy **points**.
+
+    ``a`` and ``b`` are ``(sparsity, method)``. With :math:`d_s = 100\\,(\\text{acc}_a(s) - \\text{acc}_b(s))`
+    over the seeds both arms ran, :func:`course_lib.stats.paired_difference`: the t interval
+    :math:`\\bar d \\pm t_{0.975,\\,n-1}\\, s_d/\\sqrt n`, with the win count.
+
+    Raises ``ValueError`` when an arm is missing or the two arms ran on different seeds.
+    """
+    def arm(key: tuple[float, str]) -> dict[int, float]:
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise TypeError(f"an arm must be a (sparsity, method) tuple, got {key!r}")
+        found = {r["seed"]: r[score] for r in rows if r["sparsity"] == key[0] and r["method"] == key[1]}
+        if not found:
+            raise ValueError(f"no rows for the arm {key!r} (score {score!r})")
+        return found
+
+    runs_a, runs_b = arm(a), arm(b)
+    if sorted(runs_a) != sorted(runs_b):
+        raise ValueError(f"the arms must share their seeds to be paired, got {sorted(runs_a)} and {sorted(runs_b)}")
+    order = sorted(runs_a)
+    return stats.paired_difference([runs_a[s] for s in order], [runs_b[s] for s in order]).scaled(100, " points")
+
+
+def correct(model: nn.Module, X: Tensor, y: Tensor) -> Tensor:
+    """Per-example correctness ``argmax f(x_i) == y_i`` (a bool tensor of shape ``(N,)``)."""
+    check_module("model", model)
+    return models.predict_proba(model, X).argmax(dim=1) == check_tensor("y", y)
+
+
+def accuracy_difference(model_a: nn.Module, model_b: nn.Module, X: Tensor, y: Tensor, *,
+                        n_boot: int = 2000, seed: int = 0) -> stats.Interval:
+    """Accuracy of ``model_a`` minus ``model_b`` on one test set, in **points**, with a paired bootstrap.
+
+    Both models answer the same N images; :func:`course_lib.stats.paired_bootstrap` resamples the
+    images and scores both on each resample, the percentile interval of the mean of
+    :math:`d_j = 100\\,(\\mathbb 1[a_j\\ \\text{right}] - \\mathbb 1[b_j\\ \\text{right}])`. It measures the
+    test set's noise for these two models, not the noise of training them again.
+    """
+    return stats.paired_bootstrap(correct(model_a, X, y), correct(model_b, X, y), n_boot=n_boot,
+                                  seed=seed).scaled(100, " points")
+
+
+def detectable_on_examples(model_a: nn.Module, model_b: nn.Module, X: Tensor, y: Tensor) -> float:
+    """Smallest accuracy difference (points) a paired comparison on these N examples detects with power 0.8.
+
+    :func:`course_lib.stats.minimum_detectable_effect` of the paired design whose pairs are the N
+    examples, with the measured standard deviation of :math:`d_j` (0, +1 or -1 per example).
+    """
+    d = (correct(model_a, X, y).float() - correct(model_b, X, y).float()).numpy()
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        raise ValueError("the two models agree on every example: no spread to size a detectable effect")
+    return 100 * stats.minimum_detectable_effect(int(d.size), sd)
+
+
+L1_ARMS = ("plain", "L1 (subgradient)", "L1 (proximal)")
+
+
+def l1_seed_study(model: nn.Module, split, *, lam: float, prox_lam: float, seeds: Sequence[int] = (0, 1, 2, 3, 4),
+                  epochs: int = 20, lr: float = 1e-3, prune_at: float = 0.9, progress: bool = False
+                  ) -> tuple[list[dict], dict[tuple[str, int], nn.Module]]:
+    """Plain vs L1-penalised vs proximal-L1 training from one checkpoint, paired by seed.
+
+    For each seed :math:`s` (the shuffle of all three arms, so seed ``s`` pairs them), three copies
+    of ``model`` are trained ``epochs`` epochs with Adam at ``lr``: **plain** (:func:`train_l1` with
+    :math:`\\lambda = 0`), the **subgradient** objective :math:`L + \\lambda\\sum_i |w_i|`
+    (:func:`train_l1` with ``lam``) and the **proximal** version (:func:`train_l1_proximal` with
+    ``prox_lam``: soft thresholding by ``lr * prox_lam`` after each step).
+
+    Each trained model is scored on the test part of ``split``, counted (exact zeros and the
+    fraction with :math:`|w| < 10^{-3}` among the prunable weights), and pruned globally by
+    magnitude to ``prune_at`` without fine-tuning, then scored again.
+
+    Returns
+    -------
+    (rows, models)
+        Rows ``seed, training, test acc, exact zeros, near zero, test acc pruned``, and the trained
+        models by ``(training, seed)`` (``training`` one of :data:`L1_ARMS`).
+    """
+    check_module("model", model)
+    lam = check_float("lam", lam, 0.0, low_inclusive=False)
+    prox_lam = check_float("prox_lam", prox_lam, 0.0, low_inclusive=False)
+    seeds = [check_int("seeds", s, 0) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, got []")
+    epochs = check_int("epochs", epochs, 1)
+    lr = check_float("lr", lr, 0.0, low_inclusive=False)
+    prune_at = check_float("prune_at", prune_at, 0.0, 1.0)
+    progress = check_bool("progress", progress)
+    X, y = split.X_train, split.y_train
+    rows, kept = [], {}
+    for seed in tqdm(seeds, desc="L1 training", disable=not progress, leave=False):
+        trained = {L1_ARMS[0]: train_l1(model, X, y, lam=0.0, epochs=epochs, lr=lr, seed=seed),
+                   L1_ARMS[1]: train_l1(model, X, y, lam=lam, epochs=epochs, lr=lr, seed=seed),
+                   L1_ARMS[2]: train_l1_proximal(model, X, y, lam=prox_lam, epochs=epochs, lr=lr, seed=seed)}
+        for arm, m in trained.items():
+            w = torch.cat([layer.weight.detach().flatten() for layer in prunable_layers(m).values()])
+            pruned = apply_masks(m, model_masks(m, prune_at, scope="global"))
+            rows.append({"seed": seed, "training": arm, "test acc": models.evaluate(m, split.X_test, split.y_test),
+                         "exact zeros": int((w == 0).sum()), "near zero": float((w.abs() < 1e-3).float().mean()),
+                         "test acc pruned": models.evaluate(pruned, split.X_test, split.y_test)})
+            kept[arm, seed] = m
+    return rows, kept
 
 
 def lottery_ticket_starts(init: nn.Module, trained: nn.Module, amount: float, fresh: nn.Module
@@ -618,7 +797,8 @@ def lottery_ticket(make_model: Callable[[], nn.Module], split, amount: float, *,
     ``progress`` shows a tqdm bar over the seeds.
 
     Returns one row per seed: ``seed, sparsity, dense, ticket, control`` (validation accuracies;
-    ``sparsity`` measured on the retrained ticket).
+    ``sparsity`` measured on the retrained ticket) and, when ``split`` has a test part,
+    ``dense test, ticket test, control test`` (test accuracies, for the comparisons reported).
 
     References
     ----------
@@ -640,9 +820,12 @@ def lottery_ticket(make_model: Callable[[], nn.Module], split, amount: float, *,
         masks, ticket_start, control_start = lottery_ticket_starts(init, dense, amount, fresh)
         ticket = fine_tune(ticket_start, masks, X, y, epochs=epochs, lr=lr, seed=seed)
         control = fine_tune(control_start, masks, X, y, epochs=epochs, lr=lr, seed=seed)
-        acc = lambda m: models.evaluate(m, split.X_val, split.y_val)  # noqa: E731
-        rows.append({"seed": seed, "sparsity": sparsity(ticket), "dense": acc(dense), "ticket": acc(ticket),
-                     "control": acc(control)})
+        row = {"seed": seed, "sparsity": sparsity(ticket)}
+        for arm, trained in (("dense", dense), ("ticket", ticket), ("control", control)):
+            row[arm] = models.evaluate(trained, split.X_val, split.y_val)
+            if hasattr(split, "X_test"):
+                row[f"{arm} test"] = models.evaluate(trained, split.X_test, split.y_test)
+        rows.append(row)
     return rows
 
 
@@ -845,10 +1028,16 @@ def pruning_quantization_codes(w: Tensor, B: int) -> Tensor:
     return torch.round(w.abs() / w.abs().max() * B)
 
 
-def pruning_quantization_myth(model: nn.Module, X: Tensor, y: Tensor, B: int = 15) -> dict:
+def pruning_quantization_myth(model: nn.Module, X: Tensor, y: Tensor, B: int = 15, *,
+                              keep_models: bool = False) -> dict | tuple[dict, dict[str, nn.Module]]:
     """Accuracy of ``model`` when its prunable weights are replaced by the snippet's codes (sign
     dropped, rescaled by ``max|w| / B``), by the same codes with the sign kept (a symmetric
-    quantizer on ``2B + 1`` levels), and pruned by the snippet's zero code (magnitude pruning)."""
+    quantizer on ``2B + 1`` levels), and pruned by the snippet's zero code (magnitude pruning).
+
+    With ``keep_models`` also returns the three changed models by name (to compare them with
+    ``model`` example by example, :func:`accuracy_difference`)."""
+    keep_models = check_bool("keep_models", keep_models)
+    kept = {}
     variants = {"dropped sign": lambda w, c: c * w.abs().max() / B,
                 "sign kept": lambda w, c: torch.sign(w) * c * w.abs().max() / B,
                 "zero code as a pruning mask": lambda w, c: w * (c > 0)}
@@ -858,10 +1047,10 @@ def pruning_quantization_myth(model: nn.Module, X: Tensor, y: Tensor, B: int = 1
         with torch.no_grad():
             for m in prunable_layers(changed).values():
                 m.weight.copy_(make(m.weight, pruning_quantization_codes(m.weight, B)))
-        out[name] = models.evaluate(changed, X, y)
+        out[name], kept[name] = models.evaluate(changed, X, y), changed
     codes = {k: pruning_quantization_codes(m.weight, B) for k, m in prunable_layers(model).items()}
     out["pruned fraction"] = float(sum((c == 0).sum() for c in codes.values()) / sum(c.numel() for c in codes.values()))
-    return out
+    return (out, kept) if keep_models else out
 
 
 # =========================================================================== plots

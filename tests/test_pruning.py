@@ -561,3 +561,128 @@ def test_lottery_ticket_retrains_theta0_and_a_fresh_init_under_one_mask(monkeypa
         assert all(0.0 <= row[k] <= 1.0 for k in ("dense", "ticket", "control"))
     with pytest.raises(ValueError, match="amount"):
         pruning.lottery_ticket(make, split, 1.5)
+
+
+# ----------------------------------------------------------------------------- seed study (several sparsities)
+def _study_split():
+    from types import SimpleNamespace
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(80, 8, generator=g)
+    y = (X[:, 0] - X[:, 2] > 0).long()
+    return SimpleNamespace(X_train=X[:48], y_train=y[:48], X_val=X[48:64], y_val=y[48:64], X_test=X[64:], y_test=y[64:])
+
+
+def test_seed_study_pairs_seeds_runs_controls_only_where_asked_and_keeps_the_models():
+    split = _study_split()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    before = copy.deepcopy(model.state_dict())
+    rows, kept = pruning.seed_study(model, (0.5, 0.75), split, seeds=(0, 3), epochs=2, lr=1e-2, controls_at=(0.75,),
+                                    keep_models=True)
+    methods = {(r["sparsity"], r["method"]) for r in rows}
+    assert methods == {(0.5, "one-shot + fine-tune"), (0.5, "iterative")} | {(0.75, m) for m in pruning.SEED_STUDY_METHODS}
+    assert len(rows) == 2 * 2 + 2 * 4 and set(kept) == {(r["sparsity"], r["method"], r["seed"]) for r in rows}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())            # the input is not modified
+    for r in rows:
+        tuned = kept[r["sparsity"], r["method"], r["seed"]]
+        assert abs(r["measured sparsity"] - r["sparsity"]) < 0.05
+        for part in ("train", "val", "test"):                                                 # the rows score the kept models
+            assert r[f"{part} acc"] == models.evaluate(tuned, getattr(split, f"X_{part}"), getattr(split, f"y_{part}"))
+    # arm "one-shot" of seed 3 is exactly prune_one_shot with that seed (the pairing is by seed, nothing else)
+    oracle = pruning.prune_one_shot(model, 0.75, split, epochs=2, lr=1e-2, seed=3)
+    for a, b in zip(oracle.parameters(), kept[0.75, "one-shot + fine-tune", 3].parameters()):
+        assert torch.equal(a, b)
+    # the fresh-init control keeps the magnitude mask of the *trained* model but not its weights
+    fresh = kept[0.75, "magnitude mask, fresh init (control)", 0]
+    torch.testing.assert_close((fresh[0].weight != 0).float(), magnitude_mask(model[0].weight, 0.75))
+    # the random control's mask differs from the magnitude mask at the same sparsity
+    random_ctrl = kept[0.75, "random mask + fine-tune (control)", 0]
+    assert not torch.equal(random_ctrl[0].weight != 0, oracle[0].weight != 0)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"sparsities": 1.5}, ValueError, "sparsities"), ({"sparsities": []}, TypeError, "sparsities"),
+    ({"sparsities": "0.5"}, TypeError, "sparsities"), ({"epochs": 0}, ValueError, "epochs"),
+    ({"seeds": ()}, ValueError, "seeds"), ({"seeds": (0.5,)}, TypeError, "seeds"),
+    ({"controls_at": (0.9,)}, ValueError, "controls_at"), ({"keep_models": 1}, TypeError, "keep_models"),
+    ({"lr": 0.0}, ValueError, "lr")])
+def test_seed_study_rejects_bad_arguments(kwargs, error, match):
+    model = nn.Sequential(nn.Linear(8, 2))
+    args = {"sparsities": 0.5, **kwargs}
+    with pytest.raises(error, match=match):
+        pruning.seed_study(model, args.pop("sparsities"), _study_split(), **args)
+
+
+def test_seed_difference_is_scipys_paired_t_interval_in_points():
+    from scipy import stats as scipy_stats
+    a, b = [0.90, 0.85, 0.88, 0.91, 0.86], [0.80, 0.84, 0.83, 0.90, 0.81]
+    rows = ([{"sparsity": 0.9, "method": "A", "seed": s, "test acc": v} for s, v in zip((4, 1, 2, 3, 0), a)]
+            + [{"sparsity": 0.9, "method": "B", "seed": s, "test acc": v} for s, v in zip((4, 1, 2, 3, 0), b)])
+    d = pruning.seed_difference(rows[::-1], (0.9, "A"), (0.9, "B"))        # row order does not matter, seeds pair
+    ci = scipy_stats.ttest_rel(a, b).confidence_interval()
+    assert math.isclose(d.low, 100 * ci.low, rel_tol=1e-9) and math.isclose(d.high, 100 * ci.high, rel_tol=1e-9)
+    assert math.isclose(d.estimate, 100 * np.mean(np.subtract(a, b)), rel_tol=1e-9) and d.n == 5 and d.wins == 5
+    with pytest.raises(ValueError, match="share their seeds"):
+        pruning.seed_difference(rows[:-1], (0.9, "A"), (0.9, "B"))
+    with pytest.raises(ValueError, match="no rows"):
+        pruning.seed_difference(rows, (0.95, "A"), (0.9, "B"))
+
+
+class _Constant(nn.Module):
+    """Predicts the class given by a fixed table of labels, one per example index in X[:, 0]."""
+    def __init__(self, labels):
+        super().__init__()
+        self.register_buffer("labels", torch.as_tensor(labels))
+
+    def forward(self, x):
+        return nn.functional.one_hot(self.labels[x[:, 0].long()], 3).float()
+
+
+def test_accuracy_difference_and_detectable_effect_on_hand_built_predictions():
+    n = 400
+    X = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    y = torch.zeros(n, dtype=torch.long)
+    right, wrong = _Constant([0] * n), _Constant([1] * n)
+    half = _Constant([0] * (n // 2) + [2] * (n // 2))
+    d = pruning.accuracy_difference(right, wrong, X, y)
+    assert (d.estimate, d.low, d.high, d.n) == (100.0, 100.0, 100.0, n)            # no spread: a point
+    same = pruning.accuracy_difference(half, half, X, y)
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
+    d = pruning.accuracy_difference(right, half, X, y)                             # d_j = 1 on half the images
+    assert d.estimate == 50.0 and d.low < 50.0 < d.high
+    sd = float(np.std([1.0] * (n // 2) + [0.0] * (n // 2), ddof=1))                # large n: (z_.975 + z_.8) sd / sqrt(n)
+    assert math.isclose(pruning.detectable_on_examples(right, half, X, y), 100 * 2.8016 * sd / math.sqrt(n), rel_tol=0.01)
+    with pytest.raises(ValueError, match="agree on every example"):
+        pruning.detectable_on_examples(half, half, X, y)
+
+
+def test_lottery_ticket_scores_the_test_part_and_myth_keeps_its_models():
+    split = _study_split()
+    rows = pruning.lottery_ticket(lambda: models.MLP(8, (16,), 2), split, 0.5, epochs=1, seeds=(0,), progress=False)
+    assert {"dense test", "ticket test", "control test"} <= set(rows[0]) and 0 <= rows[0]["ticket test"] <= 1
+    torch.manual_seed(0)
+    mlp = models.MLP(8, (16,), 2)
+    out, kept = pruning.pruning_quantization_myth(mlp, split.X_test, split.y_test, B=4, keep_models=True)
+    assert set(kept) == {"dropped sign", "sign kept", "zero code as a pruning mask"}
+    for name, changed in kept.items():
+        assert out[name] == models.evaluate(changed, split.X_test, split.y_test)
+    assert pruning.pruning_quantization_myth(mlp, split.X_test, split.y_test, B=4) == out
+
+
+def test_l1_seed_study_pairs_three_arms_by_seed_and_only_the_proximal_one_has_exact_zeros():
+    split = _study_split()
+    torch.manual_seed(0)
+    model = models.MLP(8, (16,), 2)
+    rows, kept = pruning.l1_seed_study(model, split, lam=1e-3, prox_lam=20.0, seeds=(0, 2), epochs=3, lr=1e-2)
+    assert [(r["seed"], r["training"]) for r in rows] == [(s, a) for s in (0, 2) for a in pruning.L1_ARMS]
+    oracle = pruning.train_l1(model, split.X_train, split.y_train, lam=0.0, epochs=3, lr=1e-2, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(oracle.parameters(), kept["plain", 2].parameters()))
+    by = {(r["seed"], r["training"]): r for r in rows}
+    for s in (0, 2):
+        assert by[s, "L1 (proximal)"]["exact zeros"] > 0 == by[s, "L1 (subgradient)"]["exact zeros"]
+        m = kept["L1 (proximal)", s]
+        w = torch.cat([layer.weight.flatten() for layer in pruning.prunable_layers(m).values()])
+        assert by[s, "L1 (proximal)"]["exact zeros"] == int((w == 0).sum())
+        assert by[s, "plain"]["test acc"] == models.evaluate(kept["plain", s], split.X_test, split.y_test)
+    with pytest.raises(ValueError, match="prox_lam"):
+        pruning.l1_seed_study(model, split, lam=1e-3, prox_lam=0.0)
