@@ -36,7 +36,8 @@ from .validation import check_int
 
 __all__ = ["impurity_importance", "permutation_importance", "drop_column_importance", "partial_dependence",
            "ice_curves", "surrogate_fidelity", "neg_mse", "r2", "accuracy", "noise_columns", "forest_fit",
-           "surrogate_sweep", "importance_over_seeds", "rank_agreement", "ranks", "off_support_fraction", "plot_pdp_ice",
+           "surrogate_sweep", "importance_over_seeds", "per_row_permutation_importance", "row_bootstrap",
+           "rank_agreement_interval", "rank_stability", "rank_agreement", "ranks", "off_support_fraction", "plot_pdp_ice",
            "plot_importances", "plot_network"]
 
 _TREE_LEAF = -1          # children_left / children_right of a leaf (sklearn.tree._tree.TREE_LEAF)
@@ -357,28 +358,173 @@ def forest_fit(task: str = "regression", n_estimators: int = 100, seed: int = 0,
     return fit
 
 
+_SEED_MEASURES = ("impurity", "permutation (train)", "permutation", "drop-column", "mean-imputed")
+
+
 def importance_over_seeds(X_train: np.ndarray, y_train: np.ndarray, X_held: np.ndarray, y_held: np.ndarray,
-                          seeds: Sequence[int], *, n_estimators: int = 60, progress: bool = True) -> dict:
-    """Held-out permutation and drop-column importance of a random-forest regressor, once per forest seed.
+                          seeds: Sequence[int], *, n_estimators: int = 60,
+                          measures: Sequence[str] = ("permutation", "drop-column"), progress: bool = True) -> dict:
+    r"""Feature importances of a random-forest regressor, measured once per forest seed.
 
     Seed ``s`` grows every forest of the run (the full one and the d refits without a column) with
     ``random_state=s``; the spread over seeds is the forests' own **refit noise**, which a single run's
-    importance carries and does not show. Permutation uses ``n_repeats=5, seed=0`` on each seed's forest.
+    importance carries and does not show. The measures, all in R² units except impurity:
+
+    - ``"impurity"``: the full forest's ``feature_importances_`` (mean decrease in impurity, training data);
+    - ``"permutation (train)"`` and ``"permutation"``: :func:`permutation_importance` with ``n_repeats=5,
+      seed=0`` on the training and on the held-out rows;
+    - ``"drop-column"``: :func:`drop_column_importance` on the held-out rows (d refits per seed);
+    - ``"mean-imputed"``: :math:`R^2(f(X)) - R^2(f(X^{(j \leftarrow \bar x_j)}))` on the held-out rows, column
+      ``j`` set to its training mean **without** retraining.
+
+    Parameters
+    ----------
+    X_train, y_train, X_held, y_held : arrays of shape (n, d) and (n,)
+    seeds : sequence of int >= 0
+    n_estimators : int >= 1, default=60
+    measures : sequence of the names above, default=("permutation", "drop-column")
+    progress : bool, default=True
+        A tqdm bar over the seeds.
 
     Returns
     -------
     dict
-        ``"permutation"`` and ``"drop-column"``: arrays of shape ``(len(seeds), d)``, R² units.
+        One array of shape ``(len(seeds), d)`` per requested measure, rows in the order of ``seeds``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown or repeated measure, or no measure.
     """
     from tqdm.auto import tqdm
 
-    out: dict = {"permutation": [], "drop-column": []}
+    measures = tuple(measures)
+    if not measures or len(set(measures)) != len(measures) or not set(measures) <= set(_SEED_MEASURES):
+        raise ValueError(f"measures must be distinct names from {list(_SEED_MEASURES)}, got {list(measures)!r}")
+    X_train, X_held = _check_X("X_train", X_train), _check_X("X_held", X_held)
+    n_estimators = check_int("n_estimators", n_estimators, 1)
+    out: dict = {m: [] for m in measures}
     for seed in tqdm([check_int("seed", s, 0) for s in seeds], desc="forest seeds", disable=not progress, leave=False):
         fit = forest_fit("regression", n_estimators=n_estimators, seed=seed)
         predict = fit(X_train, y_train)
-        out["permutation"].append(permutation_importance(predict, X_held, y_held, r2, n_repeats=5, seed=0)[0])
-        out["drop-column"].append(drop_column_importance(fit, X_train, y_train, X_held, y_held, r2))
+        if "impurity" in out:
+            out["impurity"].append(fit.last.feature_importances_.copy())
+        if "permutation (train)" in out:
+            out["permutation (train)"].append(permutation_importance(predict, X_train, y_train, r2, n_repeats=5, seed=0)[0])
+        if "permutation" in out:
+            out["permutation"].append(permutation_importance(predict, X_held, y_held, r2, n_repeats=5, seed=0)[0])
+        if "mean-imputed" in out:
+            base, imputed = r2(y_held, predict(X_held)), np.empty(X_held.shape[1])
+            for j in range(X_held.shape[1]):
+                X_set = X_held.copy()
+                X_set[:, j] = X_train[:, j].mean()
+                imputed[j] = base - r2(y_held, predict(X_set))
+            out["mean-imputed"].append(imputed)
+        if "drop-column" in out:
+            out["drop-column"].append(drop_column_importance(fit, X_train, y_train, X_held, y_held, r2))
     return {k: np.array(v) for k, v in out.items()}
+
+
+def per_row_permutation_importance(predict: Callable, X: np.ndarray, y: np.ndarray, n_repeats: int = 5,
+                                   seed: int = 0) -> np.ndarray:
+    r"""Permutation importance in R² units, split into one contribution per row.
+
+    With :math:`e_i = y_i - f(x_i)`, :math:`e^{(j,r)}_i` the same error with column :math:`j` shuffled by
+    repeat :math:`r`, and :math:`s^2 = \frac1n\sum_i (y_i - \bar y)^2`,
+
+    .. math:: c_{ij} = \frac{1}{R\,s^2}\sum_{r=1}^R \big(e^{(j,r)}_i\big)^2 - e_i^2,
+              \qquad \frac1n \sum_i c_{ij} = \mathrm{PI}_j \text{ (score } R^2\text{)}
+
+    so the column means equal :func:`permutation_importance` with ``score=r2`` and the same
+    ``n_repeats``/``seed`` (the same permutations), and the rows can be resampled by a bootstrap.
+
+    Returns
+    -------
+    ndarray of shape (n, d), float64
+    """
+    predict, X = _check_callable("predict", predict), _check_X("X", X)
+    y = np.asarray(y, np.float64)
+    if y.shape != (len(X),):
+        raise ValueError(f"y must have shape ({len(X)},), got {y.shape}")
+    n_repeats, seed = check_int("n_repeats", n_repeats, 1), check_int("seed", seed, 0)
+    rng = np.random.default_rng(seed)
+    base = (y - _predictions(predict, X, len(X))) ** 2                              # (n,)
+    out = np.zeros(X.shape)                                                         # (n, d)
+    for j in range(X.shape[1]):
+        X_perm = X.copy()
+        for _ in range(n_repeats):
+            X_perm[:, j] = X[rng.permutation(len(X)), j]
+            out[:, j] += (y - _predictions(predict, X_perm, len(X))) ** 2 - base
+    return out / (n_repeats * np.mean((y - y.mean()) ** 2))
+
+
+def row_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n_rows: int, *, confidence: float = 0.95,
+                  n_boot: int = 2000, seed: int = 0):
+    """Percentile bootstrap over rows of any statistic of a data set (a PD's range, a rank correlation).
+
+    ``statistic(index)`` gets an int array of shape ``(n_boot, n_rows)`` of resampled row numbers and
+    returns ``(n_boot,)``; it is called once more on ``arange(n_rows)[None]`` for the estimate. This is
+    :func:`course_lib.stats.bootstrap_interval` applied to the row numbers, so its resamples and quantiles
+    are the same.
+
+    Returns
+    -------
+    course_lib.stats.Interval
+    """
+    from . import stats
+
+    statistic = _check_callable("statistic", statistic)
+    n_rows = check_int("n_rows", n_rows, 2)
+    return stats.bootstrap_interval(np.arange(n_rows), lambda s: statistic(s.astype(np.int64)),
+                                    confidence=confidence, n_boot=n_boot, seed=seed)
+
+
+def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each row of ``a`` (B, d) with the matching row of ``b`` (B, d)."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
+    return (ra * rb).sum(1) / np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+
+
+def rank_agreement_interval(per_row_a: np.ndarray, b: np.ndarray, *, n_boot: int = 2000, seed: int = 0):
+    r"""Spearman correlation of two feature rankings, with a bootstrap interval over the rows.
+
+    The first ranking is the column mean of ``per_row_a`` (n, d) (e.g. :math:`|\phi|` of SHAP, or
+    :func:`per_row_permutation_importance`); the second is the column mean of ``b`` (n, d), resampled
+    with the **same** rows, or a fixed vector ``b`` (d,) that does not depend on these rows (impurity
+    importance, measured on the training data).
+
+    Returns
+    -------
+    course_lib.stats.Interval
+        Estimate :math:`\rho(\bar a, \bar b)` on all rows, percentile interval over ``n_boot`` resamples.
+    """
+    a, b = _check_X("per_row_a", per_row_a), np.asarray(b, np.float64)
+    if b.shape not in (a.shape, (a.shape[1],)):
+        raise ValueError(f"b must have shape {a.shape} or ({a.shape[1]},), got {b.shape}")
+
+    def rho(index):                                                                 # (B, n) -> (B,)
+        mean_b = b[index].mean(1) if b.ndim == 2 else np.broadcast_to(b, (len(index), a.shape[1]))
+        return _spearman_rows(a[index].mean(1), mean_b)
+
+    return row_bootstrap(rho, len(a), n_boot=n_boot, seed=seed)
+
+
+def rank_stability(runs: np.ndarray) -> float:
+    """Mean Spearman correlation over all pairs of runs (rows of ``runs``, shape (k, d), k >= 2).
+
+    How well one run's ranking of the d features predicts another's: 1 if every run ranks them alike.
+    """
+    from itertools import combinations
+
+    from scipy.stats import spearmanr
+
+    runs = _check_X("runs", runs)
+    if len(runs) < 2:
+        raise ValueError(f"runs must have at least 2 rows, got {len(runs)}")
+    return float(np.mean([spearmanr(runs[i], runs[k]).statistic for i, k in combinations(range(len(runs)), 2)]))
 
 
 def surrogate_sweep(model_predict: Callable, X_fit: np.ndarray, X_eval: np.ndarray, depths: Sequence[int],

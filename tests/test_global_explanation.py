@@ -216,3 +216,76 @@ def test_importance_over_seeds_repeats_each_measurement_with_each_forest_seed():
     np.testing.assert_allclose(out["drop-column"][1], by_hand)
     assert not np.allclose(out["drop-column"][0], out["drop-column"][1])      # another seed, other forests
     assert (out["permutation"][:, 0] > 10 * np.abs(out["permutation"][:, 1:]).max()).all()   # only x0 matters
+
+
+def test_importance_over_seeds_extra_measures_match_their_definitions():
+    from sklearn.ensemble import RandomForestRegressor
+    rng = np.random.default_rng(1)
+    X, Xh = rng.normal(size=(60, 3)), rng.normal(size=(30, 3))
+    y, yh = X[:, 0] - X[:, 1], Xh[:, 0] - Xh[:, 1]
+    out = G.importance_over_seeds(X, y, Xh, yh, seeds=[2], n_estimators=4, progress=False,
+                                  measures=("impurity", "permutation (train)", "mean-imputed"))
+    assert set(out) == {"impurity", "permutation (train)", "mean-imputed"}
+    forest = RandomForestRegressor(n_estimators=4, random_state=2, n_jobs=1).fit(X, y)
+    np.testing.assert_allclose(out["impurity"][0], forest.feature_importances_, atol=1e-12)
+    np.testing.assert_allclose(out["permutation (train)"][0],
+                               G.permutation_importance(forest.predict, X, y, r2_score, n_repeats=5, seed=0)[0],
+                               atol=1e-12)
+    imputed = []
+    for j in range(3):                                             # column set to its training mean, no refit
+        Z = Xh.copy()
+        Z[:, j] = X[:, j].mean()
+        imputed.append(r2_score(yh, forest.predict(Xh)) - r2_score(yh, forest.predict(Z)))
+    np.testing.assert_allclose(out["mean-imputed"][0], imputed, atol=1e-12)
+
+
+def test_importance_over_seeds_rejects_unknown_measures():
+    X = np.zeros((4, 2))
+    with pytest.raises(ValueError, match="measures must be distinct names"):
+        G.importance_over_seeds(X, np.zeros(4), X, np.zeros(4), seeds=[0], measures=("shap",), progress=False)
+    with pytest.raises(ValueError, match="measures must be distinct names"):
+        G.importance_over_seeds(X, np.zeros(4), X, np.zeros(4), seeds=[0], measures=(), progress=False)
+
+
+def test_per_row_permutation_importance_averages_to_the_r2_permutation_importance():
+    X, y, _ = _data(9, n=40, d=3)
+    f = lambda Z: Z[:, 0] + 0.3 * Z[:, 2]                          # noqa: E731
+    rows = G.per_row_permutation_importance(f, X, y, n_repeats=3, seed=4)
+    assert rows.shape == (40, 3) and np.all(rows[:, 1] == 0.0)      # an ignored column: every row exactly 0
+    mean = G.permutation_importance(f, X, y, lambda a, b: r2_score(a, b), n_repeats=3, seed=4)[0]
+    np.testing.assert_allclose(rows.mean(0), mean, rtol=1e-10, atol=1e-12)
+
+
+def test_rank_agreement_interval_against_a_plain_bootstrap_loop():
+    from scipy.stats import spearmanr
+    rng = np.random.default_rng(0)
+    a, b = rng.exponential(size=(30, 5)), rng.exponential(size=(30, 5))
+    a[:, 0] += 1.0
+    b[:, 0] += 1.0
+    iv = G.rank_agreement_interval(a, b, n_boot=200, seed=3)
+    assert iv.estimate == pytest.approx(spearmanr(a.mean(0), b.mean(0)).statistic)
+    draws = np.random.default_rng(3).integers(0, 30, size=(200, 30))      # stats.bootstrap_interval's draws
+    boot = [spearmanr(a[i].mean(0), b[i].mean(0)).statistic for i in draws]
+    low, high = np.quantile(boot, [0.025, 0.975])
+    assert iv.low == pytest.approx(low) and iv.high == pytest.approx(high)
+    fixed = G.rank_agreement_interval(a, np.arange(5.0)[::-1], n_boot=200, seed=3)   # a fixed ranking
+    assert fixed.estimate == pytest.approx(spearmanr(a.mean(0), np.arange(5.0)[::-1]).statistic)
+    same = G.rank_agreement_interval(a, a, n_boot=200)
+    assert same.low == same.high == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="b must have shape"):
+        G.rank_agreement_interval(a, np.zeros(4))
+
+
+def test_row_bootstrap_of_the_mean_is_the_bootstrap_of_the_values():
+    from course_lib import stats
+    v = np.random.default_rng(5).normal(size=25)
+    iv = G.row_bootstrap(lambda i: v[i].mean(1), 25, n_boot=300, seed=1)
+    ref = stats.bootstrap_interval(v, n_boot=300, seed=1)
+    assert (iv.estimate, iv.low, iv.high) == pytest.approx((ref.estimate, ref.low, ref.high))
+
+
+def test_rank_stability_hand_worked():
+    runs = np.array([[1.0, 2, 3], [1.0, 2, 3], [3.0, 2, 1]])       # pairs: +1, -1, -1
+    assert G.rank_stability(runs) == pytest.approx(-1 / 3)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        G.rank_stability(np.ones((1, 3)))
