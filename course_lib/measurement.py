@@ -14,15 +14,17 @@ Taught in: 00_measurement.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .validation import check_float, check_int, check_module
 
 __all__ = ["count_parameters", "model_size_bytes", "conv2d_macs", "summarize_timings", "tail_latency",
-           "linear_macs", "attention_macs", "layer_cost", "roofline_time", "peak_flops", "peak_bandwidth",
+           "linear_macs", "attention_macs", "attention_flop_count", "layer_cost", "largest_cache_bytes", "roofline_time", "peak_flops", "peak_bandwidth",
            "roofline_rows", "peak_activation_bytes"]
 
 
@@ -222,6 +224,77 @@ def attention_macs(seq_len: int, d_model: int, projections: bool = True) -> int:
     check_int("seq_len", seq_len, 1)
     check_int("d_model", d_model, 1)
     return (4 * seq_len * d_model ** 2 if projections else 0) + 2 * seq_len ** 2 * d_model
+
+
+def attention_flop_count(seq_len: int, d_model: int, heads: int = 1) -> dict[str, int]:
+    """MACs of one self-attention layer, **counted** by ``torch.utils.flop_counter`` on the products it runs.
+
+    Builds the four bias-free projections ``Q, K, V, O`` (``d_model -> d_model``) on the ``meta``
+    device (shapes only: nothing is computed or allocated) and runs, on ``seq_len`` tokens split into
+    ``heads`` heads of width ``d_model / heads``,
+
+    .. math::  \\mathrm{out} = O\\big(\\mathrm{softmax}(Q x\\,(K x)^\\top)\\,V x\\big)
+
+    counting the projections and the two products ``Q K^T`` and ``A V`` separately, each as
+    flop_counter's FLOPs / 2. It is the measurement :func:`attention_macs`' closed form is checked
+    against (softmax and scaling cost no MACs, and flop_counter counts none for them).
+
+    Parameters
+    ----------
+    seq_len, d_model : int >= 1
+    heads : int >= 1, default=1
+        Must divide ``d_model``.
+
+    Returns
+    -------
+    dict
+        ``{"projections": int, "QK^T + AV": int}`` in MACs.
+
+    Raises
+    ------
+    ValueError
+        A size below 1, or ``heads`` that does not divide ``d_model``.
+
+    Taught in: 00_measurement, section 3b.
+    """
+    check_int("seq_len", seq_len, 1)
+    check_int("d_model", d_model, 1)
+    check_int("heads", heads, 1)
+    if d_model % heads:
+        raise ValueError(f"heads must divide d_model ({d_model}), got {heads}")
+    meta = torch.device("meta")
+    q, k, v, o = (nn.Linear(d_model, d_model, bias=False, device=meta) for _ in range(4))
+    x = torch.empty(1, seq_len, d_model, device=meta)
+
+    def split(t: torch.Tensor) -> torch.Tensor:                          # (1, T, d) -> (1, h, T, d/h)
+        return t.view(1, seq_len, heads, d_model // heads).transpose(1, 2)
+
+    with torch.no_grad(), FlopCounterMode(display=False) as first:
+        qx, kx, vx = split(q(x)), split(k(x)), split(v(x))
+    with torch.no_grad(), FlopCounterMode(display=False) as products:
+        mixed = (qx @ kx.transpose(-2, -1)).softmax(-1) @ vx                # (1, h, T, T) then (1, h, T, d/h)
+    with torch.no_grad(), FlopCounterMode(display=False) as last:
+        o(mixed.transpose(1, 2).reshape(1, seq_len, d_model))
+    return {"projections": (first.get_total_flops() + last.get_total_flops()) // 2,
+            "QK^T + AV": products.get_total_flops() // 2}
+
+
+def largest_cache_bytes(cache_dir: str | Path = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """Size in bytes of the largest CPU cache Linux reports for CPU 0, or None where it reports none.
+
+    Reads ``index*/size`` under ``cache_dir`` (values such as ``"32768K"``, ``"2M"`` or a plain byte
+    count). A copy larger than this streams from memory, which is what :func:`peak_bandwidth` needs.
+
+    Taught in: 00_measurement, section 3b.
+    """
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    sizes = []
+    for path in Path(cache_dir).glob("index*/size"):
+        text = path.read_text().strip().upper()
+        number, unit = text.rstrip("KMG"), text[len(text.rstrip("KMG")):]
+        if number.isdigit() and unit in units:
+            sizes.append(int(number) * units[unit])
+    return max(sizes) if sizes else None
 
 
 def layer_cost(layer: nn.Module, input_shape: Sequence[int]) -> dict:

@@ -162,3 +162,38 @@ def test_roofline_rows_compute_bound_linear_by_hand():
     assert (row["FLOPs"], row["bytes"], row["bound"]) == (2 * 256 ** 3, (3 * 256 * 256 + 256) * 4, "compute")
     assert row["roofline (ms)"] == pytest.approx(33.554432)
     assert row["intensity (FLOP/B)"] == pytest.approx(2 * 256 ** 3 / ((3 * 256 * 256 + 256) * 4))
+
+
+def test_attention_flop_count_by_hand():
+    # T = 3 tokens of width d = 2: four projections 4 * (3 * 2 * 2) = 48 MACs; QK^T (3x2 @ 2x3) and AV (3x3 @ 3x2)
+    # 3 * 3 * 2 = 18 MACs each.
+    assert measurement.attention_flop_count(3, 2) == {"projections": 48, "QK^T + AV": 36}
+
+
+def test_attention_flop_count_same_for_any_number_of_heads():
+    # h heads of width d/h: h * T^2 * d/h = T^2 d, so splitting into heads changes no count.
+    counts = {h: measurement.attention_flop_count(10, 8, heads=h) for h in (1, 2, 4, 8)}
+    assert all(c == {"projections": 4 * 10 * 8 * 8, "QK^T + AV": 2 * 10 * 10 * 8} for c in counts.values())
+
+
+@pytest.mark.parametrize("T,d", [(1, 1), (5, 3), (50, 32), (200, 16)])
+def test_attention_macs_closed_form_equals_the_count(T, d):
+    counted = measurement.attention_flop_count(T, d)
+    assert attention_macs(T, d) == counted["projections"] + counted["QK^T + AV"]
+    assert attention_macs(T, d, projections=False) == counted["QK^T + AV"]
+
+
+@pytest.mark.parametrize("kwargs,error,match", [(dict(seq_len=0), ValueError, "seq_len must be"),
+                                                (dict(heads=3), ValueError, "heads must divide"),
+                                                (dict(d_model=2.0), TypeError, "d_model must be")])
+def test_attention_flop_count_rejects_bad_sizes(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        measurement.attention_flop_count(**(dict(seq_len=4, d_model=8) | kwargs))
+
+
+def test_largest_cache_bytes_reads_each_unit(tmp_path):
+    for index, size in enumerate(["48K", "2048K", "32M", "512"]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    assert measurement.largest_cache_bytes(tmp_path) == 32 * 2 ** 20
+    assert measurement.largest_cache_bytes(tmp_path / "absent") is None
