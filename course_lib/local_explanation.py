@@ -533,7 +533,7 @@ def score_methods(model: nn.Module, x: Tensor, target, mask: Tensor, methods: di
 
 
 def paired_image_difference(a, b, *, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0):
-    """Percentile bootstrap interval of the mean per-image difference ``a_i - b_i`` of two methods.
+    r"""Percentile bootstrap interval of the mean per-image difference ``a_i - b_i`` of two methods.
 
     ``a`` and ``b`` are one score per image (e.g. ``score_per_image(...)[name]["mask overlap"]``) for
     the **same** images. Resampling images, not the two arms separately, keeps what an image does to
@@ -628,7 +628,7 @@ def _average_ranks(t: Tensor) -> Tensor:
 
 
 def row_rank_correlation(a: Tensor, b: Tensor) -> Tensor:
-    """The Spearman rank correlation of each row's two maps (flattened; ties: average ranks), shape (N,).
+    r"""The Spearman rank correlation of each row's two maps (flattened; ties: average ranks), shape (N,).
 
     .. math:: \rho_i = \mathrm{corr}(\mathrm{rank}(a_i), \mathrm{rank}(b_i))
 
@@ -640,7 +640,7 @@ def row_rank_correlation(a: Tensor, b: Tensor) -> Tensor:
 
 
 def rank_correlation(a: Tensor, b: Tensor) -> float:
-    """Mean over rows of the Spearman rank correlation of two maps (flattened; ties: average ranks).
+    r"""Mean over rows of the Spearman rank correlation of two maps (flattened; ties: average ranks).
 
     .. math:: \rho = \mathrm{corr}(\mathrm{rank}(a_i), \mathrm{rank}(b_i)), averaged over rows i
 
