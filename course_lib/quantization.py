@@ -39,7 +39,8 @@ from .validation import check_int, check_tensor
 __all__ = ["EPS", "minmax_qparams", "quantize_affine", "dequantize_affine", "per_channel_qparams",
            "fake_quantize", "binarize", "code_range", "FakeQuantLayer", "prepare_fake_quant", "calibrate",
            "activation_range", "quantize_weights", "weight_size_bytes", "state_dict_bytes", "rescale_channel",
-           "bit_width_sweep", "qat_finetune", "dynamic_int8", "int8_vs_fp32", "bf16_vs_fp32",
+           "bit_width_sweep", "qat_finetune", "QAT_ARMS", "qat_vs_finetune_ptq", "dynamic_int8", "int8_vs_fp32",
+           "bf16_vs_fp32",
            "binary_storage_bytes", "matmul_formats", "plot_bit_sweep", "plot_quantization_grid",
            "plot_round_trip_error", "int8_linear", "symmetric_scale", "fold_batchnorm", "quantize_multiplier",
            "requantize_fixed_point", "static_int8", "static_int8_vs_fp32", "packed_state_dict", "tensor_bytes", "saved_bytes"]
@@ -487,12 +488,22 @@ def rescale_channel(model: nn.Module, channel: int, factor: float) -> nn.Module:
 
 def bit_width_sweep(model: nn.Module, X: torch.Tensor, y: torch.Tensor, bits: Sequence[int] = (8, 6, 4, 3, 2),
                     per_channel: bool = True) -> list[dict]:
-    """Accuracy and size of weight-only PTQ at each bit width (plus the float32 baseline as 32 bits)."""
-    rows = [{"bits": 32, "accuracy": models.evaluate(model, X, y), "size_bytes": weight_size_bytes(model, 32, False)
-             - 4 * sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())}]
+    """Accuracy and size of weight-only PTQ at each bit width (plus the float32 baseline as 32 bits).
+
+    Each row also holds ``"correct"``, the per-example 0/1 array ``pred == y`` (a numpy bool array of
+    shape ``(N,)``), so that two rows can be compared with :func:`course_lib.stats.paired_bootstrap`
+    and each accuracy gets an interval.
+    """
+    def correct(m: nn.Module) -> np.ndarray:
+        return (models.predict_proba(m, X).argmax(1) == y).numpy()
+
+    base = correct(model)
+    rows = [{"bits": 32, "accuracy": float(base.mean()), "size_bytes": weight_size_bytes(model, 32, False)
+             - 4 * sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()), "correct": base}]
     for b in bits:
-        rows.append({"bits": b, "accuracy": models.evaluate(quantize_weights(model, b, per_channel), X, y),
-                     "size_bytes": weight_size_bytes(model, b, per_channel)})
+        right = correct(quantize_weights(model, b, per_channel))
+        rows.append({"bits": b, "accuracy": float(right.mean()), "size_bytes": weight_size_bytes(model, b, per_channel),
+                     "correct": right})
     return rows
 
 
@@ -504,6 +515,124 @@ def qat_finetune(qmodel: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs:
     the straight-through estimator lets the float weights learn to sit well on the grid.
     """
     return models.train(qmodel, X, y, epochs=epochs, lr=lr, batch_size=64, seed=seed, progress=progress)
+
+
+
+QAT_ARMS = ("qat", "ptq_per_tensor", "ptq_per_channel", "ft_ptq_per_tensor", "ft_ptq_per_channel")
+
+
+def _config_label(weight_bits: int, act_bits: int | None) -> str:
+    return f"W{weight_bits}A{act_bits}" if act_bits is not None else f"W{weight_bits}"
+
+
+def qat_vs_finetune_ptq(model: nn.Module, split, X_calib: torch.Tensor,
+                        configs: Sequence[tuple[int, int | None]] = ((2, 4),), *,
+                        seeds: Sequence[int] = (0, 1, 2, 3, 4), epochs: int = 3, lr: float = 1e-3,
+                        fake_quant: Callable = fake_quantize, progress: bool = True) -> dict:
+    """QAT against its decisive control, paired by seed: is it the quantizer in the loop, or more training?
+
+    QAT fine-tunes a trained model *through* its fake quantizers. Any gain over post-training
+    quantization (PTQ) mixes two causes: the quantizer in the loop, and simply ``epochs`` more epochs
+    of training. The control trains the **float** model with the same recipe (same start, epochs, lr,
+    batch 64, and seed ``s``: the same shuffle) and quantizes it afterwards. For a weight/activation
+    config ``(b_w, b_a)`` and each seed ``s`` the arms are
+
+    - ``"qat"``: weights per tensor (symmetric min-max, recomputed every forward), activations
+      calibrated once (percentile) on ``X_calib``; ``epochs`` of :func:`qat_finetune` with seed ``s``;
+    - ``"ft_ptq_per_tensor"`` / ``"ft_ptq_per_channel"``: the float model after
+      :func:`models.train` with seed ``s`` and the same recipe, then PTQ with percentile activations
+      calibrated on ``X_calib`` and weights per tensor / per output channel;
+    - ``"ptq_per_tensor"`` / ``"ptq_per_channel"``: PTQ of the untouched model (no training, so the
+      same value on every seed).
+
+    The float model is fine-tuned **once per seed** and serves every config. Paired differences
+    :math:`d_s = \\text{qat}_s - \\text{arm}_s` go to :func:`course_lib.stats.paired_difference`.
+    With ``weight_bits=1`` the weights are binarized (``alpha`` per output channel), so the
+    per-tensor and per-channel arms coincide.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained float model (not modified).
+    split : data.Split
+        Trained on ``X_train, y_train``; scored on ``X_val`` and ``X_test``.
+    X_calib : Tensor
+        Calibration inputs (e.g. 256 training rows).
+    configs : sequence of (weight_bits, act_bits)
+        ``weight_bits`` an int >= 1, ``act_bits`` an int >= 2 or None (activations in float).
+    seeds : sequence of int >= 0, at least 2
+    epochs : int >= 1, default=3
+    lr : float > 0, default=1e-3
+    fake_quant : callable, default=fake_quantize
+        ``fake_quant(x, scale, zero_point, num_bits)``, e.g. a learner's own.
+    progress : bool, default=True
+        A tqdm bar over seeds.
+
+    Returns
+    -------
+    dict
+        ``"seed"``: array of the seeds; ``"epochs"``; and for each config label (``"W2A4"``,
+        ``"W1"``) a dict mapping ``"<arm>_val"`` and ``"<arm>_test"`` (arm in :data:`QAT_ARMS`) to
+        arrays of shape ``(len(seeds),)`` (accuracies).
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test"):
+        if not isinstance(getattr(split, name, None), torch.Tensor):
+            raise TypeError(f"split must be a data.Split with tensor {name}, got {type(split).__name__}")
+    X_calib = check_tensor("X_calib", X_calib)
+    if isinstance(configs, (str, bytes)) or not isinstance(configs, Sequence) or not configs:
+        raise ValueError(f"configs must be a non-empty sequence of (weight_bits, act_bits), got {configs!r}")
+    checked = []
+    for config in configs:
+        if not (isinstance(config, Sequence) and len(config) == 2):
+            raise ValueError(f"configs must hold (weight_bits, act_bits) pairs, got {config!r}")
+        wb = check_int("weight_bits", config[0], 1)
+        checked.append((wb, None if config[1] is None else check_int("act_bits", config[1], 2)))
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+        raise TypeError(f"seeds must be a sequence of ints, got {type(seeds).__name__}")
+    seeds = [check_int("seed", s, 0) for s in seeds]
+    if len(seeds) < 2:
+        raise ValueError(f"seeds must hold at least 2 seeds for a paired interval, got {seeds!r}")
+    epochs = check_int("epochs", epochs, 1)
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
+        raise ValueError(f"lr must be a float > 0, got {lr!r}")
+    if not callable(fake_quant):
+        raise TypeError(f"fake_quant must be callable, got {type(fake_quant).__name__}")
+
+    def ptq(m: nn.Module, wb: int, ab: int | None, per_channel: bool) -> nn.Module:
+        return calibrate(prepare_fake_quant(m, wb, ab, per_channel=per_channel, fake_quant=fake_quant),
+                         X_calib, "percentile")
+
+    def scores(m: nn.Module) -> tuple[float, float]:
+        return models.evaluate(m, split.X_val, split.y_val), models.evaluate(m, split.X_test, split.y_test)
+
+    labels = [_config_label(wb, ab) for wb, ab in checked]
+    acc: dict = {label: {f"{a}_{p}": [] for a in QAT_ARMS for p in ("val", "test")} for label in labels}
+    fixed = {label: {pc: scores(ptq(model, wb, ab, pc)) for pc in (False, True)}
+             for label, (wb, ab) in zip(labels, checked)}                 # no training: seed-free
+    for seed in tqdm(seeds, desc="seeds", disable=not progress, leave=False):
+        tuned = copy.deepcopy(model)
+        models.set_seed(seed)                                             # any dropout: same stream in both arms
+        models.train(tuned, split.X_train, split.y_train, epochs=epochs, lr=lr, batch_size=64, seed=seed,
+                     progress=False)
+        for label, (wb, ab) in zip(labels, checked):
+            qat = ptq(model, wb, ab, False)
+            models.set_seed(seed)
+            qat_finetune(qat, split.X_train, split.y_train, epochs=epochs, lr=lr, seed=seed)
+            ft_per_tensor = scores(ptq(tuned, wb, ab, False))
+            arms = {"qat": scores(qat), "ptq_per_tensor": fixed[label][False], "ptq_per_channel": fixed[label][True],
+                    "ft_ptq_per_tensor": ft_per_tensor,                     # binary: alpha per channel either way
+                    "ft_ptq_per_channel": ft_per_tensor if wb == 1 else scores(ptq(tuned, wb, ab, True))}
+            for arm, (val, test) in arms.items():
+                acc[label][f"{arm}_val"].append(val)
+                acc[label][f"{arm}_test"].append(test)
+    out: dict = {"seed": np.array(seeds), "epochs": epochs}
+    for label in labels:
+        out[label] = {k: np.array(v) for k, v in acc[label].items()}
+    return out
 
 
 # --------------------------------------------------------------------------- real int8 and bf16 kernels
@@ -802,15 +931,24 @@ def static_int8_vs_fp32(model: nn.Module, X_calib: torch.Tensor, X: torch.Tensor
 
 # --------------------------------------------------------------------------- plots
 def plot_bit_sweep(rows_by_model: dict[str, list[dict]], title: str = "weight-only PTQ: accuracy and size"):
-    """Test accuracy (left) and weight bytes (right, log) against bit width, one line per model."""
+    """Test accuracy (left, with 95 % Wilson intervals when rows hold ``"correct"``) and weight bytes
+    (right, log) against bit width, one line per model."""
     import matplotlib.pyplot as plt
+
+    from .stats import accuracy_interval
     fig, (ax, right) = plt.subplots(1, 2, figsize=(9, 3.2))
     for (name, rows), color in zip(rows_by_model.items(), ["tab:blue", "tab:orange", "tab:green"]):
         quant = [r for r in rows if r["bits"] < 32]
-        ax.plot([r["bits"] for r in quant], [100 * r["accuracy"] for r in quant], "o-", color=color, label=name)
+        acc = np.array([100 * r["accuracy"] for r in quant])
+        if all("correct" in r for r in quant):
+            ivs = [accuracy_interval(r["correct"]) for r in quant]
+            yerr = [acc - np.array([100 * iv.low for iv in ivs]), np.array([100 * iv.high for iv in ivs]) - acc]
+        else:
+            yerr = None
+        ax.errorbar([r["bits"] for r in quant], acc, yerr=yerr, fmt="o-", color=color, capsize=3, label=name)
         ax.axhline(100 * rows[0]["accuracy"], color=color, ls=":", lw=1)
         right.plot([r["bits"] for r in rows], [r["size_bytes"] / 1024 for r in rows], "s-", color=color, label=name)
-    ax.set(xlabel="weight bits", ylabel="test accuracy (%)", title="accuracy (dotted: float32)")
+    ax.set(xlabel="weight bits", ylabel="test accuracy (%)", title="accuracy, 95% interval (dotted: float32)")
     right.set(xlabel="weight bits", ylabel="weights + scales (KiB)", yscale="log", title="size")
     ax.legend(fontsize=8)
     fig.suptitle(title)

@@ -316,6 +316,8 @@ def test_bit_width_sweep_rows_match_torch_per_channel_quantization(cnn):
             m.weight.copy_(q.dequantize())
     assert rows[1]["accuracy"] == models.evaluate(oracle, x, y)
     assert rows[0]["accuracy"] == models.evaluate(cnn, x, y)
+    with torch.no_grad():
+        np.testing.assert_array_equal(rows[1]["correct"], (oracle(x).argmax(1) == y).numpy())   # per example
 
 
 def test_matmul_formats_code_path_on_cpu():
@@ -325,20 +327,61 @@ def test_matmul_formats_code_path_on_cpu():
     assert rows["fp16"]["relative error"] < rows["bf16"]["relative error"] < rows["int8"]["relative error"] < 0.1
 
 
-def test_speed_rows_and_plots(cnn):
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+def test_speed_rows_report_the_requested_configuration_and_their_own_ratio(cnn):
+    """Rows cover the requested model, label and batch; bytes equal torch's own quantize_dynamic copy; the speed-up
+    is exactly the ratio of the two medians the row reports; the int8 error is that of torch's int8 copy."""
+    torch.manual_seed(0)
+    mlp = models.MLP(128, (128,), 4).eval()
+    x = torch.rand(4, 128)
+    row = Q.int8_vs_fp32(mlp, x, "small", repeats=2)
+    oracle = torch.ao.quantization.quantize_dynamic(copy.deepcopy(mlp), {nn.Linear}, dtype=torch.qint8)
+    assert (row["model"], row["batch"], row["threads"]) == ("small", 4, torch.get_num_threads())
+    assert row["int8_bytes"] == Q.state_dict_bytes(oracle) and row["fp32_bytes"] == Q.state_dict_bytes(mlp)
+    n_params = sum(p.numel() for p in mlp.parameters())
+    assert 4 * n_params < row["fp32_bytes"] < 4 * n_params + 4096                     # float32 data + a small header
+    assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["other_ms"], rel=1e-12)
+    with torch.no_grad():
+        assert row["max_abs_diff"] == pytest.approx(float((mlp(x) - oracle(x)).abs().max()), rel=1e-6, abs=1e-9)
+    row = Q.bf16_vs_fp32(cnn, torch.rand(2, 1, 8, 8), "cnn", repeats=2)
+    assert (row["model"], row["batch"]) == ("cnn", 2)
+    assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["other_ms"], rel=1e-12)
+
+
+def test_plots_contain_the_plotted_points():
+    """Each plot holds exactly the hand-computed points: accuracies with their Wilson bars and sizes in KiB,
+    the round-trip errors of four hand-worked values, the grid and the title's RMSE and clipped fraction."""
     import matplotlib
     matplotlib.use("Agg")
-    mlp = models.MLP(128, (128,), 4).eval()
-    row = Q.int8_vs_fp32(mlp, torch.rand(4, 128), "small", repeats=2)
-    oracle = torch.ao.quantization.quantize_dynamic(copy.deepcopy(mlp), {nn.Linear}, dtype=torch.qint8)
-    assert row["int8_bytes"] == Q.state_dict_bytes(oracle) and row["fp32_bytes"] == Q.state_dict_bytes(mlp)
-    assert Q.bf16_vs_fp32(cnn, torch.rand(2, 1, 8, 8), repeats=2)["other_ms"] > 0
-    w = cnn.features[2].weight
-    for fig, ax in [Q.plot_quantization_grid(w, 3, 0.05), Q.plot_round_trip_error(torch.linspace(-2, 2, 50), 0.1, 5, 4),
-                    Q.plot_bit_sweep({"cnn": Q.bit_width_sweep(cnn, torch.rand(4, 1, 8, 8), torch.zeros(4).long(),
-                                                               bits=(4,))})]:
-        assert ax.get_xlabel() and fig.axes
-        matplotlib.pyplot.close(fig)
+    import matplotlib.pyplot as plt
+    from course_lib import stats
+    rows = [{"bits": 32, "accuracy": 0.75, "size_bytes": 4096, "correct": np.array([1, 1, 1, 0])},
+            {"bits": 4, "accuracy": 0.5, "size_bytes": 512, "correct": np.array([1, 0, 1, 0])},
+            {"bits": 2, "accuracy": 0.25, "size_bytes": 256, "correct": np.array([0, 0, 1, 0])}]
+    fig, ax = Q.plot_bit_sweep({"m": rows})
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), [[4, 50], [2, 25]])
+    bars = ax.containers[0].lines[2][0].get_segments()                                # one [x, low]-[x, high] per point
+    for segment, (k, x) in zip(bars, [(2, 4), (1, 2)]):
+        iv = stats.wilson_interval(k, 4)
+        np.testing.assert_allclose(segment, [[x, 100 * iv.low], [x, 100 * iv.high]])
+    assert any(np.allclose(line.get_ydata(), 75) for line in ax.lines[1:])            # float32's dotted line
+    np.testing.assert_allclose(fig.axes[1].lines[0].get_xydata(), [[32, 4.0], [4, 0.5], [2, 0.25]])
+    plt.close(fig)
+
+    # 4 bits, scale 0.1, zero point 5: codes [0, 15], values [-0.5, 1.0]
+    fig, ax = Q.plot_round_trip_error(torch.tensor([-2.0, 0.04, 0.26, 2.0]), 0.1, 5, 4)
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), [[-2, 1.5], [0.04, -0.04], [0.26, 0.04], [2, -1.0]], atol=1e-6)
+    assert "range [-0.5, 1]" in ax.get_title()
+    plt.close(fig)
+
+    # 3 bits signed, scale 0.05: codes [-4, 3], values [-0.2, 0.15]; -0.3 and 0.2 are clipped
+    w = torch.tensor([[-0.3, -0.12, 0.0, 0.07, 0.2]])
+    fig, ax = Q.plot_quantization_grid(w, 3, 0.05)
+    rmse = math.sqrt((0.1 ** 2 + 0.02 ** 2 + 0 + 0.02 ** 2 + 0.05 ** 2) / 5)            # errors by hand
+    assert f"RMSE {rmse:.2e}, 40.0 % clipped" in ax.get_title()
+    grid = [seg[0][0] for seg in ax.collections[0].get_segments()]
+    np.testing.assert_allclose(grid, 0.05 * np.arange(-4, 4), atol=1e-9)
+    plt.close(fig)
 
 
 def test_speed_row_speedup_is_fp32_time_over_the_other(monkeypatch):
@@ -466,3 +509,68 @@ def test_packed_state_dict_unpacks_to_the_codes(num_bits):
                                        ((2 ** num_bits - 1) / 2))).clamp(-lo, lo - 1).flatten().long())
             assert packed["0.weight"].nbytes == -(-21 // per_byte)
     assert Q.tensor_bytes(packed) == packed["0.weight"].nbytes + 3 * 4 + 3 * 4    # codes + scales + biases
+
+
+# ----------------------------------------------------------------------------- QAT against its control
+def _tiny_split(seed=0):
+    from types import SimpleNamespace
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(400, 8, generator=g)
+    y = (X @ torch.randn(8, 3, generator=g) + 0.5 * torch.randn(400, 3, generator=g)).argmax(1)
+    return SimpleNamespace(X_train=X[:160], y_train=y[:160], X_val=X[160:200], y_val=y[160:200],
+                           X_test=X[200:], y_test=y[200:])
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return models.MLP(8, (16,), 3)
+
+
+def test_qat_vs_finetune_ptq_arms_coincide_without_a_quantizer():
+    """With an identity fake quantizer the QAT arm *is* the float fine-tuning: same start, same seed, same shuffle,
+    so both arms end with the same accuracies on every seed. With the real 2-bit quantizer they differ, and another
+    seed (another shuffle) gives another fine-tuned model: the equality is the pairing, not an insensitive test."""
+    split, model = _tiny_split(), _tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    identity = lambda x, scale, zero_point, num_bits: x                              # noqa: E731
+    same = Q.qat_vs_finetune_ptq(model, split, split.X_train[:64], [(4, 4)], seeds=(0, 1, 2), epochs=2, lr=1e-2,
+                                 fake_quant=identity, progress=False)["W4A4"]
+    for part in ("val", "test"):
+        np.testing.assert_array_equal(same[f"qat_{part}"], same[f"ft_ptq_per_tensor_{part}"])
+    assert len(set(same["ft_ptq_per_tensor_test"].tolist())) > 1                      # seeds give other models
+    real = Q.qat_vs_finetune_ptq(model, split, split.X_train[:64], [(2, 2)], seeds=(0, 1), epochs=2, lr=1e-2,
+                                 progress=False)["W2A2"]
+    assert not np.array_equal(real["qat_test"], real["ft_ptq_per_tensor_test"])
+    for k, v in model.state_dict().items():                                           # the model is not modified
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_qat_vs_finetune_ptq_untrained_arms_are_plain_ptq_on_every_seed():
+    """The PTQ arms involve no training: on every seed they equal PTQ of the untouched model, computed here by hand
+    (per-tensor / per-channel weights, percentile activations)."""
+    split, model = _tiny_split(1), _tiny_model()
+    out = Q.qat_vs_finetune_ptq(model, split, split.X_train[:64], [(2, 4), (1, None)], seeds=(0, 3), epochs=1,
+                                progress=False)
+    assert list(out["seed"]) == [0, 3] and out["epochs"] == 1 and {"W2A4", "W1"} <= set(out)
+    for per_channel, arm in ((False, "ptq_per_tensor"), (True, "ptq_per_channel")):
+        q = Q.calibrate(Q.prepare_fake_quant(model, 2, 4, per_channel=per_channel), split.X_train[:64], "percentile")
+        assert out["W2A4"][f"{arm}_test"].tolist() == [models.evaluate(q, split.X_test, split.y_test)] * 2
+    # binary weights: alpha per output channel either way (so the function scores one binarized model for both arms)
+    x = split.X_test[:32]
+    torch.testing.assert_close(Q.prepare_fake_quant(model, 1, None)(x),
+                               Q.prepare_fake_quant(model, 1, None, per_channel=True)(x), rtol=0, atol=0)
+    np.testing.assert_array_equal(out["W1"]["ft_ptq_per_tensor_test"], out["W1"]["ft_ptq_per_channel_test"])
+    assert all(v.shape == (2,) and ((0 <= v) & (v <= 1)).all() for k, v in out["W2A4"].items())
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(configs=[]), ValueError, "configs"), (dict(configs=[(0, 4)]), ValueError, "weight_bits"),
+    (dict(configs=[(2, 1)]), ValueError, "act_bits"), (dict(seeds=(0,)), ValueError, "seeds"),
+    (dict(epochs=0), ValueError, "epochs"), (dict(lr=0.0), ValueError, "lr"),
+    (dict(fake_quant="round"), TypeError, "fake_quant")])
+def test_qat_vs_finetune_ptq_rejects_bad_arguments(kwargs, error, match):
+    split = _tiny_split()
+    with pytest.raises(error, match=match):
+        Q.qat_vs_finetune_ptq(_tiny_model(), split, split.X_train[:8], **{"progress": False} | kwargs)
+    with pytest.raises(TypeError, match="model"):
+        Q.qat_vs_finetune_ptq("mlp", split, split.X_train[:8], progress=False)
