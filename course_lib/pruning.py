@@ -41,7 +41,7 @@ __all__ = [
     "plot_masks", "plot_sensitivity", "plot_schedule", "plot_weight_histograms", "l1_prox_step", "train_l1_proximal",
     "sensitivity_amounts", "per_layer_masks", "random_masks", "csr_bytes", "csr_break_even", "csr_with_index",
     "pruning_quantization_codes", "pruning_quantization_myth", "seed_study", "seed_difference", "correct",
-    "accuracy_difference", "detectable_on_examples", "l1_seed_study", "lottery_ticket_starts", "lottery_ticket",
+    "accuracy_difference", "detectable_on_examples", "random_control_difference", "l1_seed_study", "lottery_ticket_starts", "lottery_ticket",
 ]
 
 
@@ -715,6 +715,43 @@ def detectable_on_examples(model_a: nn.Module, model_b: nn.Module, X: Tensor, y:
     if sd == 0:
         raise ValueError("the two models agree on every example: no spread to size a detectable effect")
     return 100 * stats.minimum_detectable_effect(int(d.size), sd)
+
+
+def random_control_difference(model: nn.Module, controls: Sequence[nn.Module], X: Tensor, y: Tensor, *,
+                              n_boot: int = 2000, seed: int = 0) -> stats.Interval:
+    """Accuracy of ``model`` minus the mean accuracy of several random-mask controls, in **points**.
+
+    One random mask is one draw: its accuracy can land far from the typical draw's, so the control is
+    K draws (``controls``, e.g. :func:`random_masks` with seeds 0..K-1 applied to the same model). With
+    :math:`a_j` the correctness of ``model`` on example j and :math:`C_{kj}` that of control k, the
+    estimate is :math:`100\\,(\\bar a - \\bar C)`. Each of ``n_boot`` bootstrap rounds resamples the N
+    examples **and** the K draws with replacement (both are samples: of test images, of random masks)
+    and recomputes the difference on the resample; the interval is the 2.5 and 97.5 % percentiles.
+
+    Parameters
+    ----------
+    model : nn.Module
+    controls : sequence of at least 2 nn.Module
+    X, y : the test examples and labels
+    n_boot : int >= 100, default=2000
+    seed : int >= 0, default=0
+        Seed of the resampling.
+    """
+    check_module("model", model)
+    if isinstance(controls, nn.Module) or not isinstance(controls, Sequence) or len(controls) < 2:
+        raise TypeError(f"controls must be a sequence of at least 2 models, got {controls!r:.80}")
+    n_boot, seed = check_int("n_boot", n_boot, 100), check_int("seed", seed, 0)
+    a = correct(model, X, y).double().numpy()                                          # (N,)
+    c = np.stack([correct(m, X, y).double().numpy() for m in controls])                # (K, N)
+    rng = np.random.default_rng(seed)
+    k, n = c.shape
+    boot = np.empty(n_boot)
+    for b in range(n_boot):
+        rows, cols = rng.integers(0, k, k), rng.integers(0, n, n)
+        boot[b] = a[cols].mean() - c[np.ix_(rows, cols)].mean()
+    low, high = np.quantile(boot, [0.025, 0.975])
+    return stats.Interval(100 * float(a.mean() - c.mean()), 100 * float(low), 100 * float(high), 0.95, n,
+                          f"bootstrap over examples and {k} random draws", unit=" points", difference=True)
 
 
 L1_ARMS = ("plain", "L1 (subgradient)", "L1 (proximal)")

@@ -686,3 +686,22 @@ def test_l1_seed_study_pairs_three_arms_by_seed_and_only_the_proximal_one_has_ex
         assert by[s, "plain"]["test acc"] == models.evaluate(kept["plain", s], split.X_test, split.y_test)
     with pytest.raises(ValueError, match="prox_lam"):
         pruning.l1_seed_study(model, split, lam=1e-3, prox_lam=0.0)
+
+
+def test_random_control_difference_resamples_images_and_draws():
+    n = 300
+    X = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    y = torch.zeros(n, dtype=torch.long)
+    right = _Constant([0] * n)
+    wrong = _Constant([1] * n)
+    d = pruning.random_control_difference(right, [wrong, wrong, wrong], X, y)
+    assert (d.estimate, d.low, d.high, d.n) == (100.0, 100.0, 100.0, n) and d.unit == " points"
+    # controls right on 0 %, 50 % and 100 % of the images: mean 50 %; the draws' spread widens the interval
+    half = _Constant([0] * (n // 2) + [1] * (n // 2))
+    spread = pruning.random_control_difference(right, [wrong, half, right], X, y)
+    alike = pruning.random_control_difference(right, [half, half, half], X, y)
+    assert math.isclose(spread.estimate, 50.0) and math.isclose(alike.estimate, 50.0)
+    assert spread.low < alike.low and alike.high < spread.high and 0.0 <= spread.low and spread.high <= 100.0
+    assert pruning.random_control_difference(right, [wrong, half, right], X, y, seed=0) == spread   # seeded
+    with pytest.raises(TypeError, match="controls"):
+        pruning.random_control_difference(right, wrong, X, y)
