@@ -35,7 +35,7 @@ from .validation import check_bool, check_float, check_int, check_module, check_
 __all__ = [
     "magnitude_mask", "global_magnitude_masks", "structured_mask", "n_m_mask", "polynomial_sparsity",
     "shrink_conv_pair",
-    "prunable_layers", "model_masks", "apply_masks", "sparsity", "fine_tune", "prune_one_shot",
+    "prunable_layers", "model_masks", "apply_masks", "sparsity", "fine_tune", "fine_tune_seeds", "prune_one_shot",
     "prune_iterative", "sensitivity_scan", "accuracies", "l1_penalty", "train_l1", "compare_latency",
     "speed_table", "sparse_matmul_rows", "stored_bytes", "sparse_state_dict", "semi_structured_rows",
     "plot_masks", "plot_sensitivity", "plot_schedule", "plot_weight_histograms", "l1_prox_step", "train_l1_proximal",
@@ -447,6 +447,22 @@ def fine_tune(model: nn.Module, masks: dict[str, Tensor], X: Tensor, y: Tensor, 
     for name in masks:
         prune.remove(layers[name], "weight")
     return tuned.eval()
+
+
+def fine_tune_seeds(model: nn.Module, masks: dict[str, Tensor], split, *, seeds: Sequence[int] = (0, 1, 2, 3, 4),
+                    epochs: int, lr: float = 1e-3, progress: bool = False) -> list[nn.Module]:
+    """:func:`fine_tune` once per seed (the seed sets the shuffle): one recipe's spread over seeds.
+
+    Two masks fine-tuned with the same ``seeds`` are paired: seed ``s`` starts both from ``model``'s
+    weights and shows them the batches in the same order. Returns the tuned models in seed order.
+    """
+    check_module("model", model)
+    seeds = [check_int("seeds", s, 0) for s in seeds]
+    if len(seeds) < 2:
+        raise ValueError(f"seeds must hold at least 2 seeds for a spread, got {seeds}")
+    epochs = check_int("epochs", epochs, 1)
+    return [fine_tune(model, masks, split.X_train, split.y_train, epochs=epochs, lr=lr, seed=s)
+            for s in tqdm(seeds, desc="fine-tuning", disable=not check_bool("progress", progress), leave=False)]
 
 
 def prune_one_shot(model: nn.Module, final_sparsity: float, split, *, epochs: int, scope: str = "layer",

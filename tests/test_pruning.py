@@ -705,3 +705,19 @@ def test_random_control_difference_resamples_images_and_draws():
     assert pruning.random_control_difference(right, [wrong, half, right], X, y, seed=0) == spread   # seeded
     with pytest.raises(TypeError, match="controls"):
         pruning.random_control_difference(right, wrong, X, y)
+
+
+def test_fine_tune_seeds_is_fine_tune_once_per_seed_and_keeps_the_mask():
+    split = _study_split()
+    torch.manual_seed(0)
+    model = models.MLP(8, (16,), 2)
+    masks = pruning.model_masks(model, 0.5)
+    tuned = pruning.fine_tune_seeds(model, masks, split, seeds=(1, 4), epochs=2, lr=1e-2)
+    for seed, got in zip((1, 4), tuned):
+        oracle = pruning.fine_tune(model, masks, split.X_train, split.y_train, epochs=2, lr=1e-2, seed=seed)
+        assert all(torch.equal(a, b) for a, b in zip(oracle.parameters(), got.parameters()))
+        assert pruning.sparsity(got) == 0.5
+    first = [list(pruning.prunable_layers(m).values())[0].weight for m in tuned]
+    assert not torch.equal(first[0], first[1])                                     # another shuffle, another model
+    with pytest.raises(ValueError, match="seeds"):
+        pruning.fine_tune_seeds(model, masks, split, seeds=(0,), epochs=1)
