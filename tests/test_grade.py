@@ -79,11 +79,54 @@ def test_top_level_code_never_runs_and_missing_is_reported(graded):
     assert "expected" in macs and "inputs:" in macs
 
 
-def test_extract_keeps_only_imports_and_defs():
-    code, functions, notes = extract_definitions(["import os\nx = 1\nprint(x)\n%time f()\n\ndef f():\n    return x\n",
-                                                  "class A:\n    pass\nfrom math import pi", "def broken(:"])
-    assert functions == ["f"] and "print" not in code and "class" not in code and "from math import pi" in code
+def test_extract_keeps_imports_defs_constants_and_helper_classes_only():
+    code, functions, notes = extract_definitions([
+        "import os\nx = 1\nprint(x)\n%time f()\n\ndef f():\n    return x\n",
+        "class A:\n    pass\nfrom math import pi", "def broken(:",
+        "N = len([1, 2])\nLEVELS: tuple = (1, 2, 4)\nclass Evil:\n    while True:\n        pass\n",
+        "class Loud:\n    print('defining runs code')\nclass Made(type('Base', (), {})):\n    pass\n",
+        "import torch\nclass Round(torch.autograd.Function):\n    'doc'\n    SCALE = 2 ** 8\n"
+        "    @staticmethod\n    def forward(ctx, x):\n        return x.round()\n"])
+    assert functions == ["f"] and "print" not in code and "from math import pi" in code
+    assert "x = 1" in code and "class A" in code and "LEVELS: tuple = (1, 2, 4)" in code     # constants, helpers
+    assert "class Round(torch.autograd.Function)" in code and "SCALE = 2 ** 8" in code
+    assert "N = len" not in code and "Evil" not in code and "Loud" not in code and "Made" not in code  # calls, loops
     assert notes and "does not parse" in notes[0]
+
+
+def test_magics_are_read_as_ipython_reads_them_and_only_in_notebooks():
+    cell = "ok = (1\n!= 2)\nrest = (3\n% 2)\n%time f()\n!ls -l\n\ndef g():\n    return ok, rest\n"
+    code, functions, notes = extract_definitions([cell])
+    assert functions == ["g"] and not notes
+    assert "ok = 1 != 2" in code and "rest = 3 % 2" in code and "time" not in code and "ls" not in code
+    code, functions, _ = extract_definitions(["%%time\ndef h():\n    return 1\n"])
+    assert functions == ["h"]                                     # a cell magic's body is kept
+    _, _, notes = extract_definitions(["%time f()\ndef h():\n    return 1\n"], notebook=False)
+    assert notes and "does not parse: line 1" in notes[0]         # a .py file is plain Python
+
+
+def test_helpers_a_learner_writes_are_graded_with_the_answer(tmp_path):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in [
+        "import numpy as np\nMS_PER_S = 1000.0\n\ndef to_ms(s, factor=MS_PER_S):\n    return s * factor\n",
+        "class Summary:\n    'the five numbers'\n    KEYS = ('median', 'iqr', 'min', 'max', 'n')\n",
+        "def count_parameters(model, trainable_only=False):\n    total = 0\n    for p in model.parameters():\n"
+        "        if (p.requires_grad\n            != False) or not trainable_only:\n            total += p.numel()\n"
+        "    return int(to_ms(total, 1))\n",
+        "def summarize_timings(samples_ms):\n    s = np.asarray(samples_ms, dtype=float)\n"
+        "    if s.size == 0 or not np.all(np.isfinite(s)) or (s < 0).any():\n        raise ValueError('samples_ms')\n"
+        "    q1, m, q3 = np.percentile(s, [25, 50, 75])\n"
+        "    return dict(zip(Summary.KEYS, (float(m), float(q3 - q1), float(s.min()), float(s.max()), len(s))))\n",
+        "PEAK = measured_peak()\n\ndef roofline_time(flops, bytes_moved, peak_flops, bandwidth):\n"
+        "    return max(flops / peak_flops, bytes_moved / bandwidth) + 0 * PEAK\n"]]
+    path = tmp_path / "helpers.ipynb"
+    nbformat.write(nb, path)
+    rows = {r.exercise: r for r in grade.grade_submissions([path], limits=SandboxLimits(timeout_s=10))}
+    assert rows["count_parameters"].passed, rows["count_parameters"].message       # constant, default value, !=
+    assert rows["summarize_timings"].passed, rows["summarize_timings"].message     # a helper class
+    roof = rows["roofline_time"]                                   # a constant that needs a call is not kept
+    assert not roof.passed and "NameError" in roof.message and "constants that call nothing" in roof.message
 
 
 def test_load_submission_rejects_other_files(tmp_path):

@@ -3,11 +3,20 @@
 A notebook trains models, draws plots and calls ``check``; none of that should run while it is
 graded, and a hostile submission should not get to run code at import time. So only these
 top-level statements are kept, from a ``.py`` file or from the code cells of an ``.ipynb``:
-``import``, ``from ... import``, ``def`` and ``async def`` (decorators and default values
-included: they are evaluated when the ``def`` runs, inside the limited subprocess).
-Class definitions and every other statement are dropped; IPython magics (``%``, ``!``) are
-removed; a cell that does not parse is skipped with a note ("does not parse: line 2 of cell 3 (...)")
-that the grader shows for every exercise the submission then lacks.
+
+- ``import``, ``from ... import``, ``def`` and ``async def`` (decorators and default values
+  included: they are evaluated when the ``def`` runs, inside the limited subprocess);
+- what a learner's helpers need: **constants**, assignments to names whose value calls nothing
+  (``MS_PER_S = 1000.0``, ``LEVELS = (1, 2, 4)``, ``Tensor = torch.Tensor``), and **classes** whose body
+  holds only methods, such constants, docstrings and ``pass``, with bases that call nothing (a helper
+  ``torch.autograd.Function`` or ``nn.Module``).
+
+Everything else is dropped: calls at the top level (training a model, ``print``, ``check(...)``),
+loops, ``if`` blocks, a class body that runs code. In a notebook, IPython's syntax is translated as
+IPython does (``%time f()`` and ``!ls`` become calls, which are dropped; a continuation line that starts
+with ``%`` or ``!=`` stays code); a cell magic's first line (``%%time``) is dropped and its body kept;
+a ``.py`` file is plain Python. A cell that does not parse is skipped with a note ("does not parse:
+line 2 of cell 3 (...)") that the grader shows for every exercise the submission then lacks.
 
 Nothing a submission holds can stop the grading of a class: an unreadable or huge file, a notebook
 that is not JSON, JSON or expressions nested deeply enough to exhaust the parser, each becomes a
@@ -20,9 +29,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Submission", "load_submission", "extract_definitions"]
+__all__ = ["Submission", "load_submission", "extract_definitions", "kept"]
 
 _KEPT = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef)
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
 MAX_BYTES = 20 * 2**20
 _PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError, TypeError)
 
@@ -35,33 +45,77 @@ class Submission:
     notes: list[str] = field(default_factory=list)
 
 
-def _strip_magics(source: str) -> str:
-    lines = []
-    for line in source.splitlines():
-        stripped = line.lstrip()
-        lines.append("" if stripped.startswith(("%", "!")) else line)
-    return "\n".join(lines)
+def _cell_to_python(source: str) -> str:
+    """A notebook cell as the Python IPython would run: a cell magic's first line dropped (its body kept),
+    line magics and shell escapes translated to calls, which are then dropped like any top-level call."""
+    lines = source.splitlines()
+    if lines and lines[0].lstrip().startswith("%%"):
+        lines = [""] + lines[1:]                      # keep line numbers for the parse-error note
+    source = "\n".join(lines) + "\n"
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+    except ImportError:                               # IPython missing: a magic line is then a syntax error note
+        return source
+    try:
+        return TransformerManager().transform_cell(source)
+    except Exception:  # noqa: BLE001 - a cell IPython cannot translate is parsed (and reported) as it is
+        return source
 
 
-def extract_definitions(sources: list[str]) -> tuple[str, list[str], list[str]]:
-    """Keep the top-level imports and defs of each source chunk; return (code, functions, notes)."""
-    kept: list[str] = []
+def _calls_nothing(node: ast.AST) -> bool:
+    """True if evaluating ``node`` calls no function (so it cannot train, print, open or loop forever)."""
+    return not any(isinstance(n, (ast.Call, ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr))
+                   for n in ast.walk(node))
+
+
+def _is_constant(node: ast.stmt) -> bool:
+    """``NAME = value`` (or ``NAME: type = value``, or ``A, B = ...``) whose value calls nothing."""
+    if isinstance(node, ast.Assign):
+        targets, value = node.targets, node.value
+    elif isinstance(node, ast.AnnAssign) and node.value is not None and node.simple:
+        targets, value = [node.target], node.value
+    else:
+        return False
+    names = all(isinstance(t, ast.Name) or (isinstance(t, (ast.Tuple, ast.List))
+                                            and all(isinstance(e, ast.Name) for e in t.elts)) for t in targets)
+    return names and _calls_nothing(value)
+
+
+def _is_helper_class(node: ast.stmt) -> bool:
+    """A class whose body only defines (methods, constants, a docstring, ``pass``): defining it runs nothing."""
+    if not isinstance(node, ast.ClassDef) or node.decorator_list:
+        return False
+    if not all(_calls_nothing(b) for b in node.bases + [k.value for k in node.keywords]):
+        return False
+    return all(isinstance(b, _DEFS) or _is_constant(b) or isinstance(b, ast.Pass)
+               or (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)) for b in node.body)
+
+
+def kept(node: ast.stmt) -> bool:
+    """Whether a top-level statement of a submission is kept (see the module's docstring)."""
+    return isinstance(node, _KEPT) or _is_constant(node) or _is_helper_class(node)
+
+
+def extract_definitions(sources: list[str], *, notebook: bool = True) -> tuple[str, list[str], list[str]]:
+    """Keep the top-level imports, defs, helper classes and constants of each source chunk (a notebook's
+    cells, or one ``.py`` file with ``notebook=False``); return (code, functions, notes)."""
+    kept_code: list[str] = []
     functions: list[str] = []
     notes: list[str] = []
     for index, source in enumerate(sources):
         try:
-            tree = ast.parse(_strip_magics(source))
-            parts = [(ast.unparse(node), node) for node in tree.body if isinstance(node, _KEPT)]
+            tree = ast.parse(_cell_to_python(source) if notebook else source)
+            parts = [(ast.unparse(node), node) for node in tree.body if kept(node)]
         except _PARSE_ERRORS as exc:
             where = f"line {exc.lineno} of cell {index + 1} ({exc.msg})" if isinstance(exc, SyntaxError) else \
                 f"cell {index + 1} ({type(exc).__name__}: nested too deeply?)"
             notes.append(f"does not parse: {where}")
             continue
         for text, node in parts:
-            kept.append(text)
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            kept_code.append(text)
+            if isinstance(node, _DEFS):
                 functions.append(node.name)
-    return "\n\n".join(kept) + "\n", list(dict.fromkeys(functions)), notes
+    return "\n\n".join(kept_code) + "\n", list(dict.fromkeys(functions)), notes
 
 
 def load_submission(path: str | Path) -> Submission:
@@ -88,5 +142,5 @@ def load_submission(path: str | Path) -> Submission:
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError) as exc:
             return Submission(str(path), "", [], [f"not a readable notebook (not valid notebook JSON: "
                                                   f"{type(exc).__name__})"])
-    code, functions, notes = extract_definitions(sources)
+    code, functions, notes = extract_definitions(sources, notebook=path.suffix == ".ipynb")
     return Submission(str(path), code, functions, notes)

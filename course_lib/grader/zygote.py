@@ -136,16 +136,19 @@ def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_na
 
     code = request.pop("code")
     namespace: dict = {"__name__": "submission", "__builtins__": __builtins__}
-    failed_imports: list[str] = []
+    failed: list[str] = []                  # imports, constants and classes that could not be defined
     memory_error = "ran out of memory"
     try:
         for node in ast.parse(code).body:   # each kept statement on its own
             try:
                 exec(compile(ast.Module([node], []), "<submission>", "exec"), namespace)
-            except (ImportError, guards.ForbiddenError) as exc:
-                if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            except Exception as exc:  # noqa: BLE001 - an import, constant or class that cannot run here
+                if not isinstance(node, (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign, ast.ClassDef)):
                     raise
-                failed_imports.append(f"{ast.unparse(node)} ({exc})")
+                if isinstance(exc, MemoryError):
+                    raise
+                first = ast.unparse(node).splitlines()[0][:80]
+                failed.append(f"{first} ({type(exc).__name__}: {exc})")
     except MemoryError:
         fail(memory_error)
     except BaseException as exc:  # noqa: BLE001 - SystemExit included
@@ -175,8 +178,11 @@ def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_na
             fail(memory_error)
         if printed.overflow:
             fail(f"printed more than {MAX_PRINTED_CHARS:,} characters: remove the prints from the function")
-        if "NameError" in outcome.error_types and failed_imports:
-            outcome.error_message += "; these imports failed: " + "; ".join(failed_imports)
+        if "NameError" in outcome.error_types:
+            outcome.error_message += ("; while grading, only a notebook's imports, defs, constants that call nothing "
+                                      "and helper classes are kept from the top level")
+            if failed:
+                outcome.error_message += "; these of them could not run: " + "; ".join(failed)
         try:
             payload = json.dumps(outcome.to_json())
         except (TypeError, ValueError, RecursionError) as exc:
