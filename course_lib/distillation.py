@@ -25,19 +25,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import models
+from . import models, stats
 from .validation import check_float, check_module, check_tensor
 
 __all__ = ["soft_targets", "kd_loss", "attention_map", "attention_transfer_loss", "logits_of", "features_of",
-           "soft_term_gradient_norms", "class_similarity", "train_student", "sweep_temperature_alpha",
-           "compare_students", "leaky_protocol", "summarize", "plot_gradient_norms", "plot_class_similarity",
-           "plot_sweep", "plot_protocols", "plot_soft_targets", "plot_attention_maps"]
+           "soft_term_gradient_norms", "class_similarity", "train_student", "compare_students", "leaky_protocol",
+           "seed_values", "paired_vs", "choose_on_validation", "summarize", "teacher_minus_students",
+           "plot_gradient_norms", "plot_class_similarity", "plot_soft_targets", "plot_attention_maps"]
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -366,25 +367,6 @@ def _fresh(make_student: Callable[[], nn.Module], seed: int) -> nn.Module:
     return make_student()
 
 
-def sweep_temperature_alpha(teacher: nn.Module, make_student: Callable[[], nn.Module], split, *,
-                            temperatures: Sequence[float], alphas: Sequence[float], seeds: Sequence[int] = (0,),
-                            epochs: int = 30, lr: float = 3e-3, batch_size: int = 128,
-                            progress: bool = True, losses: dict[str, Callable] | None = None) -> list[dict]:
-    """Validation accuracy of distilled students for each (T, alpha, seed). The test split is never read."""
-    from tqdm.auto import tqdm
-
-    z_t = logits_of(teacher, split.X_train)
-    grid = [(T, a, s) for T in temperatures for a in alphas for s in seeds]
-    rows = []
-    for T, a, s in tqdm(grid, desc="T x alpha sweep", disable=not progress, leave=False):
-        student = _fresh(make_student, s)
-        train_student(student, split.X_train, split.y_train, teacher_logits=z_t, temperature=T, alpha=a,
-                      epochs=epochs, lr=lr, batch_size=batch_size, seed=s, losses=losses)
-        rows.append({"T": float(T), "alpha": float(a), "seed": s,
-                     "val accuracy": models.evaluate(student, split.X_val, split.y_val)})
-    return rows
-
-
 def compare_students(teacher: nn.Module, make_student: Callable[[], nn.Module], split, *,
                      variants: dict[str, dict], seeds: Sequence[int] = (0, 1, 2), epochs: int = 30,
                      lr: float = 3e-3, batch_size: int = 128, layer: str = "features.3",
@@ -449,15 +431,134 @@ def leaky_protocol(teacher: nn.Module, make_student: Callable[[], nn.Module], sp
     return rows
 
 
-def summarize(rows: Sequence[dict], by: str, columns: Sequence[str]):
-    """A pandas table of mean and std (over seeds, ``ddof=1``) of ``columns`` grouped by ``by``."""
+# --------------------------------------------------------------------------- reading the runs
+def _check_rows(rows: object) -> list[dict]:
+    if isinstance(rows, (str, bytes, dict)) or not isinstance(rows, Sequence):
+        raise TypeError(f"rows must be a list of dicts (compare_students rows), got {type(rows).__name__}")
+    if not rows or not all(isinstance(r, dict) and {"variant", "seed"} <= set(r) for r in rows):
+        raise ValueError("rows must be a non-empty list of dicts with 'variant' and 'seed' keys, got "
+                         f"{len(rows)} rows")
+    return list(rows)
+
+
+def seed_values(rows: Sequence[dict], variant: str, column: str) -> dict[int, float]:
+    """``{seed: value}`` of ``column`` for one variant of :func:`compare_students` rows.
+
+    Raises
+    ------
+    ValueError
+        ``variant`` has no rows, ``column`` is missing, or a seed appears twice for the variant.
+    """
+    rows = _check_rows(rows)
+    mine = [r for r in rows if r["variant"] == variant]
+    if not mine:
+        raise ValueError(f"variant must be one of {sorted({str(r['variant']) for r in rows})}, got {variant!r}")
+    if any(column not in r for r in mine):
+        raise ValueError(f"column must be a key of every row of {variant!r}, got {column!r}")
+    out = {int(r["seed"]): float(r[column]) for r in mine}
+    if len(out) != len(mine):
+        raise ValueError(f"rows must hold each seed once per variant; {variant!r} repeats a seed")
+    return out
+
+
+def paired_vs(rows: Sequence[dict], a: str, b: str, column: str = "test accuracy",
+              scale: float = 100.0, unit: str = " points") -> stats.PairedDifference:
+    r"""Variant ``a`` minus variant ``b``, paired by seed: :func:`course_lib.stats.paired_difference`.
+
+    Seed ``s`` gives both students the same initial weights and the same order of batches
+    (:func:`compare_students`), so the differences :math:`d_s = a_s - b_s` are matched **by seed**, not
+    by row order, and the interval is :math:`\bar d \pm t_{0.975,\,n-1}\, s_d/\sqrt n`.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :func:`compare_students` rows (``"variant"``, ``"seed"``, ``column``).
+    a, b : str
+        The two variants.
+    column : str, default="test accuracy"
+    scale : float, default=100.0
+        The interval is returned scaled (100: accuracy points).
+    unit : str, default=" points"
+
+    Raises
+    ------
+    ValueError
+        A variant is missing, or ``a`` and ``b`` were not run on the same seeds (fewer than 2 shared).
+    """
+    va, vb = seed_values(rows, a, column), seed_values(rows, b, column)
+    if set(va) != set(vb):
+        raise ValueError(f"a and b must be run on the same seeds, got {sorted(va)} and {sorted(vb)}")
+    seeds = sorted(va)
+    diff = stats.paired_difference([va[s] for s in seeds], [vb[s] for s in seeds])
+    return diff.scaled(check_float("scale", scale, 0.0, low_inclusive=False), unit)
+
+
+def choose_on_validation(rows: Sequence[dict], candidates: Sequence[str], column: str = "val accuracy") -> str:
+    """The candidate variant with the highest mean validation accuracy over its seeds.
+
+    Only ``column`` (validation) is read, never the test accuracy. Means that agree to 1e-12 are a tie,
+    and a tie goes to the candidate listed **first** (list the default recipe first).
+
+    Raises
+    ------
+    ValueError
+        ``candidates`` is empty or names a variant without rows.
+    """
+    if isinstance(candidates, str) or not candidates:
+        raise ValueError(f"candidates must be a non-empty list of variant names, got {candidates!r}")
+    means = [float(np.mean(list(seed_values(rows, c, column).values()))) for c in candidates]
+    best = max(means)
+    return next(c for c, m in zip(candidates, means) if m >= best - 1e-12)
+
+
+def summarize(rows: Sequence[dict], by: str, columns: Sequence[str], scale: float = 100.0):
+    r"""A pandas table of each group's mean over seeds with its 95 % t interval and n.
+
+    For each ``column``: ``mean``, ``95% low``, ``95% high`` (:func:`course_lib.stats.mean_interval`,
+    :math:`\bar x \pm t_{0.975,\,n-1}\, s/\sqrt n` over the seeds), multiplied by ``scale``; then
+    ``n seeds``. Groups keep their order of first appearance.
+    """
     import pandas as pd
 
+    rows = _check_rows(rows)
     frame = pd.DataFrame([{k: r[k] for k in (by, *columns)} for r in rows])
-    grouped = frame.groupby(by, sort=False)
-    out = pd.concat({"mean": grouped.mean(), "std": grouped.std(ddof=1)}, axis=1).swaplevel(axis=1)
-    out["n seeds"] = grouped.size()
-    return out[[(c, stat) for c in columns for stat in ("mean", "std")] + [("n seeds", "")]]
+    table = {}
+    for name, group in frame.groupby(by, sort=False):
+        entry = {}
+        for c in columns:
+            iv = stats.mean_interval(group[c].to_numpy(dtype=float))
+            entry.update({(c, "mean"): scale * iv.estimate, (c, "95% low"): scale * iv.low,
+                          (c, "95% high"): scale * iv.high})
+        entry[("n seeds", "")] = len(group)
+        table[name] = entry
+    out = pd.DataFrame.from_dict(table, orient="index")
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    out.index.name = by
+    return out
+
+
+def teacher_minus_students(teacher: nn.Module, students: Sequence[nn.Module], X: torch.Tensor, y: torch.Tensor,
+                           *, n_boot: int = 2000, seed: int = 0) -> stats.Interval:
+    r"""Teacher's accuracy minus the students' mean accuracy, with a bootstrap interval over test examples.
+
+    Per example :math:`j`: :math:`d_j = \mathbb 1[\text{teacher right}] - \frac1S \sum_s \mathbb 1[\text{student}_s
+    \text{ right}]`; the estimate is :math:`\bar d` (= teacher accuracy minus the mean student accuracy) and
+    the interval is :func:`course_lib.stats.bootstrap_interval` over the examples: it measures how much
+    another test set of the same size could move the gap (the teacher and the S students fixed).
+    Returned in accuracy points (x100).
+    """
+    check_module("teacher", teacher)
+    if isinstance(students, nn.Module) or not students:
+        raise ValueError("students must be a non-empty list of models")
+    for s in students:
+        check_module("students[i]", s)
+    check_tensor("y", y)
+    if y.dtype != torch.int64 or tuple(y.shape) != (len(X),):
+        raise ValueError(f"y must be an int64 tensor of shape ({len(X)},), got {y.dtype} of shape {tuple(y.shape)}")
+    right_t = (logits_of(teacher, X).argmax(1) == y).double()                        # (N,)
+    right_s = torch.stack([(logits_of(s, X).argmax(1) == y).double() for s in students]).mean(0)  # (N,)
+    iv = stats.bootstrap_interval((right_t - right_s).numpy(), n_boot=n_boot, seed=seed)
+    return replace(iv, difference=True).scaled(100.0, " points")
 
 
 # --------------------------------------------------------------------------- plots
@@ -488,40 +589,6 @@ def plot_class_similarity(matrix: torch.Tensor, classes: Sequence[str], temperat
            xlabel="class of the soft target", ylabel="true class",
            title=f"teacher's mean soft targets, T = {temperature:g}\n(diagonal hidden)")
     fig.colorbar(image, ax=ax, label="probability")
-    fig.tight_layout()
-    return fig, ax
-
-
-def plot_sweep(rows: Sequence[dict]):
-    """Validation accuracy against T, one line per alpha (mean over seeds)."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    table = pd.DataFrame(rows).groupby(["alpha", "T"])["val accuracy"].mean().unstack(0)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for alpha in table.columns:
-        ax.plot(table.index, 100 * table[alpha], "o-", label=f"α = {alpha:g}")
-    ax.set(xscale="log", xlabel="temperature T", ylabel="validation accuracy (%)",
-           title="distilled student: temperature × alpha (validation split)")
-    ax.set_xticks(table.index, [f"{t:g}" for t in table.index])
-    ax.legend()
-    fig.tight_layout()
-    return fig, ax
-
-
-def plot_protocols(groups: dict[str, Sequence[float]]):
-    """Accuracy (%) of each protocol: a bar at the mean over seeds and one dot per seed."""
-    import matplotlib.pyplot as plt
-
-    colors = ["tab:red", "tab:orange", "tab:green", "tab:blue", "tab:purple"]
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    for i, (values, color) in enumerate(zip(groups.values(), colors)):
-        values = 100 * np.asarray(values, dtype=float)
-        ax.bar(i, values.mean(), color=color, alpha=0.6)
-        ax.plot(np.full(len(values), i), values, "k.", ms=8)
-    ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
-    low = min(100 * min(min(v) for v in groups.values()) - 3, 90)
-    ax.set(ylim=(low, 100.5), ylabel="accuracy (%)", title="what each protocol reports (dots: seeds)")
     fig.tight_layout()
     return fig, ax
 

@@ -224,3 +224,80 @@ def test_class_similarity_rows_are_mean_soft_targets():
     m = D.class_similarity(z, torch.tensor([0, 1, 1]), 1.0)
     p = torch.softmax(z, dim=1)
     torch.testing.assert_close(m, torch.stack([p[0], (p[1] + p[2]) / 2]))
+
+
+# ----------------------------------------------------------------------------- reading the runs
+def _rows(values: dict[str, dict[int, float]], column: str = "test accuracy") -> list[dict]:
+    return [{"variant": v, "seed": s, column: x} for v, by_seed in values.items() for s, x in by_seed.items()]
+
+
+def test_paired_vs_pairs_by_seed_not_by_row_order_and_matches_scipy():
+    from scipy import stats as scipy_stats
+
+    a = {3: 0.95, 1: 0.97, 2: 0.94, 5: 0.96, 4: 0.93}                  # rows in another order than b's
+    b = {1: 0.96, 2: 0.94, 3: 0.93, 4: 0.93, 5: 0.94}
+    d = D.paired_vs(_rows({"a": a, "b": b}), "a", "b")
+    seeds = sorted(b)
+    ci = scipy_stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).confidence_interval()
+    assert d.estimate == pytest.approx(100 * np.mean([a[s] - b[s] for s in seeds]))
+    assert (d.low, d.high) == pytest.approx((100 * ci.low, 100 * ci.high))
+    assert (d.wins, d.ties, d.losses) == (3, 2, 0) and d.n == 5 and d.unit == " points"
+
+
+def test_paired_vs_rejects_unmatched_seeds_and_unknown_variants():
+    rows = _rows({"a": {1: 0.9, 2: 0.8}, "b": {1: 0.9, 3: 0.8}})
+    with pytest.raises(ValueError, match="a and b must be run on the same seeds"):
+        D.paired_vs(rows, "a", "b")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        D.paired_vs(rows, "a", "c")
+    with pytest.raises(ValueError, match="repeats a seed"):
+        D.paired_vs(rows + rows, "a", "b")
+    with pytest.raises(TypeError, match="rows must be a list of dicts"):
+        D.paired_vs({"variant": "a"}, "a", "b")
+
+
+def test_choose_on_validation_reads_only_validation_and_ties_go_to_the_first():
+    rows = _rows({"T=4": {1: 0.95, 2: 0.97}, "T=1": {1: 0.97, 2: 0.95}, "T=8": {1: 0.90, 2: 0.99}}, "val accuracy")
+    assert all("test accuracy" not in r for r in rows)                  # the choice cannot have read the test split
+    assert D.choose_on_validation(rows, ["T=4", "T=1", "T=8"]) == "T=4"  # T=4 and T=1 tie at 0.96
+    assert D.choose_on_validation(rows, ["T=1", "T=4", "T=8"]) == "T=1"
+    assert D.choose_on_validation(rows, ["T=8"]) == "T=8"
+    with pytest.raises(ValueError, match="candidates must be a non-empty list"):
+        D.choose_on_validation(rows, [])
+
+
+def test_summarize_gives_the_t_interval_of_each_group_and_its_size():
+    from scipy import stats as scipy_stats
+
+    rows = _rows({"x": {1: 0.90, 2: 0.94, 3: 0.95}, "y": {1: 0.80, 2: 0.80}})
+    table = D.summarize(rows, "variant", ["test accuracy"])
+    values = np.array([0.90, 0.94, 0.95])
+    low, high = scipy_stats.t.interval(0.95, 2, loc=values.mean(), scale=scipy_stats.sem(values))
+    assert list(table.index) == ["x", "y"]
+    assert table.loc["x", ("test accuracy", "mean")] == pytest.approx(100 * values.mean())
+    assert table.loc["x", ("test accuracy", "95% low")] == pytest.approx(100 * low)
+    assert table.loc["x", ("test accuracy", "95% high")] == pytest.approx(100 * high)
+    assert table.loc["y", ("test accuracy", "95% low")] == pytest.approx(80.0)   # no spread, no width
+    assert table.loc["x", ("n seeds", "")] == 3 and table.loc["y", ("n seeds", "")] == 2
+
+
+def _fixed_predictions(pred: list[int], n_classes: int = 3) -> torch.nn.Module:
+    """A linear model on one-hot inputs e_j whose prediction for example j is pred[j]."""
+    m = torch.nn.Linear(len(pred), n_classes, bias=False)
+    with torch.no_grad():
+        m.weight.copy_(F.one_hot(torch.tensor(pred), n_classes).T.float())
+    return m
+
+
+def test_teacher_minus_students_is_the_accuracy_gap_by_hand():
+    X, y = torch.eye(4), torch.tensor([0, 1, 2, 0])
+    teacher = _fixed_predictions([0, 1, 2, 0])                          # 4 of 4 right
+    students = [_fixed_predictions([0, 1, 0, 1]), _fixed_predictions([0, 0, 0, 1])]   # 2 of 4, 1 of 4 right
+    gap = D.teacher_minus_students(teacher, students, X, y, n_boot=500)
+    assert gap.estimate == pytest.approx(100 * (1.0 - (0.5 + 0.25) / 2))     # 62.5 points
+    assert 0.0 <= gap.low <= gap.estimate <= gap.high <= 100.0           # every per-example gap is in [0, 1]
+    assert gap.n == 4 and gap.unit == " points"
+    with pytest.raises(ValueError, match="students must be a non-empty list"):
+        D.teacher_minus_students(teacher, [], X, y)
+    with pytest.raises(ValueError, match="y must be an int64 tensor"):
+        D.teacher_minus_students(teacher, students, X, y[:3])
