@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from course_lib.grader import cli as grade
+from course_lib.grader import grading
 from course_lib.grader.sandbox import SandboxLimits
 from course_lib.grader.submission import extract_definitions, load_submission
 
@@ -161,3 +162,52 @@ def test_every_solution_scores_full_marks_and_every_chapter_zero():
     for path in chapters:
         mine = [r for r in rows if r.submission == str(path)]
         assert mine and not any(r.passed for r in mine), [r.exercise for r in mine if r.passed]
+
+
+def test_invalid_input_is_a_note_whatever_the_function_does_there(tmp_path):
+    """Valid-input cases run first; on invalid input a NotImplementedError, a crash or a hang is a note."""
+    path = tmp_path / "lenient.py"
+    path.write_text(
+        "import math, os\n\n"
+        "def conv2d_macs(in_channels, out_channels, kernel_size, out_h, out_w, groups=1):\n"
+        "    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size\n"
+        "    if min(in_channels, out_channels, kh, kw, out_h, out_w, groups) < 1 or in_channels % groups "
+        "or out_channels % groups:\n"
+        "        while True:\n"
+        "            pass\n"
+        "    return out_channels * out_h * out_w * (in_channels // groups) * kh * kw\n\n"
+        "def roofline_time(flops, bytes_moved, peak_flops, bandwidth):\n"
+        "    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in "
+        "(flops, bytes_moved, peak_flops, bandwidth)) or min(flops, bytes_moved) < 0 "
+        "or min(peak_flops, bandwidth) <= 0:\n"
+        "        raise NotImplementedError('invalid inputs are out of my scope')\n"
+        "    return max(flops / peak_flops, bytes_moved / bandwidth)\n\n"
+        "def count_parameters(model, trainable_only=False):\n"
+        "    raise NotImplementedError\n")
+    rows = {r.exercise: r for r in grade.grade_submissions([path], limits=SandboxLimits(timeout_s=4))}
+    macs, roof = rows["conv2d_macs"], rows["roofline_time"]
+    assert macs.passed and "time limit" in macs.message and "got no answer" in macs.message, macs.message
+    assert roof.passed and "NotImplementedError" in roof.message, roof.message
+    assert not rows["count_parameters"].passed and rows["count_parameters"].message.startswith("not implemented")
+    strict = {r.exercise: r for r in grade.grade_submissions([path], limits=SandboxLimits(timeout_s=4),
+                                                              strict_errors=True)}
+    assert not strict["conv2d_macs"].passed and not strict["roofline_time"].passed
+
+
+def test_judge_reads_not_implemented_on_invalid_input_as_a_note():
+    from course_lib.grader.codec import Outcome
+    cases = grading.make_cases("roofline_time", 0)
+    cases, expected = grading.valid_first(cases, grading.expected_outcomes("roofline_time", cases))
+    n_valid = sum(not e.raised for e in expected)
+    assert 0 < n_valid < len(cases) and not any(e.raised for e in expected[:n_valid])        # valid first
+    not_impl = Outcome(error_types=("NotImplementedError",), error_message="out of scope")
+    answered = expected[:n_valid] + [not_impl]                    # stopped at the first invalid case
+    verdict = grading.judge("roofline_time", cases, expected, answered)
+    assert verdict.passed and any("got no answer" in n for n in verdict.notes), verdict.text()
+    assert not grading.judge("roofline_time", cases, expected, answered, strict_errors=True).passed
+    stub = grading.judge("roofline_time", cases, expected, [not_impl])       # on a valid case: a stub
+    assert not stub.passed and stub.message.startswith("not implemented")
+    cut = grading.judge("roofline_time", cases, expected, expected[:n_valid - 1], stopped="time limit of 4 s exceeded")
+    assert not cut.passed and "time limit" in cut.message                   # a valid case unanswered decides
+    late = grading.judge("roofline_time", cases, expected, expected[:n_valid], stopped="time limit of 4 s exceeded")
+    assert late.passed and "time limit" in late.text()

@@ -33,7 +33,7 @@ from . import codec, exercises
 from .codec import Outcome, call
 
 __all__ = ["Outcome", "Verdict", "check", "judge", "reference", "run_cases", "expected_outcomes", "make_cases",
-           "derived"]
+           "derived", "valid_first"]
 
 _MAX_SHOWN = 1500
 _MAX_NOTES = 3
@@ -47,6 +47,13 @@ def reference(name: str) -> Callable:
 
 def make_cases(name: str, seed: int) -> list[dict]:
     return exercises.get(name).make_cases(exercises.case_rng(seed, name))
+
+
+def valid_first(cases: Sequence[dict], expected: Sequence[Outcome]) -> tuple[list[dict], list[Outcome]]:
+    """The cases reordered so every valid-input case (the reference returns) comes before the invalid ones
+    (stable): a function that hangs, crashes or stops on an invalid input has answered every graded case."""
+    order = sorted(range(len(cases)), key=lambda i: expected[i].raised)
+    return [cases[i] for i in order], [expected[i] for i in order]
 
 
 def derived(ex: exercises.Exercise, case: dict, outcome: Outcome) -> Outcome:
@@ -67,14 +74,19 @@ def expected_outcomes(name: str, cases: Sequence[dict]) -> list[Outcome]:
 
 
 def run_cases(fn: Callable, name: str, cases: Sequence[dict], stop_at_first_error: bool = False) -> list[Outcome]:
-    """``fn``'s outcome on every case, in this process (the notebook path), ``derive`` applied."""
+    """``fn``'s outcome on every case, in this process (the notebook path), ``derive`` applied; with
+    ``stop_at_first_error``, it stops at the first ``NotImplementedError`` (a stub)."""
     ex = exercises.get(name)
     outcomes = []
     for case in cases:
         outcomes.append(derived(ex, case, call(fn, *ex.build(case), ex.runner)))
-        if stop_at_first_error and outcomes[-1].error_types[:1] == ("NotImplementedError",):
+        if stop_at_first_error and _not_implemented(outcomes[-1]):
             break
     return outcomes
+
+
+def _not_implemented(outcome: Outcome) -> bool:
+    return outcome.error_types[:1] == ("NotImplementedError",)
 
 
 def _shorten(text: str) -> str:
@@ -118,17 +130,29 @@ class Verdict:
 
 
 def judge(name: str, cases: Sequence[dict], expected: Sequence[Outcome], got: Sequence[Outcome], *,
-          strict_errors: bool = False, seed: int | None = None) -> Verdict:
+          strict_errors: bool = False, seed: int | None = None, stopped: str | None = None) -> Verdict:
     """Compare outcomes case by case. Passes when every valid-input case (the reference returns) has
     a right outcome; invalid-input cases (the reference raises) give notes, or decide too with
-    ``strict_errors``. ``got`` must hold one outcome per case (fewer only after NotImplementedError)."""
+    ``strict_errors``, whatever the function does there (raises anything, ``NotImplementedError``
+    included, hangs or crashes). ``got`` holds one outcome per case; it may stop early after a
+    ``NotImplementedError`` or, with ``stopped`` saying why (a time-out, a crash), when every case
+    it did not answer is an invalid-input case."""
     ex = exercises.get(name)
-    if got and got[-1].error_types[:1] == ("NotImplementedError",):
-        return Verdict(False, "not implemented yet (the function raises NotImplementedError)")
-    if len(got) != len(expected):
-        return Verdict(False, f"answered {len(got)} of {len(expected)} cases: every case needs an answer")
+    for exp, out in zip(expected, got):
+        if _not_implemented(out) and not exp.raised:
+            return Verdict(False, "not implemented yet (the function raises NotImplementedError)")
+    unanswered = list(range(len(got), len(expected)))
+    early = bool(got) and _not_implemented(got[-1]) or stopped is not None
+    if len(got) > len(expected) or (unanswered and not (early and all(expected[i].raised for i in unanswered))):
+        return Verdict(False, stopped or f"answered {len(got)} of {len(expected)} cases: every case needs an answer")
+    if unanswered and strict_errors:
+        return Verdict(False, f"answered {len(got)} of {len(expected)} cases ({stopped or 'it raised NotImplementedError'}); "
+                              "with --strict-errors every invalid-input case needs the reference's exception")
     reproduce = f"\n  reproduce: check({name!r}, {name}, seed={seed})" if seed is not None else ""
     notes, n_valid = [], 0
+    if unanswered:
+        why = stopped or "the function raised NotImplementedError on an invalid input before them"
+        notes.append(_shorten(f"{len(unanswered)} invalid-input case(s) got no answer ({why})").replace("\n", "; "))
     for i, (case, exp, out) in enumerate(zip(cases, expected, got)):
         n_valid += not exp.raised
         reason = _explain(ex, exp, out)
@@ -143,9 +167,10 @@ def judge(name: str, cases: Sequence[dict], expected: Sequence[Outcome], got: Se
         return Verdict(False, _shorten(
             f"case {i + 1} of {len(cases)}: {reason}\n  inputs:   {ex.describe(case)}\n"
             f"  expected: {_shorten(shown_expected)}\n  got:      {_shorten(shown_got)}") + reproduce)
-    n_invalid = len(cases) - n_valid
+    n_invalid = len(cases) - n_valid - len(unanswered)
+    n_invalid_right = n_invalid - (len(notes) - bool(unanswered))
     summary = f"passed all {n_valid} valid-input cases" + (
-        f" and {n_invalid - len(notes)} of {n_invalid} invalid-input cases" if n_invalid else "")
+        f" and {n_invalid_right} of {n_invalid + len(unanswered)} invalid-input cases" if n_invalid + len(unanswered) else "")
     if notes and not strict_errors:
         summary += " (invalid input is advice, not graded: see the notes)"
     return Verdict(True, summary, notes)
@@ -172,8 +197,9 @@ def check(name: str, fn: Callable, *, seed: int | None = None, verbose: bool = T
         raise TypeError(f"fn must be the function you wrote for {name!r}, got {type(fn).__name__}")
     seed = secrets.randbelow(2**31) if seed is None else seed
     cases = make_cases(name, seed)
+    cases, expected = valid_first(cases, expected_outcomes(name, cases))
     got = run_cases(fn, name, cases, stop_at_first_error=True)
-    verdict = judge(name, cases, expected_outcomes(name, cases), got, strict_errors=strict_errors, seed=seed)
+    verdict = judge(name, cases, expected, got, strict_errors=strict_errors, seed=seed)
     if verbose:
         if verdict.passed:
             print(f"PASS {name}: {verdict.text()} (seed {seed}).")

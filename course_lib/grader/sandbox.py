@@ -40,8 +40,8 @@ class SandboxLimits:
 
 @dataclass
 class SandboxResult:
-    outcomes: list = field(default_factory=list)   # list[codec.Outcome], one per case run
-    error: str | None = None                       # why no (complete) answer came back
+    outcomes: list = field(default_factory=list)   # list[codec.Outcome], one per case answered
+    error: str | None = None                       # why no (complete) answer came back (outcomes: those before it)
     printed: str = ""
     seconds: float = 0.0
 
@@ -53,11 +53,11 @@ def parse_answer(answer: dict, n_cases: int) -> SandboxResult:
 
     seconds = float(answer.get("seconds") or 0.0) if isinstance(answer.get("seconds"), (int, float)) else 0.0
     printed = _clean(str(answer.get("printed") or ""))[:MAX_PRINTED_CHARS]
-    if answer.get("error"):
-        return SandboxResult(error=_clean(str(answer["error"]))[:4000], printed=printed, seconds=seconds)
+    error = _clean(str(answer["error"]))[:4000] if answer.get("error") else None
     raw = answer.get("outcomes")
     if not isinstance(raw, list) or len(raw) > n_cases:
-        return SandboxResult(error="the grading process returned a malformed answer", seconds=seconds)
+        return SandboxResult(error=error or "the grading process returned a malformed answer", printed=printed,
+                             seconds=seconds)
     outcomes = []
     for i, text in enumerate(raw):
         try:
@@ -68,7 +68,7 @@ def parse_answer(answer: dict, n_cases: int) -> SandboxResult:
                 DecodeError) as exc:
             return SandboxResult(error=f"the answer to case {i + 1} could not be read: {_clean(str(exc))[:300]}",
                                  printed=printed, seconds=seconds)
-    return SandboxResult(outcomes=outcomes, printed=printed, seconds=seconds)
+    return SandboxResult(outcomes=outcomes, error=error, printed=printed, seconds=seconds)
 
 
 def _clean(text: str) -> str:
