@@ -211,3 +211,28 @@ def test_judge_reads_not_implemented_on_invalid_input_as_a_note():
     assert not cut.passed and "time limit" in cut.message                   # a valid case unanswered decides
     late = grading.judge("roofline_time", cases, expected, expected[:n_valid], stopped="time limit of 4 s exceeded")
     assert late.passed and "time limit" in late.text()
+
+
+def test_same_file_name_in_student_folders_gets_unique_ids(tmp_path, capsys):
+    from course_lib.grader.sandbox import _clean
+    ids = grade.student_ids(["alice/ch00.ipynb", "bob/ch00.ipynb", "carol.py"], {})
+    assert ids == {"alice/ch00.ipynb": "alice/ch00", "bob/ch00.ipynb": "bob/ch00", "carol.py": "carol"}
+    with pytest.raises(ValueError, match="would share a student id .*alice/ch00.ipynb, bob/ch00.ipynb"):
+        grade.student_ids(["alice/ch00.ipynb", "bob/ch00.ipynb"], {"ch00.ipynb": "s1"})
+    assert grade.student_ids(["alice/ch00.ipynb", "bob/ch00.ipynb"],
+                             {"alice/ch00.ipynb": "s1", "bob/ch00.ipynb": "s2"}) == \
+        {"alice/ch00.ipynb": "s1", "bob/ch00.ipynb": "s2"}
+    # the command line refuses a gradebook whose ids would collide, before grading anything
+    for who in ("alice", "bob"):
+        (tmp_path / who).mkdir()
+        (tmp_path / who / "ch00.py").write_text("def count_parameters(model, trainable_only=False):\n    return 0\n")
+    roster = tmp_path / "roster.csv"
+    roster.write_text("file,student_id\nch00.py,s1\n")
+    code = grade.main([str(tmp_path / "alice" / "ch00.py"), str(tmp_path / "bob" / "ch00.py"),
+                       "--gradebook", str(tmp_path / "book.csv"), "--roster", str(roster)])
+    assert code == 2 and "would share a student id" in capsys.readouterr().err
+    # a bidi override or a newline in a file name cannot disguise a line of the summary
+    assert _clean("alice\u202eyp.exe\u2066") == "aliceyp.exe"
+    row = grade.GradeRow("x/evil\nname\u202e.py", "count_parameters", True, 1.0, 1.0, "ok")
+    table = grade.summary_table([row])
+    assert len(table.splitlines()) == 2 and "evil name.py" in table

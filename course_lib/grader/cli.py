@@ -74,6 +74,32 @@ def _chapter_from_name(path: str) -> str | None:
     return None
 
 
+def _display_name(path: str) -> str:
+    """A file name for one line of a table: control and bidi characters removed, newlines shown as spaces."""
+    return _clean(Path(path).name.replace("\n", " ").replace("\r", " ").replace("\t", " "))
+
+
+def student_ids(submissions: Sequence[str], roster: dict[str, str]) -> dict[str, str]:
+    """A unique id per submission: the roster's (matched by path, file name or stem), else the file's stem;
+    files with the same name in per-student folders (``alice/ch00.ipynb``, ``bob/ch00.ipynb``) get
+    ``folder/stem``. Raises ``ValueError`` naming the files when ids still collide (a roster giving two
+    files one id)."""
+    def folder_id(sub: str) -> str:
+        return f"{Path(sub).parent.name}/{Path(sub).stem}" if Path(sub).parent.name else Path(sub).stem
+
+    ids = {sub: roster.get(sub) or _student_id(sub, roster) for sub in submissions}
+    counts = Counter(ids.values())
+    ids = {sub: (folder_id(sub) if counts[i] > 1 and not (roster.get(sub) or roster.get(Path(sub).name)
+                                                           or roster.get(Path(sub).stem)) else i)
+           for sub, i in ids.items()}
+    clash = [i for i, n in Counter(ids.values()).items() if n > 1]
+    if clash:
+        files = sorted(sub for sub, i in ids.items() if i in clash)
+        raise ValueError(f"these submissions would share a student id ({', '.join(map(repr, clash))}): "
+                         f"{', '.join(files)}; give each its own id in the roster")
+    return {sub: _clean(i.replace("\n", " ")) for sub, i in ids.items()}
+
+
 def _student_id(path: str, roster: dict[str, str]) -> str:
     """The roster's id for this file (matched by file name or stem), else the file's stem."""
     name = Path(path).name
@@ -209,6 +235,7 @@ def write_gradebook(rows: Sequence[GradeRow], path: str | Path, roster: dict[str
     columns = list(dict.fromkeys(r.exercise for r in graded))
     max_all = sum(exercises.get(c).max_score for c in columns if c in exercises.names())
     submitted = set()
+    ids = student_ids(list(dict.fromkeys(r.submission for r in rows)), roster)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["student_id", "file", *columns, "total", "max_total", "note"])
@@ -219,7 +246,7 @@ def write_gradebook(rows: Sequence[GradeRow], path: str | Path, roster: dict[str
             total = sum(r.score for r in mine.values())
             max_total = sum(r.max_score for r in mine.values())
             note = "" if mine else "no exercise of the course found"
-            writer.writerow([_safe_cell(v) for v in (_student_id(sub, roster), Path(sub).name, *scores,
+            writer.writerow([_safe_cell(v) for v in (ids[sub], Path(sub).name, *scores,
                                                       f"{total:g}", f"{max_total:g}", note)])
         for file, student in roster.items():
             if file not in submitted and Path(file).stem not in submitted:
@@ -235,7 +262,7 @@ def summary_table(rows: Sequence[GradeRow]) -> str:
         score, total = sum(r.score for r in mine), sum(r.max_score for r in mine)
         failed = ", ".join(r.exercise + (" (missing)" if r.message.startswith("missing") else "")
                            for r in mine if not r.passed)
-        lines.append(_clean(f"{Path(sub).name[:40]:40s} {score:g}/{total:g}".ljust(49) + f"  {failed or '-'}"))
+        lines.append(_clean(f"{_display_name(sub)[:40]:40s} {score:g}/{total:g}".ljust(49) + f"  {failed or '-'}"))
     return "\n".join(lines)
 
 
@@ -308,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"grading with seed {args.seed} (--seed {args.seed} reproduces this run)")
     try:
         roster = read_roster(args.roster) if args.roster else {}
+        if args.gradebook:
+            student_ids([str(p) for p in args.submissions], roster)      # ids that collide: say so before grading
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

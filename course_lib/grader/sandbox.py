@@ -75,7 +75,12 @@ def _clean(text: str) -> str:
     """Text safe to print or store: no terminal escapes, no control characters but newline and tab."""
     import re
     text = re.sub(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])", "", text)
-    return "".join(ch for ch in text if ch in "\n\t" or (ord(ch) >= 32 and not 0x7f <= ord(ch) < 0xa0))
+    return "".join(ch for ch in text if (ch in "\n\t" or (ord(ch) >= 32 and not 0x7f <= ord(ch) < 0xa0))
+                   and ch not in _BIDI)
+
+
+# Bidirectional controls (U+202A-U+202E, U+2066-U+2069, marks): they can make "alice.py" display as another name.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def hidden_paths(paths: Iterable[str | Path]) -> list[str]:
