@@ -227,3 +227,44 @@ def test_without_root_protections_the_grades_are_the_same(tmp_path, monkeypatch)
         assert not pool.isolation["namespaces"] and not pool.isolation["uid_drop"]
     without = grade.grade_submissions(subs, limits=SandboxLimits(timeout_s=4))
     assert [(r.exercise, r.passed) for r in with_root] == [(r.exercise, r.passed) for r in without]
+
+
+# ----------------------------------------------------------------------------- nothing returned runs unbounded
+def test_returned_layers_larger_than_the_given_ones_are_never_run():
+    """§2 of the grader's red-team: 3000 channels with padding 64 once cost the grader 1.6 GB and 40 s."""
+    import time
+
+    import torch
+    from torch import nn
+
+    from grader_contract import grade
+
+    def shrink_huge(conv, next_conv, keep):
+        return (nn.Conv2d(conv.in_channels, 3000, 1, padding=64),
+                nn.Conv2d(3000, next_conv.out_channels, 1, padding=64))
+
+    def factorize_huge(conv, rank):
+        return nn.Sequential(nn.Conv2d(conv.in_channels, 2000, 1, padding=64), nn.Conv2d(2000, conv.out_channels, 1))
+
+    def shrink_mimic(conv, next_conv, keep):          # a dict shaped like the grader's own derived answer
+        return {"conv": {}, "next_conv": {}, "output": torch.zeros(2, next_conv.out_channels, 12, 12)}
+
+    for name, fn in (("shrink_conv_pair", shrink_huge), ("factorize_conv", factorize_huge),
+                     ("shrink_conv_pair", shrink_mimic)):
+        start = time.perf_counter()
+        passed, message = grade(name, fn, 0)
+        assert not passed and time.perf_counter() - start < 15, (name, message)
+        assert ("not run" in message or "expected" in message), message
+
+
+def test_an_answer_with_thousands_of_layers_is_not_rebuilt():
+    from torch import nn
+
+    from course_lib.grader import codec
+
+    tree = nn.Sequential(*[nn.Sequential(*[nn.ReLU() for _ in range(16)]) for _ in range(16)])     # 273 layers
+    with pytest.raises(codec.DecodeError, match="at most 64 layers"):
+        codec.decode(codec.encode(tree))
+    small = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 1, 1))
+    assert isinstance(codec.decode(codec.encode(small)), nn.Sequential)       # a normal answer still decodes
+    assert isinstance(codec.decode(codec.encode([small] * 10)), list)          # 40 layers: under the cap

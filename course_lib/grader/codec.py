@@ -9,6 +9,7 @@ so a malformed answer becomes a failed exercise, never a grader crash.
 from __future__ import annotations
 
 import base64
+import contextvars
 import io
 import json
 import math
@@ -22,6 +23,8 @@ import torch
 __all__ = ["encode", "decode", "dumps", "loads", "Unsupported", "DecodeError", "Outcome", "call"]
 
 MAX_DEPTH = 20
+MAX_LAYERS = 64                 # layers in one answer (the exercises return at most a few)
+_layers_left: contextvars.ContextVar = contextvars.ContextVar("layers_left", default=None)
 MAX_ARRAY_BYTES = 64 * 2**20
 
 
@@ -150,6 +153,11 @@ def _encode_module(module: torch.nn.Module, depth: int) -> Any:
 
 
 def _decode_module(data: dict, depth: int) -> torch.nn.Module:
+    left = _layers_left.get()
+    if left is not None:
+        left[0] -= 1
+        if left[0] < 0:
+            raise DecodeError(f"an answer may hold at most {MAX_LAYERS} layers")
     kind = data.get("__module__")
     if kind not in _LAYERS or not isinstance(data.get("config"), dict):
         raise DecodeError(f"unknown layer {kind!r}")
@@ -199,8 +207,16 @@ def _decode_module(data: dict, depth: int) -> torch.nn.Module:
 
 
 def decode(data: Any, _depth: int = 0) -> Any:
-    """Inverse of :func:`encode`; raises :class:`DecodeError` on anything it did not write."""
-    if _depth > MAX_DEPTH + 1:
+    """Inverse of :func:`encode`; raises :class:`DecodeError` on anything it did not write, or on more than
+    :data:`MAX_LAYERS` layers in one answer (a tree of thousands of tiny layers costs the grader seconds and
+    hundreds of MB to rebuild before any comparison)."""
+    if _depth == 0:
+        token = _layers_left.set([MAX_LAYERS])
+        try:
+            return decode(data, 1)
+        finally:
+            _layers_left.reset(token)
+    if _depth > MAX_DEPTH + 2:
         raise DecodeError("value nested too deeply")
     if data is None or isinstance(data, (bool, str, int, float)):
         return data

@@ -82,3 +82,30 @@ def show_tensor(t) -> str:
                 f"first values {[round(v, 6) for v in t.flatten()[:6].tolist()]}")
     dtype = "" if t.dtype in (torch.float32, torch.int64) else f", dtype={t.dtype}"
     return f"torch.tensor({t.tolist()}{dtype})"
+
+
+def conv_bound(layer, given, widths: int | None = None) -> str | None:
+    """Why running the returned ``layer`` could cost more than the ``given`` layer (None if it cannot): its
+    widths at most ``widths`` (default: the given layer's), kernel and dilation at most the given one's,
+    its padding at most what the given one pads (``'same'`` pads up to dilation·(k - 1), ``'valid'`` 0).
+    Checked **before** the grader runs a returned layer, so no answer makes it compute without bound."""
+    import torch.nn as nn
+    if isinstance(given, nn.Linear):
+        top = widths if widths is not None else max(given.in_features, given.out_features)
+        big = max(layer.in_features, layer.out_features)
+        return None if big <= top else f"a returned layer's width {big} exceeds {top}"
+    top = widths if widths is not None else max(given.in_channels, given.out_channels)
+    if max(layer.in_channels, layer.out_channels) > top:
+        return f"a returned layer's channels ({layer.in_channels}, {layer.out_channels}) exceed {top}"
+    for key in ("kernel_size", "dilation"):
+        if any(g > m for g, m in zip(getattr(layer, key), getattr(given, key))):
+            return f"a returned layer's {key} {getattr(layer, key)} exceeds the given layer's {getattr(given, key)}"
+    pad = given.padding
+    if isinstance(pad, str):
+        pad = (0, 0) if pad == "valid" else tuple(d * (k - 1) for d, k in zip(given.dilation, given.kernel_size))
+    if isinstance(layer.padding, str):
+        return None if layer.padding == "valid" or given.padding == "same" else \
+            f"a returned layer's padding {layer.padding!r} pads more than the given layer's {given.padding!r}"
+    if any(g > m for g, m in zip(layer.padding, pad)):
+        return f"a returned layer's padding {layer.padding} exceeds the given layer's {given.padding}"
+    return None

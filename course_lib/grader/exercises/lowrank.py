@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._compare import exact_int, type_name
+from ._compare import conv_bound, exact_int, type_name
 
 CHAPTER = "03_low_rank"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
@@ -199,6 +199,12 @@ def _layers_derive(original: nn.Module, rank: int, answer, kind: type) -> dict |
     first, second = result
     out["layers"] = [_settings(first), _settings(second)]
     if not all(isinstance(m, kind) for m in (first, second)):
+        return out
+    widths = max(rank, *((original.in_features, original.out_features) if kind is nn.Linear
+                         else (original.in_channels, original.out_channels)))
+    too_big = conv_bound(first, original, widths) or conv_bound(second, original, widths)
+    if too_big:                          # settings first: nothing larger than the given layer is ever run
+        out["output"] = f"not run: {too_big}"
         return out
     try:
         W = original.weight.detach().double().reshape(original.weight.shape[0], -1)            # (out, in k k)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import inputs_changed, keep_inputs
-from ._compare import close_float, type_name
+from ._compare import close_float, conv_bound, type_name
 
 CHAPTER = "01_pruning"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -481,8 +481,11 @@ def _shrink_derive(case: dict, answer) -> dict | str:
         return _CHANGED.format(what="pair of layers")
     result = answer["result"]
     if not (isinstance(result, (tuple, list)) and len(result) == 2 and all(isinstance(r, nn.Conv2d) for r in result)):
-        return result
+        return f"expected a tuple (new_conv, new_next_conv) of two nn.Conv2d, got {type_name(result)}"
     new, new_next = result
+    too_big = conv_bound(new, conv) or conv_bound(new_next, next_conv)
+    if too_big:                          # settings first: nothing larger than the given pair is ever run
+        return {"conv": _layout(new), "next_conv": _layout(new_next), "output": f"not run: {too_big}"}
     x = torch.randn(2, conv.in_channels, 12, 12, generator=torch.Generator().manual_seed(0)).to(conv.weight.dtype)
     try:
         with torch.no_grad():
