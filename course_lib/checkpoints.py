@@ -94,6 +94,17 @@ RECIPES: dict[str, dict] = {
         "train": dict(_TRAIN),
     },
 }
+# Chapter 07's band of independently trained dense models: shapes_cnn's architecture and data, other seeds
+# (initialisation and shuffle), 10 epochs (the recipe of models.train_seeds(..., epochs=10, lr=3e-3, batch_size=64)).
+for _seed in range(1, 6):
+    RECIPES[f"shapes_cnn_seed{_seed}"] = {
+        "architecture": "SmallCNN",
+        "kwargs": dict(RECIPES["shapes_cnn"]["kwargs"]),
+        "dataset": RECIPES["shapes_cnn"]["dataset"],
+        "init_seed": _seed,
+        "train": {**_TRAIN, "epochs": 10, "seed": _seed},
+    }
+del _seed
 
 
 class CheckpointError(ValueError):

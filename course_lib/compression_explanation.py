@@ -29,6 +29,7 @@ Taught in: 07_compression_and_explanation.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -36,15 +37,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from . import models, timing
-from .validation import check_float, check_module, check_tensor
+from . import models, stats, timing
+from .validation import check_bool, check_float, check_int, check_module, check_tensor
 
 __all__ = ["attribution_agreement", "explanation_kd_loss", "taylor_channel_importance",
            "COSINE_EPS", "gradcam_layer", "differentiable_grad_cam", "explanation_maps", "agreement_rows",
            "localisation_rows", "train_explained_student", "kd_lambda_sweep", "logits_of",
            "activations_and_gradients", "channel_pruning_rows", "channel_keep",
            "prune_channels", "corner_mask", "attribution_share", "summarize", "plot_agreement",
-           "plot_maps"]
+           "plot_maps", "fine_tune_only", "agreement_per_image", "group_agreement", "agreement_difference",
+           "band_rows"]
 
 COSINE_EPS = 1e-8
 
@@ -356,6 +358,162 @@ def localisation_rows(maps: dict[str, dict[str, Tensor]], masks: Tensor, score: 
     """Mean ``score(map, masks)`` (e.g. chapter 05's ``mask_overlap``) per (explainer, model)."""
     return [{"explainer": e, "model": m, "localisation": float(score(a, masks).mean())}
             for e, by_model in maps.items() for m, a in by_model.items()]
+
+
+# =========================================================================== controls: fine-tuning alone, a band
+def fine_tune_only(model: nn.Module, split, *, seeds: Sequence[int], epochs: int, lr: float = 1e-3,
+                   batch_size: int = 64, progress: bool = False) -> list[nn.Module]:
+    """The fine-tune-only control: copies of ``model`` trained ``epochs`` more epochs, nothing removed.
+
+    A compressed model that was fine-tuned has had two things done to it: the compression and the
+    retraining. Its twin gets only the second: the same optimiser (Adam, ``lr``), batches, epochs and
+    seed ``s`` (the shuffle of :func:`course_lib.models.train`) as chapter 01's ``prune_one_shot``
+    (``pruning.fine_tune`` with its default ``lr = 1e-3``), but no mask. Seed ``s`` of a pruned model and
+    seed ``s`` of its twin see the batches in the same order, so the two are paired by seed; the
+    difference of their agreements with the original is what the compression adds to the retraining.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained original; not changed.
+    split : data.Split
+        Trained on ``split.X_train, split.y_train``.
+    seeds : sequence of int >= 0
+        One twin per seed; at least one.
+    epochs : int >= 1
+        The compressed model's fine-tuning epochs.
+    lr : float > 0, default=1e-3
+    batch_size : int >= 1, default=64
+    progress : bool, default=False
+        A tqdm bar over seeds.
+
+    Returns
+    -------
+    list of nn.Module
+        In eval mode, in the order of ``seeds``. Training runs on one thread.
+    """
+    from tqdm.auto import tqdm
+
+    check_module("model", model)
+    seeds = [check_int("seeds", s, 0) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, got an empty sequence")
+    epochs = check_int("epochs", epochs, 1)
+    lr = check_float("lr", lr, 0.0, low_inclusive=False)
+    batch_size = check_int("batch_size", batch_size, 1)
+    out = []
+    with timing.num_threads(1):
+        for s in tqdm(seeds, desc="fine-tune only", disable=not check_bool("progress", progress), leave=False):
+            twin = copy.deepcopy(model)
+            models.train(twin, split.X_train, split.y_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=s,
+                         progress=False)
+            out.append(twin.eval())
+    return out
+
+
+def agreement_per_image(maps: dict[str, dict[str, Tensor]], reference: str,
+                        agreement: Callable = attribution_agreement, metric: str = "spearman",
+                        k: float = 0.1) -> dict[str, dict[str, Tensor]]:
+    """``out[explainer][model]``: each image's agreement with the ``reference`` model's map (float64, (N,)).
+
+    The per-image values that :func:`agreement_rows` averages, kept so that two models (or two groups of
+    models) can be compared image by image. An image where either map is constant (an all-zero
+    Grad-CAM: no ranks) gets ``nan``; :func:`group_agreement` leaves such images out.
+
+    Parameters
+    ----------
+    maps : dict
+        ``maps[explainer][model]``, tensors of shape (N, ...), as from :func:`explanation_maps`.
+    reference : str
+        A model present under every explainer.
+    agreement : callable, default=attribution_agreement
+    metric : str, default="spearman"
+        A key of ``agreement``'s result.
+    k : float, default=0.1
+    """
+    if not isinstance(maps, dict) or not maps:
+        raise TypeError(f"maps must be a non-empty dict explainer -> {{model: maps}}, got {type(maps).__name__}")
+    out: dict[str, dict[str, Tensor]] = {}
+    for e, by_model in maps.items():
+        if reference not in by_model:
+            raise ValueError(f"reference must be a model of every explainer, got {reference!r} (not under {e!r})")
+        ref = by_model[reference].flatten(1)
+        out[e] = {}
+        for m, a in by_model.items():
+            a = a.flatten(1)
+            if a.shape != ref.shape:
+                raise ValueError(f"maps[{e!r}][{m!r}] must have the reference's shape {tuple(ref.shape)}, "
+                                 f"got {tuple(a.shape)}")
+            ok = (ref.amax(1) > ref.amin(1)) & (a.amax(1) > a.amin(1))
+            values = torch.full((len(a),), float("nan"), dtype=torch.float64)
+            if ok.any():
+                r = agreement(ref[ok], a[ok], k=k)
+                if metric not in r:
+                    raise ValueError(f"metric must be one of {sorted(r)}, got {metric!r}")
+                values[ok] = r[metric].double()
+            out[e][m] = values
+    return out
+
+
+def _group_values(per_image: dict[str, Tensor], names: Sequence[str], label: str) -> Tensor:
+    if isinstance(names, str) or not names:
+        raise ValueError(f"{label} must be a non-empty list of model names, got {names!r}")
+    missing = [n for n in names if n not in per_image]
+    if missing:
+        raise ValueError(f"{label} must name models of per_image ({sorted(per_image)}), got unknown {missing}")
+    return torch.stack([per_image[n] for n in names])                               # (models, N)
+
+
+def group_agreement(per_image: dict[str, Tensor], names: Sequence[str], *, n_boot: int = 2000,
+                    seed: int = 0) -> stats.Interval:
+    r"""Mean agreement of a group of models (seeds of one recipe) with the reference, bootstrapped over images.
+
+    Per image :math:`j`, the group's value is the mean over its models :math:`\bar a_j = \frac1K \sum_k a_{kj}`
+    (seeds averaged); the estimate is :math:`\frac1n \sum_j \bar a_j` over the ``n`` images where no
+    model's value is ``nan``, with the percentile bootstrap interval over those images
+    (:func:`course_lib.stats.bootstrap_interval`). The images are the sample: the interval says how the
+    mean would move with other test images, for these trained models.
+    """
+    v = _group_values(per_image, names, "names")
+    ok = ~torch.isnan(v).any(0)
+    return stats.bootstrap_interval(v[:, ok].mean(0).numpy(), n_boot=n_boot, seed=seed)
+
+
+def agreement_difference(per_image: dict[str, Tensor], a: Sequence[str], b: Sequence[str], *,
+                         n_boot: int = 2000, seed: int = 0) -> stats.Interval:
+    r"""Group ``a``'s mean agreement minus group ``b``'s, paired by image, with a bootstrap interval.
+
+    Per image :math:`j`: :math:`d_j = \bar a_j - \bar b_j` (each group averaged over its models, e.g. the
+    three seeds of a pruned model minus the three seeds of its fine-tune-only twin); the interval is the
+    percentile bootstrap of :math:`\bar d` over the images where no value is ``nan``. Resampling the
+    images jointly keeps the pairing: an image that is hard for both groups moves both.
+    """
+    va, vb = _group_values(per_image, a, "a"), _group_values(per_image, b, "b")
+    ok = ~(torch.isnan(va).any(0) | torch.isnan(vb).any(0))
+    d = (va[:, ok].mean(0) - vb[:, ok].mean(0)).numpy()
+    iv = stats.bootstrap_interval(d, n_boot=n_boot, seed=seed)
+    return replace(iv, method="paired bootstrap over images", difference=True)
+
+
+def band_rows(per_image: dict[str, dict[str, Tensor]], groups: dict[str, Sequence[str]],
+              accuracy: dict[str, float] | None = None, *, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """One row per (explainer, group): the group's mean agreement with its interval over images, and its spread.
+
+    Columns: ``explainer``, ``group``, ``models`` (how many seeds), ``images``, ``agreement`` with
+    ``low``/``high`` (:func:`group_agreement`), ``seed min`` / ``seed max`` (the lowest and highest of
+    the group's per-model means: the band the seeds span) and, with ``accuracy``, the mean test accuracy.
+    """
+    rows = []
+    for e, by_model in per_image.items():
+        for label, names in groups.items():
+            iv = group_agreement(by_model, names, n_boot=n_boot, seed=seed)
+            per_model = [float(by_model[n][~torch.isnan(by_model[n])].mean()) for n in names]
+            row = {"explainer": e, "group": label, "models": len(names), "images": iv.n, "agreement": iv.estimate,
+                   "low": iv.low, "high": iv.high, "seed min": min(per_model), "seed max": max(per_model)}
+            if accuracy is not None:
+                row["test accuracy"] = float(np.mean([accuracy[n] for n in names]))
+            rows.append(row)
+    return rows
 
 
 # =========================================================================== explanation-aware distillation

@@ -241,3 +241,95 @@ def test_explanation_kd_loss_temperature_enters_squared_on_the_soft_term():
     kl = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
     got = CE.explanation_kd_loss(s, t, y, maps, maps, lam=3.0, temperature=2.0, alpha=1.0)
     assert float(got) == pytest.approx(4 * kl, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- controls: fine-tune only, the band
+def _tiny_split(n=48, seed=0):
+    from types import SimpleNamespace
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 1, 8, 8, generator=gen)
+    y = (X[:, 0, :4].mean((1, 2)) > X[:, 0, 4:].mean((1, 2))).long()
+    return SimpleNamespace(X_train=X, y_train=y)
+
+
+def test_fine_tune_only_is_prunings_fine_tuning_without_a_mask():
+    from course_lib import pruning
+    split = _tiny_split()
+    models.set_seed(0)
+    model = models.SmallCNN(1, 2, (4, 8), 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    twins = CE.fine_tune_only(model, split, seeds=(0, 3), epochs=2)
+    for s, twin in zip((0, 3), twins):
+        ref = pruning.fine_tune(model, {}, split.X_train, split.y_train, epochs=2, seed=s)
+        for k, v in ref.state_dict().items():
+            torch.testing.assert_close(twin.state_dict()[k], v, rtol=0, atol=0)
+        assert not twin.training
+    assert any(not torch.equal(twins[0].state_dict()[k], twins[1].state_dict()[k]) for k in before)  # seeds differ
+    for k, v in model.state_dict().items():                                                         # original untouched
+        assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("kwargs, error", [({"seeds": ()}, ValueError), ({"seeds": (-1,)}, ValueError),
+                                           ({"epochs": 0}, ValueError), ({"lr": 0.0}, ValueError)])
+def test_fine_tune_only_validates(kwargs, error):
+    args = {"seeds": (0,), "epochs": 1, **kwargs}
+    with pytest.raises(error, match=next(iter(kwargs))):
+        CE.fine_tune_only(models.SmallCNN(1, 2, (4, 8), 8), _tiny_split(), **args)
+
+
+def test_agreement_per_image_matches_scipy_and_marks_constant_maps_nan():
+    gen = torch.Generator().manual_seed(3)
+    ref, other = torch.randn(5, 1, 4, 4, generator=gen), torch.randn(5, 1, 4, 4, generator=gen)
+    other[2] = 0.0                                                     # an all-zero map: no ranks
+    out = CE.agreement_per_image({"e": {"ref": ref, "m": other}}, "ref")["e"]
+    assert out["m"].dtype == torch.float64 and out["m"].shape == (5,)
+    assert torch.isnan(out["m"][2]) and not torch.isnan(out["m"][[0, 1, 3, 4]]).any()
+    for i in (0, 1, 3, 4):
+        assert out["m"][i].item() == pytest.approx(spearmanr(ref[i].flatten(), other[i].flatten()).statistic)
+    torch.testing.assert_close(out["ref"], torch.ones(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="reference"):
+        CE.agreement_per_image({"e": {"m": other}}, "ref")
+
+
+def test_group_agreement_and_difference_are_paired_by_image():
+    gen = torch.Generator().manual_seed(4)
+    per_image = {n: torch.rand(40, generator=gen, dtype=torch.float64) for n in "abcd"}
+    per_image["c"][7] = float("nan")
+    g = CE.group_agreement(per_image, ["a", "b"])
+    assert g.estimate == pytest.approx(float((per_image["a"] + per_image["b"]).mean() / 2)) and g.n == 40
+    assert g.low < g.estimate < g.high
+    assert CE.group_agreement(per_image, ["a", "c"]).n == 39                              # the nan image is left out
+    d_ab, d_ba = CE.agreement_difference(per_image, ["a"], ["b"]), CE.agreement_difference(per_image, ["b"], ["a"])
+    assert d_ab.estimate == pytest.approx(-d_ba.estimate) and d_ab.difference
+    same = CE.agreement_difference(per_image, ["a", "b"], ["b", "a"])
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
+    # shifting every image of one group by 0.1 shifts the paired difference and both ends by exactly 0.1
+    shifted = {**per_image, "e": per_image["a"] + 0.1}
+    d_ea = CE.agreement_difference(shifted, ["e"], ["a"])
+    assert (d_ea.estimate, d_ea.low, d_ea.high) == pytest.approx((0.1, 0.1, 0.1))
+    with pytest.raises(ValueError, match="unknown"):
+        CE.group_agreement(per_image, ["a", "z"])
+    with pytest.raises(ValueError, match="non-empty"):
+        CE.agreement_difference(per_image, [], ["a"])
+
+
+def test_band_rows_spread_is_the_range_of_per_model_means():
+    gen = torch.Generator().manual_seed(5)
+    per_image = {"e": {n: torch.rand(30, generator=gen, dtype=torch.float64) + i for i, n in enumerate("abc")}}
+    row, = CE.band_rows(per_image, {"band": ["a", "b", "c"]}, accuracy={"a": 0.9, "b": 0.8, "c": 1.0})
+    means = [float(per_image["e"][n].mean()) for n in "abc"]
+    assert row["seed min"] == pytest.approx(min(means)) and row["seed max"] == pytest.approx(max(means))
+    assert row["models"] == 3 and row["images"] == 30 and row["test accuracy"] == pytest.approx(0.9)
+    assert row["low"] < row["agreement"] < row["high"]
+
+
+def test_shipped_band_is_the_recipe_the_chapter_states():
+    # the chapter says: shapes_cnn's architecture and data, seed s for the initialisation and the shuffle, 10 epochs
+    from course_lib import checkpoints
+    split = checkpoints.dataset("shapes_cnn")
+    run = models.train_seeds(lambda: models.SmallCNN(1, 3, (16, 32), 16), split, seeds=[1], progress=False,
+                             keep_models=True, epochs=10, lr=3e-3, batch_size=64)
+    shipped = checkpoints.load("shapes_cnn_seed1")
+    for k, v in shipped.state_dict().items():
+        torch.testing.assert_close(run["models"][0].state_dict()[k], v, rtol=1e-4, atol=1e-5)
+    assert run["test"][0] >= 0.96
