@@ -721,3 +721,114 @@ def plot_maps(image: Tensor, maps: dict[str, Tensor], mask: Tensor | None = None
         ax.axis("off")
     fig.tight_layout()
     return fig, axes
+
+
+# =========================================================================== graded exercises of sections 2, 4 and 6
+# trainable_grad_cam (section 4), band_position (section 2) and stamp_test (section 6); attribution_agreement
+# (section 1) is above.
+__all__ += ["trainable_grad_cam", "band_position", "stamp_test"]
+
+
+def _target_rows(target: object, n: int, n_classes: int) -> Tensor:
+    """``target`` (an int, or one int per row) as an int64 tensor of shape (n,), each in [0, n_classes)."""
+    if isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer, list, tuple, Tensor)):
+        raise TypeError(f"target must be an int or one int per row, got {target!r}")
+    t = torch.full((n,), int(target)) if isinstance(target, (int, np.integer)) else torch.as_tensor(target)
+    if t.shape != (n,) or t.is_floating_point() or t.dtype == torch.bool:
+        raise ValueError(f"target must be an int or {n} ints, got {target!r}")
+    if ((t < 0) | (t >= n_classes)).any():
+        raise ValueError(f"target must be in [0, {n_classes}), got {target!r}")
+    return t.to(torch.int64)
+
+
+def trainable_grad_cam(model: nn.Module, layer: nn.Module, x: Tensor, target) -> Tensor:
+    """Grad-CAM that can be trained on: a differentiable function of the model's weights.
+
+    .. math:: L = \\mathrm{ReLU}\\Big(\\sum_k \\alpha_k A^k\\Big), \\qquad
+              \\alpha_k = \\frac{1}{hw} \\sum_{u,v} \\frac{\\partial f_t}{\\partial A^k_{uv}}
+
+    the value of chapter 05's ``grad_cam`` (``captum``'s ``LayerGradCam``), but :math:`\\alpha` is taken
+    with ``create_graph=True``, so ``L`` stays in the autograd graph through **both** :math:`A` and
+    :math:`\\alpha` (double backpropagation): a loss on ``L`` trains every weight that shapes the map,
+    the classifier's included. ``target``: an int or one int per row. Returns (N, 1, h, w) in ``x``'s
+    dtype at the layer's resolution; ``ValueError`` if ``layer`` is not in ``model``, its output is not
+    4-D, or a target is out of range.
+
+    Taught in: 07_compression_and_explanation §4
+    """
+    check_module("model", model)
+    check_module("layer", layer)
+    if not any(m is layer for m in model.modules()):
+        raise ValueError("layer must be a submodule of model, got a module that model does not contain")
+    check_tensor("x", x)
+    seen: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    try:
+        logits = model(x)                                                           # (N, C)
+    finally:
+        handle.remove()
+    t = _target_rows(target, len(x), logits.shape[1])
+    A = seen[-1]                                                                    # (N, K, h, w)
+    if A.dim() != 4:
+        raise ValueError(f"layer must output (N, K, h, w) feature maps, got shape {tuple(A.shape)}")
+    grad, = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), A, create_graph=True)
+    return torch.relu((grad.mean(dim=(2, 3), keepdim=True) * A).sum(1, keepdim=True))
+
+
+def band_position(compressed: Tensor, band: Tensor) -> dict:
+    """Where a compressed model's agreement lies in the band of independently trained models.
+
+    ``compressed`` (N,): per image, the compressed model's agreement with the original; ``band``
+    (B, N), B >= 2: the same for B independent models. Only the images where all B + 1 values are
+    finite (not nan) are used, the same images for every model. With :math:`m` the compressed model's
+    mean and :math:`b_1..b_B` the band models' means over those images:
+
+    .. math:: \\mathrm{percentile} = 100\\,\\frac{\\#\\{i: b_i < m\\} + \\tfrac12\\#\\{i: b_i = m\\}}{B},
+
+    ``verdict`` "below" if :math:`m < \\min b`, "above" if :math:`m > \\max b`, else "inside". Returns
+    ``{"mean", "band_low", "band_high", "percentile"}`` (floats, float64 arithmetic), ``"verdict"`` and
+    ``"n"`` (images used). ``ValueError``: not 1-D / 2-D with N columns, B < 2, or no image left.
+
+    Taught in: 07_compression_and_explanation §2
+    """
+    check_tensor("compressed", compressed)
+    check_tensor("band", band)
+    if compressed.dim() != 1 or band.dim() != 2 or band.shape[1] != len(compressed) or len(band) < 2:
+        raise ValueError(f"compressed must be (N,) and band (B, N) with B >= 2, got {tuple(compressed.shape)} "
+                         f"and {tuple(band.shape)}")
+    values = torch.cat([compressed[None], band]).detach().double()                  # (B + 1, N)
+    keep = torch.isfinite(values).all(0)                                            # the common images
+    if not keep.any():
+        raise ValueError("compressed and band must share at least one image where every value is finite")
+    m, b = values[0, keep].mean(), values[1:, keep].mean(1)                         # (), (B,)
+    percentile = 100.0 * (float((b < m).sum()) + 0.5 * float((b == m).sum())) / len(b)
+    verdict = "below" if m < b.min() else "above" if m > b.max() else "inside"
+    return {"mean": float(m), "band_low": float(b.min()), "band_high": float(b.max()), "percentile": percentile,
+            "verdict": verdict, "n": int(keep.sum())}
+
+
+def stamp_test(model: nn.Module, images: Tensor, stamp: Callable[[Tensor, int], Tensor]) -> dict:
+    """The causal shortcut test: does the prediction follow a stamped class marker?
+
+    For each class :math:`c` of the model's :math:`K` outputs, every image is stamped with ``stamp(images,
+    c)`` (a new batch; the clean images are never changed) and predicted (argmax of the logits).
+    ``follow[c]`` is the fraction of images predicted :math:`c` after :math:`c`'s stamp; ``rate`` the mean of
+    ``follow`` (over all N K pairs); ``flip`` the fraction of the N (K - 1) pairs whose **clean**
+    prediction is not :math:`c` that become :math:`c`. A model that ignores the stamp scores ``rate = 1/K``
+    exactly and ``flip = 0``; one that always obeys it scores 1 and 1. Returns ``{"follow": (K,) float64,
+    "rate": float, "flip": float}``; ``ValueError`` for images that are not (N, C, H, W) with N >= 1.
+
+    Taught in: 07_compression_and_explanation §6
+    """
+    check_module("model", model)
+    check_tensor("images", images)
+    if images.dim() != 4 or len(images) == 0 or not images.is_floating_point():
+        raise ValueError(f"images must be a float (N, C, H, W) tensor with N >= 1, got {tuple(images.shape)}")
+    with torch.no_grad():
+        clean = model(images).argmax(1)                                             # (N,)
+        K = int(model(images[:1]).shape[1])
+        hit = torch.stack([model(stamp(images, c)).argmax(1) == c for c in range(K)])   # (K, N)
+    classes = torch.arange(K)[:, None]
+    flips = hit & (clean[None] != classes)
+    return {"follow": hit.double().mean(1), "rate": float(hit.double().mean()),
+            "flip": float(flips.sum()) / (len(images) * (K - 1))}

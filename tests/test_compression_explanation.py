@@ -333,3 +333,128 @@ def test_shipped_band_is_the_recipe_the_chapter_states():
     for k, v in shipped.state_dict().items():
         torch.testing.assert_close(run["models"][0].state_dict()[k], v, rtol=1e-4, atol=1e-5)
     assert run["test"][0] >= 0.96
+
+
+# ----------------------------------------------------------------------------- trainable_grad_cam (exercise, section 4)
+def _tiny_tanh_cnn(seed=0):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(3, 4, 3, padding=1),
+                              torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3))
+    return net.double().eval()
+
+
+def test_trainable_grad_cam_equals_captum_layer_grad_cam():
+    from captum.attr import LayerGradCam
+
+    torch.manual_seed(3)
+    net = models.SmallCNN(1, 3, (4, 6), 8).eval()
+    x, t = torch.randn(5, 1, 8, 8), [0, 2, 1, 1, 0]
+    cam = CE.trainable_grad_cam(net, net.last_conv, x, t)
+    theirs = LayerGradCam(net, net.last_conv).attribute(x, target=t, relu_attributions=True)
+    torch.testing.assert_close(cam.detach(), theirs.detach())
+    assert cam.requires_grad and cam.shape == (5, 1, 8, 8)
+
+
+def test_trainable_grad_cam_weight_gradient_equals_finite_differences_of_the_map():
+    """d/dtheta sum(w * cam) by autograd (double backpropagation) against central differences of
+    captum's (graph-free) Grad-CAM in float64: the second-order path through alpha included."""
+    from captum.attr import LayerGradCam
+
+    net, x, t = _tiny_tanh_cnn(), torch.randn(3, 1, 5, 5, dtype=torch.float64), [2, 0, 1]
+    w = torch.rand(3, 1, 5, 5, dtype=torch.float64)
+    cam = CE.trainable_grad_cam(net, net[2], x, t)
+    grads = torch.autograd.grad((cam * w).sum(), list(net.parameters()), allow_unused=True)
+    assert grads[-1] is None or grads[-1].abs().max() < 1e-12          # the classifier's bias does not shape the map
+    eps = 1e-6
+    for p, g in zip(list(net.parameters())[:5], grads[:5]):
+        for i in torch.randperm(p.numel())[:4].tolist():
+            with torch.no_grad():
+                old = p.view(-1)[i].item()
+                p.view(-1)[i] = old + eps
+            up = (LayerGradCam(net, net[2]).attribute(x, target=t, relu_attributions=True) * w).sum()
+            with torch.no_grad():
+                p.view(-1)[i] = old - eps
+            down = (LayerGradCam(net, net[2]).attribute(x, target=t, relu_attributions=True) * w).sum()
+            with torch.no_grad():
+                p.view(-1)[i] = old
+            assert g.view(-1)[i].item() == pytest.approx(float((up - down).detach()) / (2 * eps), rel=1e-4, abs=1e-7)
+    assert grads[4].abs().max() > 1e-3      # the classifier's weights get a gradient only through alpha
+
+
+def test_trainable_grad_cam_rejects_a_foreign_layer_and_bad_targets():
+    net = _tiny_tanh_cnn()
+    x = torch.randn(2, 1, 5, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="layer"):
+        CE.trainable_grad_cam(net, torch.nn.Conv2d(3, 4, 3), x, 0)
+    with pytest.raises(ValueError, match="target"):
+        CE.trainable_grad_cam(net, net[2], x, 3)
+    with pytest.raises(ValueError, match="target"):
+        CE.trainable_grad_cam(net, net[2], x, [0, 1, 2])
+
+
+# ----------------------------------------------------------------------------- band_position (exercise, section 2)
+def test_band_position_hand_worked_with_nan_and_a_tie():
+    # images 0 and 3 are finite everywhere; means over them: compressed 0.5, band 0.5 (a tie), 0.25, 0.75
+    compressed = torch.tensor([0.25, float("nan"), 1.0, 0.75])
+    band = torch.tensor([[0.5, 0.0, float("nan"), 0.5], [0.0, 1.0, 1.0, 0.5], [1.0, 0.5, 0.0, 0.5]])
+    r = CE.band_position(compressed, band)
+    assert r == {"mean": 0.5, "band_low": 0.25, "band_high": 0.75, "percentile": 50.0, "verdict": "inside", "n": 2}
+    assert CE.band_position(compressed + 1, band)["verdict"] == "above"
+    assert CE.band_position(compressed - 1, band) == {"mean": -0.5, "band_low": 0.25, "band_high": 0.75,
+                                                          "percentile": 0.0, "verdict": "below", "n": 2}
+    at_min = CE.band_position(torch.tensor([0.25, 0.25]), torch.tensor([[0.25, 0.25], [1.0, 1.0]]))
+    assert at_min["verdict"] == "inside" and at_min["percentile"] == 25.0
+
+
+def test_band_position_rejects_bad_shapes_and_no_common_image():
+    with pytest.raises(ValueError, match="B >= 2"):
+        CE.band_position(torch.ones(3), torch.ones(1, 3))
+    with pytest.raises(ValueError, match="band"):
+        CE.band_position(torch.ones(3), torch.ones(2, 4))
+    with pytest.raises(ValueError, match="finite"):
+        CE.band_position(torch.tensor([float("nan"), 1.0]), torch.tensor([[1.0, float("nan")], [1.0, 1.0]]))
+
+
+# ----------------------------------------------------------------------------- stamp_test (exercise, section 6)
+def _corner_stamp(images, c):
+    out = images.clone()
+    r, col = [(0, 0), (0, 3), (3, 0)][c]
+    out[:, :, r, col] = 10.0
+    return out
+
+
+def test_stamp_test_hand_worked():
+    """Linear(16, 3) on 4x4 images: class c's logit is 1 * pixel at corner c plus a clean bias. Clean images
+    are zero except one pixel that picks the clean class, so every prediction is known by hand."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].bias.zero_()
+        for c, (r, col) in enumerate([(0, 0), (0, 3), (3, 0)]):
+            net[1].weight[c, r * 4 + col] = 1.0                  # the corner of class c
+        net[1].weight[:, 5] = torch.tensor([0.0, 20.0, 0.0])     # pixel (1, 1) says "class 1" louder than a stamp
+    images = torch.zeros(3, 1, 4, 4)
+    images[1, 0, 1, 1] = 1.0                                     # image 1: clean class 1, stamps cannot move it
+    before = images.clone()                                      # images 0 and 2: all zero, clean class 0 (argmax tie)
+    r = CE.stamp_test(net, images, _corner_stamp)
+    # stamps of class 0, 1, 2 are followed by images {0, 2}, {0, 1, 2} and {0, 2}
+    torch.testing.assert_close(r["follow"], torch.tensor([2 / 3, 1.0, 2 / 3], dtype=torch.float64))
+    assert r["rate"] == pytest.approx(7 / 9)
+    # pairs whose clean prediction is not c: images 0 and 2 with c = 1, 2 (4 flips), image 1 with c = 0, 2 (none)
+    assert r["flip"] == pytest.approx(4 / 6)
+    assert torch.equal(images, before)                           # the clean images unchanged
+
+
+def test_stamp_test_chance_is_exactly_one_over_k_for_a_model_that_ignores_stamps():
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    with torch.no_grad():
+        net[1].weight[:, [0, 3, 12, 15]] = 0.0                   # blind to the corners
+    r = CE.stamp_test(net, torch.randn(20, 1, 4, 4), lambda x, c: _corner_stamp(x, c % 3))
+    assert r["rate"] == 0.25 and r["flip"] == 0.0
+
+
+def test_stamp_test_rejects_images_that_are_not_nchw():
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    with pytest.raises(ValueError, match="images"):
+        CE.stamp_test(net, torch.randn(3, 16), _corner_stamp)
