@@ -8,7 +8,7 @@ WORK   := work
 # JupyterLab refuses to run as root unless told to (containers, Binder-like images).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab work test html venv check-venv release check-release checkpoints clean
+.PHONY: lab work test html venv check-venv release check-release checkpoints progress clean
 
 # The environment is rebuilt when the pinned requirements change.
 $(STAMP): requirements.txt pyproject.toml
@@ -43,9 +43,17 @@ work:
 	  if [ ! -e "$(WORK)/$${f##*/}" ]; then cp "$$f" "$(WORK)/" && echo "make: copied $$f to $(WORK)/ (your copy)"; fi; \
 	done
 
+# Extra JupyterLab options, e.g. on a remote or headless machine: make lab LAB_ARGS="--no-browser --port 8899"
+LAB_ARGS ?=
+
 lab: venv work
 	@echo "Your work lives in $(WORK)/ (git-ignored; make release and make test never touch it)."
-	$(VENV)/bin/jupyter lab --notebook-dir=$(WORK) $(ROOT_FLAG)
+	$(VENV)/bin/jupyter lab --notebook-dir=$(WORK) $(ROOT_FLAG) $(LAB_ARGS)
+
+# Your gradebook: which exercises of each chapter in work/ pass (make progress CHAPTER=01 for one chapter).
+CHAPTER ?=
+progress: venv
+	$(PY) -m course_lib.progress $(if $(CHAPTER),--chapter $(CHAPTER),)
 
 # tests/test_browser.py (JupyterLab and the website in a real Chromium) needs a chromium binary; without one it
 # is skipped, and make says so before and after the run. .ci/run installs Debian's chromium.

@@ -518,7 +518,7 @@ def l1_penalty(model: nn.Module) -> Tensor:
 
 def train_l1(model: nn.Module, X: Tensor, y: Tensor, *, lam: float, epochs: int, lr: float = 1e-3,
              seed: int = 0) -> nn.Module:
-    """Train a copy of ``model`` on 000's objective :math:`L + \\lambda \\sum_i |w_i|` (Adam, one thread)."""
+    """Train a copy of ``model`` on the objective :math:`L + \\lambda \\sum_i |w_i|` (Adam, one thread)."""
     trained = copy.deepcopy(model)
     loss_fn = lambda out, target: nn.functional.cross_entropy(out, target) + lam * l1_penalty(trained)  # noqa: E731
     with timing.num_threads(1):

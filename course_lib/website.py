@@ -39,7 +39,8 @@ from queue import Empty
 
 import nbformat
 
-__all__ = ["build", "still_widgets", "landing_page", "glossary_page", "reading_page", "BuildError", "main"]
+__all__ = ["build", "still_widgets", "figure_alt_texts", "landing_page", "glossary_page", "reading_page",
+           "BuildError", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "_build"
@@ -338,8 +339,8 @@ reading
 
 def glossary_page(notebooks: dict[str, nbformat.NotebookNode]) -> str:
     """glossary.md: every chapter's glossary table under the chapter's title."""
-    parts = ["# Glossary\n", "Every chapter's key terms, in English and as Chinese-language material on the topic names "
-             "them, with what each means in the course.\n"]
+    parts = ["# Glossary\n", "Every chapter's key terms in English and in Chinese (the term Chinese-language "
+             "textbooks and papers on the topic use), with what each means in the course.\n"]
     for name, nb in notebooks.items():
         cell = next((c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## Glossary")), None)
         if cell is None:
@@ -365,7 +366,27 @@ def _site_notebook(executed: Path, name: str) -> nbformat.NotebookNode:
     if nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("> **Generated from"):
         nb.cells[0].source = SITE_NOTE.format(name=f"{name}.ipynb")
     still_widgets(nb)
+    figure_alt_texts(nb)
     return nb
+
+
+_TITLE_CALL = re.compile(r"""(?:set_title|suptitle|title)\(\s*f?["']([^"'{}]{3,})""")
+
+
+def figure_alt_texts(nb: nbformat.NotebookNode) -> None:
+    """Give every figure an alt text (myst-nb's default is the image file's hash): the title the cell gives
+    its plot (``set_title``/``suptitle``/``title=``), else "Figure: " and the section the cell is in."""
+    heading = ""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            found = [line.lstrip("#").strip() for line in cell.source.splitlines() if line.startswith("#")]
+            heading = found[-1] if found else heading
+            continue
+        if not any(k.startswith("image/") for out in cell.get("outputs", []) for k in out.get("data", {})):
+            continue
+        titles = _TITLE_CALL.findall(cell.source)
+        alt = titles[0].strip() if titles else f"Figure: {re.sub(r'[`*_]', '', heading) or 'plot'}"
+        cell.metadata.setdefault("mystnb", {}).setdefault("image", {})["alt"] = alt
 
 
 def _mathjax() -> Path:
@@ -420,12 +441,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: _build/html)")
     parser.add_argument("--fresh", action="store_true", help="execute every chapter again, ignoring the cache")
     parser.add_argument("--chapter", action="append", default=None, help="only this chapter (repeatable)")
+    parser.add_argument("--report", default=None, help="also write the build's report (JSON) to this file")
     args = parser.parse_args(argv)
     try:
         report = build(args.out, chapters=args.chapter, fresh=args.fresh)
     except (BuildError, ValueError) as exc:
         print(f"make html: {exc}", file=sys.stderr)
         return 1
+    if args.report:
+        Path(args.report).write_text(json.dumps(report))
     for name, seconds in report["executed"].items():
         print(f"  {name}: {'cached' if seconds == 'cached' else f'executed in {seconds} s'}")
     print(f"make html: the site is in {report['out']}/ (open {report['out']}/index.html); "

@@ -280,6 +280,15 @@ def test_the_website_renders_offline_with_no_broken_local_links(served_site, bro
             assert page.locator("text=Interactive widget, shown as a still").count() >= 1
             page.wait_for_function("() => document.querySelectorAll('.MathJax, .MathJax_Display').length > 0",
                                    timeout=30_000)                      # formulas typeset by the local MathJax
+            escaped = page.eval_on_selector_all("mjx-container", "els => els.map(e => e.textContent)"
+                                                ".filter(t => t.includes('\\\\'))")
+            assert not escaped, f"{page_path}: a formula shows a literal backslash: {escaped[:3]}"
+            alts = figures.evaluate_all("imgs => imgs.map(i => i.alt)")
+            assert all(alt and not re.fullmatch(r"[0-9a-f]{64}\.\w+", alt) for alt in alts), \
+                f"{page_path}: a figure's alt text is missing or a file hash: {alts}"
+            wide = page.eval_on_selector_all("article pre", "els => els.filter(e => e.scrollWidth > "
+                                             "e.clientWidth + 2).map(e => e.textContent.slice(0, 60))")
+            assert not wide, f"{page_path}: code blocks wider than the content column at 1400 px: {wide[:3]}"
         if figure.count():
             figure.scroll_into_view_if_needed()
             assert figure.evaluate("img => img.complete && img.naturalWidth > 0"), "a figure did not load"

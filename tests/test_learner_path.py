@@ -199,3 +199,34 @@ def test_every_exercise_has_a_hint_and_no_learner_text_names_a_source_document()
             ex = exercises.get(name)
             around = nb.cells[at - 1].source + nb.cells[at + 1].source if at + 1 < len(nb.cells) else nb.cells[at - 1].source
             assert "<summary>Hint</summary>" in around, f"{chapter}: no hint next to {ex.name}"
+
+
+def test_nothing_a_learner_reads_names_a_source_document():
+    """Chapters and solutions (every cell, outputs included), and the docstrings of every public course_lib
+    function (what `help()` shows a learner) never point at the course's internal source documents
+    (`source 002`, `002's`, `rows_002`)."""
+    import importlib
+    import inspect
+    import pkgutil
+    import re
+
+    import course_lib
+
+    banned = re.compile(r"source documents?|\bsource 00\d|\bdocument 00\d|\(00\d\)|\b00\d's|[A-Za-z]_00\d\b|\b00\d\.md"
+                        r"|library-notes|course-map", re.I)
+    found = []
+    for folder in ("chapters", "solutions"):
+        for path in sorted((ROOT / folder).glob("*.ipynb")):
+            for cell in nbformat.read(path, as_version=4).cells:
+                text = cell.source + "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                                             for o in cell.get("outputs", []))
+                if banned.search(text):
+                    found.append(f"{folder}/{path.name}: {banned.search(text).group(0)!r}")
+    for info in pkgutil.walk_packages(course_lib.__path__, "course_lib."):
+        module = importlib.import_module(info.name)
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name, None)
+            doc = inspect.getdoc(obj) or "" if callable(obj) or inspect.isclass(obj) else ""
+            if banned.search(doc):
+                found.append(f"{info.name}.{name}: {banned.search(doc).group(0)!r}")
+    assert not found, found

@@ -150,3 +150,63 @@ def test_a_cell_that_raises_stops_the_build_naming_the_chapter(tmp_path):
 def test_build_rejects_an_unknown_chapter_by_name():
     with pytest.raises(ValueError, match=r"chapters must name notebooks of chapters/, got unknown \['99_nothing'\]"):
         site.build(chapters=["99_nothing"])
+
+
+def test_figures_get_their_title_or_their_section_as_alt_text():
+    nb = nbformat.v4.new_notebook()
+    png = {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBORw0KGgo="}}
+    nb.cells = [nbformat.v4.new_markdown_cell("## 3. Pruning criteria\ntext"),
+                nbformat.v4.new_code_cell("fig, ax = plt.subplots()\nax.set_title('Accuracy against sparsity')"),
+                nbformat.v4.new_code_cell("plots.plot_intervals(rows)"),
+                nbformat.v4.new_code_cell("print(1)")]
+    nb.cells[1].outputs = [nbformat.from_dict(png)]
+    nb.cells[2].outputs = [nbformat.from_dict(png)]
+    site.figure_alt_texts(nb)
+    assert nb.cells[1].metadata["mystnb"]["image"]["alt"] == "Accuracy against sparsity"
+    assert nb.cells[2].metadata["mystnb"]["image"]["alt"] == "Figure: 3. Pruning criteria"
+    assert "mystnb" not in nb.cells[3].metadata
+
+
+def test_the_glossary_page_introduces_its_terms_plainly():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 00 · Measuring\n"),
+                nbformat.v4.new_markdown_cell("## Glossary\n| term | 中文 |\n|---|---|\n| FLOP | 浮点运算 |")]
+    page = site.glossary_page({"00_measuring": nb})
+    assert "in English and in Chinese" in page and "names them" not in page and "| FLOP | 浮点运算 |" in page
+
+
+def test_no_widget_cell_shows_the_repr_of_its_function():
+    """``widgets.interact(f, ...)`` returns ``f``: as a cell's last expression it prints
+    ``<function __main__.f(...)>`` under the widget (in JupyterLab and on the page) unless the line ends with ``;``."""
+    import ast
+
+    shown = []
+    for name in CHAPTERS:
+        for index, cell in enumerate(nbformat.read(ROOT / "chapters" / f"{name}.ipynb", as_version=4).cells):
+            if cell.cell_type != "code" or "interact" not in cell.source:
+                continue
+            last = ast.parse(cell.source).body[-1]
+            if isinstance(last, ast.Expr) and "interact" in ast.unparse(last.value) \
+                    and not cell.source.rstrip().endswith(";"):
+                shown.append(f"{name} cell {index + 1}")
+    assert not shown, f"a widget cell prints its function's repr (end the line with ';'): {shown}"
+
+
+def test_no_answer_is_shown_outside_its_exercise():
+    """A solution's returned expression (its key line) appears nowhere in the learner notebook except in the
+    exercise's own instructions (the markdown cell just above the stub, which may specify the returned form)."""
+    spoilers = []
+    for name in CHAPTERS:
+        solved = nbformat.read(ROOT / "solutions" / f"{name}.ipynb", as_version=4)
+        learner = nbformat.read(ROOT / "chapters" / f"{name}.ipynb", as_version=4)
+        stubs = {i for i, c in enumerate(learner.cells) if "raise NotImplementedError" in c.source}
+        shown = "".join(re.sub(r"\s+", "", c.source + "".join(str(o.get("text", "")) + str(o.get("data", {}))
+                                                               for o in c.get("outputs", [])))
+                        for i, c in enumerate(learner.cells) if i not in stubs and i + 1 not in stubs)
+        for cell in solved.cells:
+            for region in re.findall(rf"{release.BEGIN}\n(.*?){release.END}", cell.source, re.S):
+                for returned in re.findall(r"^\s*return (.+)$", region, re.M):
+                    key = re.sub(r"\s+", "", returned)
+                    if len(key) >= 15 and key in shown:
+                        spoilers.append(f"{name}: {returned.strip()}")
+    assert not spoilers, f"an answer is shown outside its exercise: {spoilers}"
