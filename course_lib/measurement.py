@@ -13,7 +13,7 @@ Taught in: 00_measurement.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from .validation import check_float, check_int, check_module
 
 __all__ = ["count_parameters", "model_size_bytes", "conv2d_macs", "summarize_timings", "tail_latency",
            "linear_macs", "attention_macs", "attention_flop_count", "layer_cost", "largest_cache_bytes", "roofline_time", "peak_flops", "peak_bandwidth",
-           "roofline_rows", "peak_activation_bytes"]
+           "roofline_rows", "roofline_study", "plot_roofline", "first_and_second_call", "peak_activation_bytes"]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -416,6 +416,124 @@ def roofline_rows(layers: dict[str, tuple[nn.Module, Sequence[int]]], peak: floa
                      "attained GFLOP/s": cost["FLOPs"] / runs[name].median / 1e6,
                      "fraction of roofline": bound_s * 1e3 / runs[name].median})
     return rows
+
+
+def roofline_study(layers: dict[str, tuple[nn.Module, Sequence[int]]], *, gemm_n: int = 1024,
+                   stream_numel: int = 1 << 25, threads: int = 1, rounds: int = 4, repeats: int = 3) -> dict:
+    r"""Measure the roof and the layers **in the same interleaved rounds**, then place each layer under it.
+
+    .. math::  P = \frac{2 n^3}{\min t_{\text{GEMM}}}, \qquad B = \frac{8 N}{\min t_{\text{copy}}}, \qquad
+               \text{fraction of roofline} = \frac{\max(F / P,\ Q / B)}{\operatorname{median} t_{\text{layer}}}
+
+    ``P`` is the best rate an ``n x n`` float32 matrix product reaches (an *attainable* peak of this core, not the
+    vendor's theoretical one) and ``B`` the best rate of copying ``N`` float32 values (read ``4N`` bytes, write
+    ``4N``), sized to be larger than the last-level cache so that it streams from memory. Both are timed by
+    ``timing.compare`` in the same rounds as the layers, so one burst of background load cannot make the roof
+    lower than what the layers reach. Taking the *fastest* GEMM and copy and the *median* layer makes the bound
+    optimistic on purpose: a fraction above 1 would mean a layer beat the roof (data sitting in a cache, or a
+    peak measured under load), which is what the chapter asserts does not happen.
+
+    Parameters
+    ----------
+    layers : dict
+        ``name -> (layer, input_shape)``; each is run on a random float32 input of that shape.
+    gemm_n : int, default=1024
+        Side of the square matrix product that measures ``P``.
+    stream_numel : int, default=2**25
+        float32 values copied to measure ``B`` (128 MiB each way by default).
+    threads, rounds, repeats : int
+        Passed to ``timing.compare``.
+
+    Returns
+    -------
+    dict
+        ``peak`` (FLOP/s), ``bandwidth`` (bytes/s), ``rows`` (one dict per layer: :func:`layer_cost`, the
+        bound, the roofline time, the median time, attained GFLOP/s and the fraction of the roofline) and
+        ``runs`` (every ``Timing``, the GEMM and copy included).
+
+    Taught in: 00_measurement, section 3b.
+    """
+    from . import timing
+
+    check_int("gemm_n", gemm_n, 16)
+    check_int("stream_numel", stream_numel, 1024)
+    if not isinstance(layers, dict) or not layers:
+        raise ValueError(f"layers must be a non-empty dict name -> (layer, input_shape), got {layers!r}")
+    a, b, c = torch.randn(gemm_n, gemm_n), torch.randn(gemm_n, gemm_n), torch.empty(gemm_n, gemm_n)
+    src, dst = torch.randn(stream_numel), torch.empty(stream_numel)
+    inputs = {name: torch.randn(tuple(shape)) for name, (_, shape) in layers.items()}
+    fns = {"GEMM (peak P)": lambda: torch.mm(a, b, out=c), "stream copy (bandwidth B)": lambda: dst.copy_(src)}
+    fns.update({name: (lambda m=m, x=inputs[name]: m(x)) for name, (m, _) in layers.items()})
+    with torch.no_grad():
+        runs = timing.compare(fns, repeats=repeats, rounds=rounds, threads=threads)
+    peak = 2 * gemm_n ** 3 / (runs["GEMM (peak P)"].min / 1e3)
+    bandwidth = 8 * stream_numel / (runs["stream copy (bandwidth B)"].min / 1e3)
+    rows = []
+    for name, (layer, shape) in layers.items():
+        cost = layer_cost(layer, shape)
+        bound_s = roofline_time(cost["FLOPs"], cost["bytes"], peak, bandwidth)
+        rows.append({"name": name, **cost, "bound": "memory" if cost["intensity (FLOP/B)"] < peak / bandwidth
+                     else "compute", "roofline (ms)": bound_s * 1e3, "measured (ms)": runs[name].median,
+                     "attained GFLOP/s": cost["FLOPs"] / runs[name].median / 1e6,
+                     "fraction of roofline": bound_s * 1e3 / runs[name].median})
+    return {"peak": peak, "bandwidth": bandwidth, "rows": rows, "runs": runs}
+
+
+def plot_roofline(rows: Sequence[dict], peak: float, bandwidth: float, *, title: str = "roofline"):
+    """The roofline figure: ``min(P, I B)`` on log-log axes, each measured layer a point at (I, attained FLOP/s).
+
+    ``rows`` are :func:`roofline_study` rows. Returns ``(fig, ax)``.
+
+    Taught in: 00_measurement, section 3b.
+    """
+    import matplotlib.pyplot as plt
+
+    check_float("peak", peak, 0.0, 1e300, low_inclusive=False)
+    check_float("bandwidth", bandwidth, 0.0, 1e300, low_inclusive=False)
+    intensities = [r["intensity (FLOP/B)"] for r in rows]
+    lo, hi = min(intensities + [peak / bandwidth]) / 4, max(intensities + [peak / bandwidth]) * 4
+    grid = np.geomspace(lo, hi, 200)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.loglog(grid, np.minimum(peak, grid * bandwidth) / 1e9, color="black", lw=2, label="roof min(P, I·B)")
+    ax.axvline(peak / bandwidth, color="grey", ls=":", lw=1, label=f"ridge I* = {peak / bandwidth:.1f} FLOP/B")
+    for r in rows:
+        ax.loglog(r["intensity (FLOP/B)"], r["attained GFLOP/s"], "o", ms=8, label=r["name"])
+    ax.set_xlabel("arithmetic intensity I (FLOP/byte)")
+    ax.set_ylabel("GFLOP/s (median call)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig, ax
+
+
+def first_and_second_call(make: Callable[[int], Callable[[], object]], *, rounds: int = 20,
+                          threads: int = 1) -> dict:
+    """Time the **first** and the **second** call of the same freshly built function, in interleaved rounds.
+
+    ``make(i)`` builds a new, never-called function (a new layer on an input shape not seen before). In every
+    round one such function is called twice: the first call is timed as ``"first call"``, the very next call
+    of the **same** function as ``"second call"``, so the two arms differ only in being first (no other layer,
+    shape or channel count differs). ``timing.compare`` interleaves the two and warms neither arm's *function*
+    (its warm-up calls use functions built for it). Returns ``compare``'s two ``Timing`` objects.
+
+    Taught in: 00_measurement, section 5.
+    """
+    from . import timing
+
+    check_int("rounds", rounds, 1)
+    warmup = 2
+    fresh = iter([make(i) for i in range(warmup + 1 + rounds)])     # compare warms each arm up with warmup + 1 calls
+    current = {}
+
+    def first():
+        current["fn"] = next(fresh)
+        return current["fn"]()
+
+    def second():
+        return current["fn"]()
+
+    return timing.compare({"first call": first, "second call": second}, repeats=1, rounds=rounds,
+                          warmup=warmup, threads=threads)
 
 
 def peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:

@@ -197,3 +197,47 @@ def test_largest_cache_bytes_reads_each_unit(tmp_path):
         (tmp_path / f"index{index}" / "size").write_text(size + "\n")
     assert measurement.largest_cache_bytes(tmp_path) == 32 * 2 ** 20
     assert measurement.largest_cache_bytes(tmp_path / "absent") is None
+
+
+def test_roofline_study_measures_peak_and_bandwidth_in_the_same_rounds():
+    study = measurement.roofline_study({"relu": (nn.ReLU(), (4096,))}, gemm_n=64, stream_numel=4096, rounds=2,
+                                       repeats=3)
+    runs = study["runs"]
+    assert set(runs) == {"GEMM (peak P)", "stream copy (bandwidth B)", "relu"}
+    assert all(t.extra["rounds"] == 2 and t.n == 6 for t in runs.values())           # one interleaved comparison
+    assert study["peak"] == pytest.approx(2 * 64 ** 3 / (runs["GEMM (peak P)"].min / 1e3))      # 2 n^3 FLOPs, fastest
+    assert study["bandwidth"] == pytest.approx(8 * 4096 / (runs["stream copy (bandwidth B)"].min / 1e3))  # read + write
+    (row,) = study["rows"]
+    bound_ms = max(4096 / study["peak"], 8 * 4096 / study["bandwidth"]) * 1e3
+    assert row["roofline (ms)"] == pytest.approx(bound_ms)
+    assert row["fraction of roofline"] == pytest.approx(bound_ms / runs["relu"].median)
+
+
+@pytest.mark.parametrize("kwargs,error", [(dict(layers={}), ValueError), (dict(gemm_n=2.0), TypeError),
+                                          (dict(stream_numel=10), ValueError)])
+def test_roofline_study_rejects_bad_arguments(kwargs, error):
+    with pytest.raises(error):
+        measurement.roofline_study(**({"layers": {"relu": (nn.ReLU(), (8,))}} | kwargs))
+
+
+def test_first_and_second_call_calls_each_fresh_function_exactly_twice_in_order():
+    log = []
+
+    def make(i):
+        return lambda: log.append(i)
+
+    runs = measurement.first_and_second_call(make, rounds=5)
+    assert runs["first call"].n == runs["second call"].n == 5
+    assert log[:3] == [0, 1, 2] and all(v == 2 for v in log[3:6])         # warm-up: first arm, then second arm
+    timed = log[6:]
+    assert timed == [v for i in range(3, 8) for v in (i, i)]               # each round: the same function twice
+
+
+def test_plot_roofline_draws_the_roof_and_one_point_per_layer():
+    rows = [{"name": "a", "intensity (FLOP/B)": 0.5, "attained GFLOP/s": 1.0},
+            {"name": "b", "intensity (FLOP/B)": 50.0, "attained GFLOP/s": 20.0}]
+    fig, ax = measurement.plot_roofline(rows, peak=40e9, bandwidth=10e9)
+    roof = ax.lines[0]
+    x, y = roof.get_xdata(), roof.get_ydata()
+    assert np.allclose(y, np.minimum(40.0, x * 10.0))                      # min(P, I B) in GFLOP/s
+    assert ax.get_xscale() == ax.get_yscale() == "log" and len(ax.lines) == 2 + len(rows)
