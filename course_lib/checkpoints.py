@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_lib import data, models
+from course_lib import data, models, transformer
 
 __all__ = [
     "CheckpointError",
@@ -49,11 +49,12 @@ __all__ = [
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data"
 REGENERATE_COMMAND = "python -m course_lib.checkpoints --regenerate"
 _MANIFEST = "MANIFEST.json"
-_ARCHITECTURES = {"MLP": models.MLP, "SmallCNN": models.SmallCNN}
+_ARCHITECTURES = {"MLP": models.MLP, "SmallCNN": models.SmallCNN, "TinyGPT": transformer.TinyGPT}
 _DATASETS = {
     "digits": data.digits,
     "shapes": data.shapes,
     "shapes_watermark": data.shapes_watermark,
+    "recall": transformer.recall,
 }
 _TRAIN = {"epochs": 30, "lr": 3e-3, "batch_size": 64, "weight_decay": 0.0, "seed": 0}
 
@@ -103,6 +104,18 @@ for _seed in range(1, 6):
         "dataset": RECIPES["shapes_cnn"]["dataset"],
         "init_seed": _seed,
         "train": {**_TRAIN, "epochs": 10, "seed": _seed},
+    }
+del _seed
+# Chapter 08's transformer (course_lib.transformer.TinyGPT, 2 layers, 4 heads, width 64) on associative recall,
+# three seeds (initialisation and shuffle); stored in float16 ("store_dtype") to stay under 200 KB.
+for _seed in range(3):
+    RECIPES["recall_gpt" + (f"_seed{_seed}" if _seed else "")] = {
+        "architecture": "TinyGPT",
+        "kwargs": {"vocab_size": 81, "block_size": 8, "n_layer": 2, "n_head": 4, "n_embd": 64, "mlp_ratio": 2},
+        "dataset": {"name": "recall", "kwargs": {"n": 20000, "n_pairs": 6, "n_keys": 8, "n_values": 8, "seed": 0}},
+        "init_seed": _seed,
+        "train": {**_TRAIN, "epochs": 3, "seed": _seed},
+        "store_dtype": "float16",
     }
 del _seed
 
@@ -303,8 +316,13 @@ def _train_one(name: str, progress: bool) -> tuple[bytes, dict]:
         models.train(model, split.X_train, split.y_train, progress=progress,
                      **recipe["train"])
         seconds = time.perf_counter() - start
+        state = model.state_dict()
+        if recipe.get("store_dtype") == "float16":      # tied tensors stay one tensor (stored once)
+            halves: dict[int, torch.Tensor] = {}
+            state = {k: halves.setdefault(id(v), v.half()) for k, v in state.items()}
+            model.load_state_dict(state)                 # the accuracy below is the stored weights'
         buffer = io.BytesIO()  # in memory: the archive name is the same everywhere
-        torch.save(model.state_dict(), buffer)
+        torch.save(state, buffer)
         blob = buffer.getvalue()
         entry = {
             "file": f"{name}.pt",

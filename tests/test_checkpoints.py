@@ -9,8 +9,8 @@ import torch
 
 from course_lib import checkpoints, models
 
-NAMES = ["digits_cnn", "digits_mlp", "shapes_cnn", *(f"shapes_cnn_seed{s}" for s in range(1, 6)),
-         "shapes_watermark_cnn"]
+NAMES = ["digits_cnn", "digits_mlp", "recall_gpt", "recall_gpt_seed1", "recall_gpt_seed2", "shapes_cnn",
+         *(f"shapes_cnn_seed{s}" for s in range(1, 6)), "shapes_watermark_cnn"]
 
 
 def test_available_lists_shipped_checkpoints():
