@@ -15,6 +15,7 @@ Taught in: every chapter (the last cell).
 from __future__ import annotations
 
 import argparse
+import textwrap
 import os
 import random
 import sys
@@ -78,6 +79,10 @@ def grade(folder: str | Path | None = None, *, chapter: str | None = None, seed:
 
     paths = chapter_notebooks(DEFAULT_FOLDER if folder is None else folder)
     if chapter is not None:
+        try:
+            chapter = exercises.resolve_chapter(chapter, [p.stem for p in paths])
+        except ValueError:
+            pass                                   # said below, with the folder's notebooks
         paths = [p for p in paths if p.stem == chapter]
         if not paths:
             raise ValueError(f"chapter must name a notebook in the folder, got {chapter!r}")
@@ -108,7 +113,8 @@ _MARK = {"pass": "PASS", "fail": "FAIL", "not started": "TODO", "missing": "MISS
 
 
 def format_table(rows: Sequence[ProgressRow], *, width: int = 100) -> str:
-    """A plain-text gradebook: one block per chapter, one line per exercise, a count per chapter."""
+    """A plain-text gradebook: one block per chapter, one line per exercise, a count per chapter; a failing
+    exercise's reason follows on its own lines, wrapped at ``width`` (never cut mid-word)."""
     lines: list[str] = []
     for chapter in dict.fromkeys(r.chapter for r in rows):
         mine = [r for r in rows if r.chapter == chapter]
@@ -116,8 +122,10 @@ def format_table(rows: Sequence[ProgressRow], *, width: int = 100) -> str:
         done = sum(r.status == "pass" for r in graded)
         lines.append(f"{chapter}: {done}/{len(graded)} exercises pass" if graded else f"{chapter}: {mine[0].message}")
         for r in graded:
-            note = "" if r.status in ("pass", "not started") else "  " + r.message.split("\n")[0]
-            lines.append(f"  {_MARK[r.status]:8s}{r.exercise}{note}"[:width])
+            lines.append(f"  {_MARK[r.status]:8s}{r.exercise}")
+            if r.status not in ("pass", "not started"):       # the reason in full, wrapped at word boundaries
+                lines.extend(textwrap.wrap(r.message.split("\n")[0], width=width, initial_indent=" " * 10,
+                                           subsequent_indent=" " * 10))
     return "\n".join(lines)
 
 
@@ -151,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.progress", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", nargs="?", default=str(DEFAULT_FOLDER),
                         help="folder of chapter notebooks (default: work/)")
-    parser.add_argument("--chapter", default=None, help="only this chapter, e.g. 01_pruning")
+    parser.add_argument("--chapter", default=None, help="only this chapter: its number or id, e.g. 01 or 01_pruning")
     parser.add_argument("--seed", type=int, default=None, help="seed of the inputs (default: a new one)")
     parser.add_argument("--jobs", type=int, default=None, help="exercises graded at once (default: all cores)")
     args = parser.parse_args(argv)

@@ -8,15 +8,19 @@ submission does not define is reported ``missing``. A submission that loops, run
 exits, raises, prints too much, monkeypatches torch/numpy or calls the reference fails *that*
 exercise, with the reason in the message, and grading goes on.
 
-Output: a long CSV (``submission,exercise,passed,score,max_score,message``), optionally a gradebook
-CSV (one row per student, one column per exercise, a total), and summary tables per submission and
-per exercise (how many passed, the most common failure).
+Output: a long CSV (one row per submission and exercise, messages on one line), optionally a gradebook
+CSV (one row per student, one column per exercise, a total and a percentage), per-student feedback files,
+a common-mistakes report, Canvas and Moodle grade-import files (:mod:`course_lib.grader.reports`), and
+summary tables per submission and per exercise. Every file names the seed, the grader's version and the
+time of the run.
 
 Examples
 --------
     python -m course_lib.grade class/*.ipynb --out grades.csv
     python -m course_lib.grade alice.py --exercise conv2d_macs --timeout 5
     python -m course_lib.grade class/*.ipynb --gradebook book.csv --roster roster.csv --seed 2027 --jobs 2
+    python -m course_lib.grade class/*/03_low_rank.ipynb --weights weights.toml --partial-credit \
+        --feedback feedback/ --mistakes mistakes.md --canvas canvas.csv --deadline 2026-12-01T23:59
 """
 from __future__ import annotations
 
@@ -29,14 +33,15 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import exercises, grading
+from . import exercises, grading, reports
 from .sandbox import Pool, SandboxLimits, _clean, hidden_paths
 from .submission import load_submission
 
 __all__ = ["GradeRow", "grade_submissions", "main"]
 
 NO_EXERCISE = "(none)"     # the exercise column of a submission that defines no exercise
-CSV_COLUMNS = ["submission", "exercise", "passed", "score", "max_score", "message"]
+CSV_COLUMNS = ["student_id", "submission", "exercise", "passed", "score", "max_score", "cases_passed",
+               "cases_total", "message", "seed", "grader_version", "graded_at"]
 
 
 @dataclass
@@ -47,22 +52,38 @@ class GradeRow:
     score: float
     max_score: float
     message: str
+    cases_passed: int = 0          # valid-input cases answered right (the basis of partial credit)
+    cases_total: int = 0           # valid-input cases
 
-    def as_csv(self) -> list:
-        return [self.submission, self.exercise, self.passed, self.score, self.max_score, self.message]
+    def as_csv(self, student_id: str = "", info: reports.RunInfo | None = None) -> list:
+        run = [info.seed, info.version, info.timestamp] if info else ["", "", ""]
+        return [student_id, self.submission, self.exercise, self.passed, f"{self.score:g}", f"{self.max_score:g}",
+                self.cases_passed, self.cases_total, reports.one_line(self.message), *run]
+
+
+def _touched(sub) -> set[str]:
+    """The chapters whose exercises a submission defines."""
+    return {exercises.get(n).chapter for n in sub.functions if n in exercises.names()}
 
 
 def _exercises_for(sub, only: Sequence[str] | None, chapter: str | None) -> list[exercises.Exercise]:
     """``--exercise`` if given; else every exercise of each chapter the submission touches (by the
-    functions it defines, else by ``--chapter`` or its file name, so an empty notebook counts 0 of
+    functions it defines, else by ``chapter`` or its file name, so an empty notebook counts 0 of
     its chapter's exercises)."""
     if only:
         return [exercises.get(name) for name in only]
-    touched = {exercises.get(n).chapter for n in sub.functions if n in exercises.names()}
+    touched = _touched(sub)
     if not touched:
         guess = chapter or _chapter_from_name(sub.path)
         touched = {guess} if guess else set()
     return [ex for ch in sorted(touched) for ex in exercises.by_chapter(ch)]
+
+
+def class_chapter(subs: Sequence) -> str | None:
+    """The chapter most submissions of the class define exercises of (the first in course order on a tie),
+    for a submission whose chapter neither its functions nor its file name tell."""
+    counts = Counter(ch for sub in subs for ch in _touched(sub))
+    return min(counts, key=lambda ch: (-counts[ch], ch)) if counts else None
 
 
 def _chapter_from_name(path: str) -> str | None:
@@ -117,9 +138,12 @@ def read_roster(path: str | Path) -> dict[str, str]:
 
 
 def _missing_message(name: str, notes: list[str]) -> str:
-    """``missing``, or why the function may be missing: a cell that does not parse."""
+    """``missing``, or why the function may be missing: a cell that does not parse; and, for a submission
+    whose chapter was taken from the class, that it was."""
     unparsed = [n for n in notes if n.startswith("does not parse")]
-    return "; ".join(unparsed) + f", so {name} is not defined" if unparsed else "missing"
+    guessed = [n for n in notes if n.startswith("defines no exercise")]
+    text = "; ".join(unparsed) + f", so {name} is not defined" if unparsed else "missing"
+    return text + "".join(f" ({n})" for n in guessed)
 
 
 def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None = None, seed: int = 0,
@@ -145,14 +169,21 @@ def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None
             cache[name] = grading.valid_first(cases, grading.expected_outcomes(name, cases))
         return cache[name]
 
-    planned, rows = [], []
+    planned, rows, loaded = [], [], []
     for path in paths:
         try:
-            sub = load_submission(path)
+            loaded.append(load_submission(path))
         except Exception as exc:  # noqa: BLE001 - one unreadable file never stops the class
             rows.append(GradeRow(str(path), NO_EXERCISE, False, 0.0, 0.0, f"cannot be graded: {exc}"))
-            continue
-        chosen = _exercises_for(sub, only, chapter)
+    from_class = None if chapter else class_chapter(loaded)
+    for sub in loaded:
+        unreadable = not sub.code.strip() and any(not n.startswith("does not parse") for n in sub.notes)
+        fallback = None if unreadable else from_class       # an unreadable file keeps its one row and reason
+        guessed = fallback if not only and not _touched(sub) and not _chapter_from_name(sub.path) else None
+        chosen = _exercises_for(sub, only, chapter or _chapter_from_name(sub.path) or fallback)
+        if guessed and chosen:
+            sub.notes.append(f"defines no exercise and its name names no chapter: graded as {guessed}, "
+                             f"the chapter most of the class submitted")
         if not chosen:
             rows.append(GradeRow(sub.path, NO_EXERCISE, False, 0.0, 0.0,
                                  "no exercise of the course is defined here" + "; ".join([""] + sub.notes)))
@@ -198,7 +229,7 @@ def _row(path: str, ex: exercises.Exercise, cases: list[dict], expected: list, r
     protocol = result.error is not None and any(w in result.error for w in ("reply channel", "could not be read",
                                                                             "malformed", "larger than"))
     if result.error is not None and (protocol or not all(e.raised for e in expected[answered:])):
-        return GradeRow(path, ex.name, False, 0.0, ex.max_score, result.error)
+        return GradeRow(path, ex.name, False, 0.0, ex.max_score, result.error, 0, sum(not e.raised for e in expected))
     try:                 # an error after every valid-input case was answered (cases run valid first) is a note
         got = [grading.derived(ex, case, outcome) for case, outcome in zip(cases, result.outcomes)]
         verdict = grading.judge(ex.name, cases, expected, got, strict_errors=strict_errors, stopped=result.error)
@@ -208,7 +239,9 @@ def _row(path: str, ex: exercises.Exercise, cases: list[dict], expected: list, r
     except Exception as exc:  # noqa: BLE001 - one answer never costs the class its grades
         verdict, message = None, f"the answer could not be graded: {type(exc).__name__}: {exc}"
     passed = bool(verdict and verdict.passed)
-    return GradeRow(path, ex.name, passed, ex.max_score if passed else 0.0, ex.max_score, message)
+    right, total = grading.valid_cases_passed(ex.name, cases, expected, got) if verdict else \
+        (0, sum(not e.raised for e in expected))
+    return GradeRow(path, ex.name, passed, ex.max_score if passed else 0.0, ex.max_score, message, right, total)
 
 
 def _safe_cell(value) -> str | float | bool:
@@ -219,18 +252,25 @@ def _safe_cell(value) -> str | float | bool:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def write_csv(rows: Sequence[GradeRow], path: str | Path) -> None:
+def write_csv(rows: Sequence[GradeRow], path: str | Path, roster: dict[str, str] | None = None,
+              info: reports.RunInfo | None = None) -> None:
+    """The long CSV: one row per submission and exercise (``CSV_COLUMNS``), each message on one line."""
+    ids = student_ids(list(dict.fromkeys(r.submission for r in rows)), roster or {})
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
-        writer.writerows([_safe_cell(v) for v in row.as_csv()] for row in rows)
+        writer.writerows([_safe_cell(v) for v in row.as_csv(ids[row.submission], info)] for row in rows)
 
 
-def write_gradebook(rows: Sequence[GradeRow], path: str | Path, roster: dict[str, str] | None = None) -> None:
+def write_gradebook(rows: Sequence[GradeRow], path: str | Path, roster: dict[str, str] | None = None,
+                    info: reports.RunInfo | None = None, late: dict[str, bool] | None = None) -> None:
     """One row per student (``student_id``, ``file``, one column per exercise with its score, ``total``,
-    ``max_total``, ``note``): importable into a spreadsheet or an LMS gradebook as is. Every roster
-    student is listed; one without a submission gets 0 and the note "no submission"."""
-    roster = roster or {}
+    ``max_total``, ``percent``, ``late``, ``note``, and the run's ``seed``, ``grader_version``,
+    ``graded_at``): importable into a spreadsheet as is. Every roster student is listed; one without a
+    submission gets 0 and the note "no submission". ``late`` (from ``--deadline``) is ``yes``/``no``, empty
+    without a deadline."""
+    roster, late = roster or {}, late or {}
+    run = [info.seed, info.version, info.timestamp] if info else ["", "", ""]
     graded = [r for r in rows if r.exercise != NO_EXERCISE]
     columns = list(dict.fromkeys(r.exercise for r in graded))
     max_all = sum(exercises.get(c).max_score for c in columns if c in exercises.names())
@@ -238,7 +278,8 @@ def write_gradebook(rows: Sequence[GradeRow], path: str | Path, roster: dict[str
     ids = student_ids(list(dict.fromkeys(r.submission for r in rows)), roster)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["student_id", "file", *columns, "total", "max_total", "note"])
+        writer.writerow(["student_id", "file", *columns, "total", "max_total", "percent", "late", "note",
+                         "seed", "grader_version", "graded_at"])
         for sub in dict.fromkeys(r.submission for r in rows):
             submitted.update({Path(sub).name, Path(sub).stem})
             mine = {r.exercise: r for r in graded if r.submission == sub}
@@ -246,12 +287,17 @@ def write_gradebook(rows: Sequence[GradeRow], path: str | Path, roster: dict[str
             total = sum(r.score for r in mine.values())
             max_total = sum(r.max_score for r in mine.values())
             note = "" if mine else "no exercise of the course found"
-            writer.writerow([_safe_cell(v) for v in (ids[sub], Path(sub).name, *scores,
-                                                      f"{total:g}", f"{max_total:g}", note)])
+            guessed = [r.message for r in mine.values() if "the chapter most of the class submitted" in r.message]
+            note = note or ("chapter taken from the class" if guessed else "")
+            percent = f"{100 * total / max_total:.1f}" if max_total else ""
+            was_late = {True: "yes", False: "no"}.get(late.get(sub), "")
+            writer.writerow([_safe_cell(v) for v in (ids[sub], Path(sub).name, *scores, f"{total:g}",
+                                                      f"{max_total:g}", percent, was_late, note, *run)])
         for file, student in roster.items():
             if file not in submitted and Path(file).stem not in submitted:
                 writer.writerow([_safe_cell(v) for v in (student, file, *["0"] * len(columns), "0",
-                                                          f"{max_all:g}", "no submission")])
+                                                          f"{max_all:g}", "0.0" if max_all else "", "",
+                                                          "no submission", *run)])
 
 
 def summary_table(rows: Sequence[GradeRow]) -> str:
@@ -277,6 +323,14 @@ def exercise_summary(rows: Sequence[GradeRow]) -> str:
     return "\n".join(lines)
 
 
+def _chapter_arg(text: str) -> str:
+    """``--chapter 00`` or ``--chapter 00_measurement``: the chapter id."""
+    try:
+        return exercises.resolve_chapter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m course_lib.grade", description=__doc__.split("\n\n")[0])
     parser.add_argument("submissions", nargs="+", help=".ipynb or .py files")
@@ -294,10 +348,29 @@ def _parser() -> argparse.ArgumentParser:
                         help="also write a gradebook CSV: one row per student, one column per exercise, a total")
     parser.add_argument("--strict-errors", action="store_true",
                         help="invalid-input cases count too (default: they are notes; valid inputs decide)")
-    parser.add_argument("--chapter", default=None, choices=exercises.chapters(),
-                        help="the chapter of submissions that define none of its functions (default: from the file name)")
+    parser.add_argument("--chapter", default=None, type=_chapter_arg, metavar="CHAPTER",
+                        help="the chapter of submissions that define none of its functions, as its number or id "
+                             f"({', '.join(exercises.chapters())}; default: from the file name)")
     parser.add_argument("--roster", default=None,
-                        help="CSV with columns file,student_id (default id: the file name without extension)")
+                        help="CSV with columns file,student_id (file: the submission's base name, e.g. "
+                             "alice_01.ipynb, or its name without extension; a path is matched as given; "
+                             "default id: the file name without extension)")
+    parser.add_argument("--weights", default=None,
+                        help="per-exercise weights: a CSV (exercise,weight) or a TOML [weights] table (default 1 each)")
+    parser.add_argument("--partial-credit", action="store_true",
+                        help="score a failed exercise by the fraction of its valid-input cases passed "
+                             "(default: all or nothing)")
+    parser.add_argument("--feedback", default=None, metavar="FOLDER",
+                        help="write one Markdown feedback file per student into FOLDER")
+    parser.add_argument("--mistakes", default=None, metavar="FILE",
+                        help="write the common-mistakes report (Markdown): per exercise, the most frequent failures")
+    parser.add_argument("--canvas", default=None, metavar="FILE", help="write a Canvas grade-import CSV")
+    parser.add_argument("--moodle", default=None, metavar="FILE", help="write a Moodle grade-import CSV")
+    parser.add_argument("--assignment", default="Compress & Explain",
+                        help="the assignment (Canvas) or grade item (Moodle) name in the LMS files")
+    parser.add_argument("--deadline", default=None,
+                        help="ISO date-time (2026-12-01T23:59, local time unless a zone is given): files modified "
+                             "later are flagged late in the gradebook and the Moodle feedback")
     return parser
 
 
@@ -325,9 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: submission files not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     submissions = {os.path.realpath(p) for p in args.submissions}
-    for what, target in (("--out", args.out), ("--gradebook", args.gradebook)):
+    for what, target in (("--out", args.out), ("--gradebook", args.gradebook), ("--mistakes", args.mistakes),
+                         ("--canvas", args.canvas), ("--moodle", args.moodle), ("--feedback", args.feedback)):
         if target and (os.path.realpath(target) in submissions or target.endswith((".py", ".ipynb"))):
-            print(f"error: {what} must be a new .csv file, not a submission: {target}", file=sys.stderr)
+            print(f"error: {what} must be a new file or folder, not a submission: {target}", file=sys.stderr)
             return 2
     if args.seed is None:
         import secrets
@@ -335,19 +409,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"grading with seed {args.seed} (--seed {args.seed} reproduces this run)")
     try:
         roster = read_roster(args.roster) if args.roster else {}
-        if args.gradebook:
-            student_ids([str(p) for p in args.submissions], roster)      # ids that collide: say so before grading
+        student_ids([str(p) for p in args.submissions], roster)          # ids that collide: say so before grading
+        weights = reports.read_weights(args.weights) if args.weights else {}
+        deadline = reports.parse_deadline(args.deadline) if args.deadline else None
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    info = reports.run_info(args.seed)
     limits = SandboxLimits(timeout_s=args.timeout, memory_mb=args.memory_mb)
     rows = grade_submissions(args.submissions, only=args.exercise, seed=args.seed, limits=limits,
                              jobs=args.jobs, progress=True, strict_errors=args.strict_errors, chapter=args.chapter,
-                             hide=[p for p in (args.roster, args.out, args.gradebook) if p])
+                             hide=[p for p in (args.roster, args.out, args.gradebook, args.weights, args.mistakes,
+                                               args.canvas, args.moodle, args.feedback) if p])
+    rows = reports.apply_credit(rows, weights, partial=args.partial_credit)
+    late = reports.late_submissions(args.submissions, deadline) if deadline else None
+    ids = student_ids(list(dict.fromkeys(r.submission for r in rows)), roster)
     if args.out:
-        write_csv(rows, args.out)
+        write_csv(rows, args.out, roster, info)
     if args.gradebook:
-        write_gradebook(rows, args.gradebook, roster)
+        write_gradebook(rows, args.gradebook, roster, info, late)
+    if args.feedback:
+        reports.write_feedback(rows, args.feedback, ids, info)
+    if args.mistakes:
+        reports.write_mistakes(rows, args.mistakes, info)
+    if args.canvas:
+        reports.write_canvas(rows, args.canvas, ids, info, args.assignment)
+    if args.moodle:
+        reports.write_moodle(rows, args.moodle, ids, info, args.assignment, late)
     print(summary_table(rows))
     print()
     print(exercise_summary(rows))

@@ -33,7 +33,7 @@ from . import codec, exercises
 from .codec import Outcome, call
 
 __all__ = ["Outcome", "Verdict", "check", "judge", "reference", "run_cases", "expected_outcomes", "make_cases",
-           "derived", "valid_first"]
+           "derived", "valid_first", "valid_cases_passed"]
 
 _MAX_SHOWN = 1500
 _MAX_NOTES = 3
@@ -89,8 +89,31 @@ def _not_implemented(outcome: Outcome) -> bool:
     return outcome.error_types[:1] == ("NotImplementedError",)
 
 
-def _shorten(text: str) -> str:
-    return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + " ..."
+def _shorten(text: str, limit: int = _MAX_SHOWN) -> str:
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _summary(value, limit: int = 160) -> str:
+    """A value in one short line: an array as its type, shape, dtype and first elements; anything else as
+    its repr, cut at ``limit`` characters."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None and hasattr(value, "flatten"):
+        try:
+            first = [round(float(v), 4) for v in value.flatten()[:4].tolist()]
+        except (TypeError, ValueError, RuntimeError):
+            first = []
+        count = 1
+        for n in shape:
+            count *= int(n)
+        more = ", ..." if count > 4 else ""
+        return (f"{type(value).__name__}(shape={tuple(shape)}, dtype={str(dtype).replace('torch.', '')}, "
+                f"first: {', '.join(map(str, first))}{more})")
+    return _shorten(" ".join(repr(value).split()), limit)
+
+
+def _brief(description: str) -> str:
+    """A case's description for a note about an invalid input: without what is graded (it is not)."""
+    return _shorten(description.split("; graded:")[0], 200)
 
 
 def _explain(ex: exercises.Exercise, expected: Outcome, got: Outcome) -> str | None:
@@ -100,7 +123,7 @@ def _explain(ex: exercises.Exercise, expected: Outcome, got: Outcome) -> str | N
         if got.raised:
             return None if wanted in got.error_types else \
                 f"the reference raises {wanted}; yours raised {got.error_types[0]}: {got.error_message}"
-        return f"the reference raises {wanted} (the input is invalid); yours returned {got.value!r}"
+        return f"the reference raises {wanted} (the input is invalid); yours returned {_summary(got.value)}"
     if got.raised:
         return f"raised {got.error_types[0]}: {got.error_message}"
     if isinstance(got.value, codec.Unsupported):
@@ -162,11 +185,12 @@ def judge(name: str, cases: Sequence[dict], expected: Sequence[Outcome], got: Se
         shown_got = f"raises {out.error_types[0]}: {out.error_message}" if out.raised else repr(out.value)
         if exp.raised and not strict_errors:
             if len(notes) < _MAX_NOTES:
-                notes.append(_shorten(f"for {ex.describe(case)}: {reason}").replace("\n", "; "))
+                notes.append(_shorten(f"for {_brief(ex.describe(case))}: {reason}", 400).replace("\n", "; "))
             continue
-        return Verdict(False, _shorten(
-            f"case {i + 1} of {len(cases)}: {reason}\n  inputs:   {ex.describe(case)}\n"
-            f"  expected: {_shorten(shown_expected)}\n  got:      {_shorten(shown_got)}") + reproduce)
+        return Verdict(False, f"case {i + 1} of {len(cases)}: {_shorten(reason, 600)}\n"
+                              f"  inputs:   {_shorten(ex.describe(case), 800)}\n"
+                              f"  expected: {_shorten(shown_expected, 600)}\n  got:      {_shorten(shown_got, 600)}"
+                              + reproduce)
     n_invalid = len(cases) - n_valid - len(unanswered)
     n_invalid_right = n_invalid - (len(notes) - bool(unanswered))
     summary = f"passed all {n_valid} valid-input cases" + (
@@ -174,6 +198,16 @@ def judge(name: str, cases: Sequence[dict], expected: Sequence[Outcome], got: Se
     if notes and not strict_errors:
         summary += " (invalid input is advice, not graded: see the notes)"
     return Verdict(True, summary, notes)
+
+
+def valid_cases_passed(name: str, cases: Sequence[dict], expected: Sequence[Outcome],
+                       got: Sequence[Outcome]) -> tuple[int, int]:
+    """(right, total) over the valid-input cases (the reference returns): the basis of partial credit.
+    A case with no answer counts as wrong."""
+    ex = exercises.get(name)
+    valid = [i for i, exp in enumerate(expected) if not exp.raised]
+    right = sum(i < len(got) and _explain(ex, expected[i], got[i]) is None for i in valid)
+    return right, len(valid)
 
 
 def check(name: str, fn: Callable, *, seed: int | None = None, verbose: bool = True,

@@ -16,7 +16,8 @@ loops, ``if`` blocks, a class body that runs code. In a notebook, IPython's synt
 IPython does (``%time f()`` and ``!ls`` become calls, which are dropped; a continuation line that starts
 with ``%`` or ``!=`` stays code); a cell magic's first line (``%%time``) is dropped and its body kept;
 a ``.py`` file is plain Python. A cell that does not parse is skipped with a note ("does not parse:
-line 2 of cell 3 (...)") that the grader shows for every exercise the submission then lacks.
+line 2 of cell 25 of 40, [7], starting 'def f(x:' (...)", numbered as JupyterLab numbers cells, markdown
+included) that the grader shows for every exercise the submission then lacks.
 
 Nothing a submission holds can stop the grading of a class: an unreadable or huge file, a notebook
 that is not JSON, JSON or expressions nested deeply enough to exhaust the parser, each becomes a
@@ -96,9 +97,11 @@ def kept(node: ast.stmt) -> bool:
     return isinstance(node, _KEPT) or _is_constant(node) or _is_helper_class(node)
 
 
-def extract_definitions(sources: list[str], *, notebook: bool = True) -> tuple[str, list[str], list[str]]:
+def extract_definitions(sources: list[str], *, notebook: bool = True,
+                        labels: list[str] | None = None) -> tuple[str, list[str], list[str]]:
     """Keep the top-level imports, defs, helper classes and constants of each source chunk (a notebook's
-    cells, or one ``.py`` file with ``notebook=False``); return (code, functions, notes)."""
+    cells, or one ``.py`` file with ``notebook=False``); return (code, functions, notes). ``labels`` names
+    each chunk in a note (default ``cell 1``, ``cell 2``, ...)."""
     kept_code: list[str] = []
     functions: list[str] = []
     notes: list[str] = []
@@ -107,8 +110,9 @@ def extract_definitions(sources: list[str], *, notebook: bool = True) -> tuple[s
             tree = ast.parse(_cell_to_python(source) if notebook else source)
             parts = [(ast.unparse(node), node) for node in tree.body if kept(node)]
         except _PARSE_ERRORS as exc:
-            where = f"line {exc.lineno} of cell {index + 1} ({exc.msg})" if isinstance(exc, SyntaxError) else \
-                f"cell {index + 1} ({type(exc).__name__}: nested too deeply?)"
+            label = labels[index] if labels else f"cell {index + 1}"
+            where = f"line {exc.lineno} of {label} ({exc.msg})" if isinstance(exc, SyntaxError) else \
+                f"{label} ({type(exc).__name__}: nested too deeply?)"
             notes.append(f"does not parse: {where}")
             continue
         for text, node in parts:
@@ -116,6 +120,16 @@ def extract_definitions(sources: list[str], *, notebook: bool = True) -> tuple[s
             if isinstance(node, _DEFS):
                 functions.append(node.name)
     return "\n\n".join(kept_code) + "\n", list(dict.fromkeys(functions)), notes
+
+
+def _cell_label(number: int, total: int, cell: dict, source: str) -> str:
+    """A cell as JupyterLab shows it: its place among all cells (markdown included), its execution count,
+    and its first line."""
+    first = next((line.strip() for line in source.splitlines() if line.strip()), "")
+    first = first if len(first) <= 40 else first[:37] + "..."
+    count = cell.get("execution_count")
+    run = f", [{count}]" if isinstance(count, int) else ""
+    return f"cell {number} of {total}{run}, starting {first!r}"
 
 
 def load_submission(path: str | Path) -> Submission:
@@ -129,18 +143,21 @@ def load_submission(path: str | Path) -> Submission:
         text = path.read_text(encoding="utf-8", errors="replace").replace("\x00", "")
     except OSError as exc:
         return Submission(str(path), "", [], [f"cannot be read: {exc.strerror}"])
+    labels = None
     if path.suffix == ".py":
         sources = [text]
     else:
         try:
             notebook = json.loads(text)
-            sources = []
-            for cell in notebook.get("cells", []):
+            sources, labels = [], []
+            cells = notebook.get("cells", [])
+            for number, cell in enumerate(cells, start=1):
                 if cell.get("cell_type") == "code":
                     source = cell.get("source", "")
                     sources.append("".join(source) if isinstance(source, list) else str(source))
+                    labels.append(_cell_label(number, len(cells), cell, sources[-1]))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError) as exc:
             return Submission(str(path), "", [], [f"not a readable notebook (not valid notebook JSON: "
                                                   f"{type(exc).__name__})"])
-    code, functions, notes = extract_definitions(sources, notebook=path.suffix == ".ipynb")
+    code, functions, notes = extract_definitions(sources, notebook=path.suffix == ".ipynb", labels=labels)
     return Submission(str(path), code, functions, notes)

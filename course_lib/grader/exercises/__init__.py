@@ -25,6 +25,8 @@ holding a reference implementation or an expected result.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +81,20 @@ def names() -> list[str]:
 
 def chapters() -> list[str]:
     return sorted({ex.chapter for ex in _REGISTRY.values()})
+
+
+def resolve_chapter(text: str, known: Sequence[str] | None = None) -> str:
+    """The chapter id (``"00_measurement"``) that ``text`` names: the full id or its number (``"00"``, ``"0"``).
+    Raises ``ValueError`` naming the allowed values otherwise."""
+    known = list(chapters() if known is None else known)
+    text = str(text).strip()
+    if text in known:
+        return text
+    if text.isdigit():
+        matches = [c for c in known if c.split("_")[0].isdigit() and int(c.split("_")[0]) == int(text)]
+        if len(matches) == 1:
+            return matches[0]
+    raise ValueError(f"chapter must be one of {', '.join(known)} or its number (e.g. 00), got {text!r}")
 
 
 def by_chapter(chapter: str) -> list[Exercise]:
