@@ -109,7 +109,11 @@ def _factors_derive(args: tuple, answer) -> dict | str:
            "dtype": str(w.dtype)}
     if out["shapes"] == [(w.shape[0], rank), (rank, w.shape[1])]:
         W = w.detach().double()
-        out["error"] = float(torch.linalg.matrix_norm(W - A.double() @ B.double()) / torch.linalg.matrix_norm(W))
+        norm = torch.linalg.matrix_norm(W)
+        out["error"] = float(torch.linalg.matrix_norm(W - A.double() @ B.double()) / norm)
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)            # how far from the best product
+        best = U[:, :rank] @ torch.diag(S[:rank]) @ Vh[:rank, :]
+        out["off_best"] = float(torch.linalg.matrix_norm(A.double() @ B.double() - best) / norm)
     return out
 
 
@@ -119,7 +123,12 @@ def _factors_compare(expected: dict, got) -> str | None:
     for key, what in (("shapes", "shapes of (A, B)"), ("dtypes", "dtypes of (A, B) (the weight's dtype)")):
         if got[key] != expected[key]:
             return f"{what}: expected {expected[key]}, got {got[key]}"
-    return _error_reason("A @ B", expected["error"], got["error"], getattr(torch, expected["dtype"][6:]))
+    reason = _error_reason("A @ B", expected["error"], got["error"], getattr(torch, expected["dtype"][6:]))
+    if reason and got.get("off_best") is not None:
+        reason += (f"; your A @ B differs from U[:, :r] @ diag(S[:r]) @ Vh[:r, :] (the best rank-r product) by "
+                   f"{got['off_best']:.3g} of ||W||_F: compare the two, and check that B comes from the first r "
+                   "rows of Vh")
+    return reason
 
 
 # --------------------------------------------------------------------------- rank_for_energy
