@@ -518,12 +518,13 @@ def plot_reconstruction(weight: Tensor, rank: int, title: str = ""):
     A, B = low_rank_factors(w, rank)
     approx = A @ B
     lim = float(w.abs().max())
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+    fig, axes = plt.subplots(1, 3, figsize=(9.8, 3))
     for ax, (name, m) in zip(axes, [("W", w), (f"rank {rank}", approx), ("W - approx", w - approx)]):
-        ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        shown = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title or f"relative error {frobenius_error(w, approx) / float(torch.linalg.matrix_norm(w)):.3f}")
     fig.tight_layout()
+    fig.colorbar(shown, ax=list(axes), shrink=0.85, label="value (one scale)")
     return fig, axes

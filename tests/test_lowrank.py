@@ -314,3 +314,17 @@ def test_rank_sweep_rows_hold_the_factorized_models_accuracies():
     assert rows[2]["val acc"] == pytest.approx(_accuracy_by_hand(model, split.X_val, split.y_val))
     tuned = lowrank.fine_tune(small, split, epochs=1, seed=1)
     assert rows[1]["test acc fine-tuned"] == pytest.approx(_accuracy_by_hand(tuned, split.X_test, split.y_test))
+
+
+def test_reconstruction_heatmaps_share_one_colour_bar():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = torch.randn(12, 9, generator=torch.Generator().manual_seed(0))
+    fig, axes = lowrank.plot_reconstruction(w, 2)
+    bars = [ax for ax in fig.axes if ax not in list(axes)]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "value (one scale)"
+    lim = float(w.abs().max())
+    assert {ax.get_images()[0].get_clim() for ax in axes} == {(-lim, lim)}
+    plt.close(fig)
