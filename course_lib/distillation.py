@@ -37,7 +37,7 @@ from .validation import check_float, check_module, check_tensor
 
 __all__ = ["soft_targets", "kd_loss", "attention_map", "attention_transfer_loss", "logits_of", "features_of",
            "soft_term_gradient_norms", "class_similarity", "train_student", "compare_students", "leaky_protocol",
-           "seed_values", "paired_vs", "choose_on_validation", "summarize", "teacher_minus_students",
+           "transfer_set_study", "fidelity", "logit_matching_ratio", "seed_values", "paired_vs", "choose_on_validation", "summarize", "teacher_minus_students",
            "plot_gradient_norms", "plot_class_similarity", "plot_soft_targets", "plot_attention_maps"]
 
 
@@ -428,6 +428,125 @@ def leaky_protocol(teacher: nn.Module, make_student: Callable[[], nn.Module], sp
         rows.append({"seed": s, "reported (trained on test)": accuracy["leaky"],
                      "control (trained on other images)": accuracy["control"],
                      "agreement with teacher on test": same.double().mean().item()})
+    return rows
+
+
+def transfer_set_study(teacher: nn.Module, make_student: Callable[[], nn.Module], split, *, omitted: int = 3,
+                       seeds: Sequence[int] = (1, 2, 3, 4, 5), temperature: float = 4.0, alpha: float = 0.9,
+                       epochs: int = 15, lr: float = 3e-3, batch_size: int = 128,
+                       shifts: Sequence[float] = tuple(np.arange(0.0, 10.01, 0.5)),
+                       progress: bool = True) -> list[dict]:
+    r"""Hinton et al.'s transfer-set experiment: students that never see one class, with and without soft targets.
+
+    Every student trains on the training images **without** class ``omitted`` (the transfer set), paired by
+    seed: ``"from scratch"`` on the labels (cross-entropy), ``"distilled"`` with :func:`kd_loss` on the
+    teacher's logits at ``temperature`` and ``alpha``. Neither sees an example of the omitted class; only the
+    distilled one hears about it, through the probability the teacher gives that class on *other* digits.
+    Because the transfer set never says "this one is the omitted class", its bias is too low; as in the
+    paper, a bias shift :math:`b_{c} \leftarrow b_{c} + \delta` is added to the omitted class's logit,
+    with :math:`\delta` chosen from ``shifts`` on the **validation** split (the best overall validation
+    accuracy; a tie keeps the smaller shift), the same rule for both arms. Reported on test: the recall of
+    the omitted class and the overall accuracy, without and with the shift.
+
+    Returns
+    -------
+    list of dict
+        One row per (variant, seed): ``variant``, ``seed``, ``shift``, ``omitted recall``, ``omitted recall,
+        shifted``, ``test accuracy``, ``test accuracy, shifted``, ``model``.
+
+    Raises
+    ------
+    ValueError
+        ``omitted`` not a class of the teacher, ``alpha`` outside [0, 1], ``temperature`` not > 0, or
+        ``shifts`` empty or negative.
+
+    Taught in: 04_distillation, section 5b.
+    """
+    from tqdm.auto import tqdm
+
+    check_module("teacher", teacher)
+    n_classes = int(logits_of(teacher, split.X_val[:1]).shape[1])
+    if isinstance(omitted, bool) or not isinstance(omitted, (int, np.integer)) or not 0 <= omitted < n_classes:
+        raise ValueError(f"omitted must be a class in [0, {n_classes}), got {omitted!r}")
+    _check_positive("temperature", temperature)
+    check_float("alpha", alpha, 0.0, 1.0)
+    if not len(shifts) or min(shifts) < 0:
+        raise ValueError(f"shifts must be a non-empty list of non-negative numbers, got {shifts!r}")
+    keep = split.y_train != omitted
+    X, y = split.X_train[keep], split.y_train[keep]
+    z_t = logits_of(teacher, X)
+
+    def scores(model, X_eval, y_eval, shift):
+        z = logits_of(model, X_eval).clone()
+        z[:, omitted] += shift
+        pred = z.argmax(1)
+        return (pred[y_eval == omitted] == omitted).double().mean().item(), (pred == y_eval).double().mean().item()
+
+    rows = []
+    for name in tqdm(["from scratch", "distilled"], desc="transfer set", disable=not progress, leave=False):
+        for s in seeds:
+            student = _fresh(make_student, s)
+            budget = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": s}
+            if name == "from scratch":
+                train_student(student, X, y, **budget)
+            else:
+                train_student(student, X, y, teacher_logits=z_t, temperature=temperature, alpha=alpha, **budget)
+            val = [scores(student, split.X_val, split.y_val, float(d))[1] for d in shifts]
+            shift = float(shifts[int(np.argmax(val))])
+            (recall, acc), (recall_s, acc_s) = (scores(student, split.X_test, split.y_test, d) for d in (0.0, shift))
+            rows.append({"variant": name, "seed": int(s), "shift": shift, "omitted recall": recall,
+                         "omitted recall, shifted": recall_s, "test accuracy": acc, "test accuracy, shifted": acc_s,
+                         "model": student})
+    return rows
+
+
+def fidelity(teacher: nn.Module, student: nn.Module, X: torch.Tensor, temperature: float = 1.0) -> dict[str, float]:
+    r"""How closely a student imitates its teacher on ``X``: top-1 agreement and the mean KL divergence.
+
+    .. math::  \text{agreement} = \frac1N \sum_i \mathbb 1[\arg\max z^s_i = \arg\max z^t_i], \qquad
+               \mathrm{KL} = \frac1N \sum_i \sum_k p^t_{ik} \log \frac{p^t_{ik}}{p^s_{ik}}
+
+    with :math:`p = \operatorname{softmax}(z / T)`. Stanton et al. (2021) call these *fidelity*: a student
+    can match the teacher's accuracy while disagreeing with it on many examples.
+
+    Taught in: 04_distillation, section 5.
+    """
+    check_module("teacher", teacher)
+    check_module("student", student)
+    _check_positive("temperature", temperature)
+    z_t, z_s = logits_of(teacher, X), logits_of(student, X)
+    kl = F.kl_div(F.log_softmax(z_s / temperature, 1), F.log_softmax(z_t / temperature, 1), reduction="batchmean",
+                  log_target=True)
+    return {"top-1 agreement": (z_s.argmax(1) == z_t.argmax(1)).double().mean().item(), "KL": kl.item()}
+
+
+def logit_matching_ratio(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                         temperatures: Sequence[float]) -> list[dict]:
+    r"""The high-temperature limit of the soft term: :math:`T^2\,\mathrm{KL}` against logit matching.
+
+    .. math::  \frac{T^2\, \mathrm{KL}\big(p(z^t; T)\,\|\,p(z^s; T)\big)}{\frac{1}{2NC}\,\lVert \tilde z^s - \tilde z^t \rVert^2}
+               \longrightarrow 1 \quad (T \to \infty),
+
+    where :math:`\tilde z` are the logits with each row's mean removed (a softmax ignores a constant added to
+    a row, so only the centred logits can be matched) and KL is the batch mean. Expanding
+    :math:`\operatorname{softmax}(z/T)` to second order in :math:`1/T` gives the quadratic. One row per ``T``:
+    ``T``, ``T^2 KL``, ``logit matching`` and their ``ratio``.
+
+    Taught in: 04_distillation, section 1.
+    """
+    zs = _check_logits("student_logits", student_logits).double()
+    zt = _check_logits("teacher_logits", teacher_logits).double()
+    if zs.shape != zt.shape:
+        raise ValueError(f"teacher_logits must have the shape of student_logits {tuple(zs.shape)}, got {tuple(zt.shape)}")
+    n, c = zs.shape
+    centred = (zs - zs.mean(1, keepdim=True)) - (zt - zt.mean(1, keepdim=True))
+    matching = centred.pow(2).sum().item() / (2 * n * c)
+    rows = []
+    for T in temperatures:
+        T = _check_positive("temperature", T)
+        kl = F.kl_div(F.log_softmax(zs / T, 1), F.log_softmax(zt / T, 1), reduction="batchmean", log_target=True)
+        rows.append({"T": T, "T^2 KL": T * T * kl.item(), "logit matching": matching,
+                     "ratio": T * T * kl.item() / matching})
     return rows
 
 

@@ -1,4 +1,5 @@
 """course_lib.distillation against closed forms, hand-worked cases and numpy/torch oracles."""
+import dataclasses
 import math
 
 import numpy as np
@@ -301,3 +302,51 @@ def test_teacher_minus_students_is_the_accuracy_gap_by_hand():
         D.teacher_minus_students(teacher, [], X, y)
     with pytest.raises(ValueError, match="y must be an int64 tensor"):
         D.teacher_minus_students(teacher, students, X, y[:3])
+
+
+# ----------------------------------------------------------------------------- transfer set, fidelity, T -> infinity
+def test_logit_matching_ratio_tends_to_one_and_ignores_row_constants():
+    torch.manual_seed(5)
+    zs, zt = torch.randn(20, 10) * 3, torch.randn(20, 10) * 3
+    rows = D.logit_matching_ratio(zs, zt, [1.0, 10.0, 100.0, 1000.0])
+    gaps = [abs(r["ratio"] - 1) for r in rows]
+    assert gaps[1] > gaps[2] > gaps[3] and gaps[3] < 1e-3                      # second-order expansion in 1/T
+    shifted = D.logit_matching_ratio(zs + 7.0, zt - torch.arange(20.0)[:, None], [1000.0])   # constants per row
+    assert shifted[0]["ratio"] == pytest.approx(rows[3]["ratio"], rel=1e-9)
+    # the quadratic by hand for one row: C = 2, z^s = (1, 0), z^t = (0, 0): centred difference (1/2, -1/2)
+    (row,) = D.logit_matching_ratio(torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2), [1.0])
+    assert row["logit matching"] == pytest.approx((0.25 + 0.25) / (2 * 1 * 2))
+
+
+def test_fidelity_by_hand():
+    class Fixed(torch.nn.Module):
+        def __init__(self, z):
+            super().__init__()
+            self.z = torch.nn.Parameter(z, requires_grad=False)
+
+        def forward(self, x):
+            return self.z[: len(x)]
+
+    z_t = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    z_s = torch.tensor([[2.0, 0.0], [1.0, 0.0], [3.0, 0.0]])           # agrees on rows 0 and 2
+    out = D.fidelity(Fixed(z_t), Fixed(z_s), torch.zeros(3, 1))
+    p_t, p_s = torch.softmax(z_t, 1), torch.softmax(z_s, 1)
+    assert out["top-1 agreement"] == pytest.approx(2 / 3)
+    assert out["KL"] == pytest.approx((p_t * (p_t / p_s).log()).sum(1).mean().item(), rel=1e-6)
+    assert D.fidelity(Fixed(z_t), Fixed(z_t), torch.zeros(3, 1)) == {"top-1 agreement": 1.0, "KL": pytest.approx(0.0)}
+
+
+def test_transfer_set_study_pairs_both_arms_by_seed_and_chooses_a_listed_shift():
+    s = data.digits()
+    small = dataclasses.replace(s, X_train=s.X_train[:300], y_train=s.y_train[:300])
+    models.set_seed(0)
+    teacher = models.SmallCNN(channels=(4, 8))
+    models.train(teacher, small.X_train, small.y_train, epochs=3, seed=0, progress=False)
+    rows = D.transfer_set_study(teacher, lambda: models.SmallCNN(channels=(2, 4)), small, omitted=3, seeds=(1, 2),
+                                epochs=2, shifts=(0.0, 1.0), progress=False)
+    assert [(r["variant"], r["seed"]) for r in rows] == [("from scratch", 1), ("from scratch", 2), ("distilled", 1),
+                                                          ("distilled", 2)]
+    for r in rows:
+        assert r["shift"] in (0.0, 1.0) and 0 <= r["omitted recall"] <= 1
+    with pytest.raises(ValueError, match="omitted must be"):
+        D.transfer_set_study(teacher, lambda: models.SmallCNN(channels=(2, 4)), small, omitted=10, progress=False)
