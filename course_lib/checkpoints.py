@@ -118,6 +118,31 @@ for _seed in range(3):
         "store_dtype": "float16",
     }
 del _seed
+# Chapter 07's small students, SmallCNN (8, 16): 4,323 parameters against the dense model's 10,947. Each seed s
+# (init and shuffle) is trained twice with the same budget: distilled from its teacher (Hinton's loss, T = 4,
+# alpha = 0.9, the teacher's logits computed once on the training split) and from scratch (cross-entropy), so that
+# "distilled minus from scratch" is paired by seed. On the watermarked data also five dense models from scratch (seeds
+# 1-5, 10 epochs, like the band) beside the shipped ``shapes_watermark_cnn``.
+_STUDENT = {"in_channels": 1, "n_classes": 3, "channels": [8, 16], "image_size": 16}
+for _seed in range(1, 6):
+    for _data, _teacher in (("shapes", "shapes_cnn"), ("shapes_watermark", "shapes_watermark_cnn")):
+        for _arm in ("kd", "scratch"):
+            RECIPES[f"{_data}_student_{_arm}_seed{_seed}"] = {
+                "architecture": "SmallCNN",
+                "kwargs": dict(_STUDENT),
+                "dataset": RECIPES[_teacher]["dataset"],
+                "init_seed": _seed,
+                "train": {**_TRAIN, "epochs": 30, "seed": _seed},
+                **({"distill": {"teacher": _teacher, "temperature": 4.0, "alpha": 0.9}} if _arm == "kd" else {}),
+            }
+    RECIPES[f"shapes_watermark_cnn_seed{_seed}"] = {
+        "architecture": "SmallCNN",
+        "kwargs": dict(RECIPES["shapes_watermark_cnn"]["kwargs"]),
+        "dataset": RECIPES["shapes_watermark_cnn"]["dataset"],
+        "init_seed": _seed,
+        "train": {**_TRAIN, "epochs": 10, "seed": _seed},
+    }
+del _seed, _data, _teacher, _arm
 
 
 class CheckpointError(ValueError):
@@ -305,16 +330,42 @@ def _deterministic_torch():
         torch.set_num_threads(threads)
 
 
-def _train_one(name: str, progress: bool) -> tuple[bytes, dict]:
-    """Train checkpoint ``name`` from its recipe; return file bytes and entry."""
+def _distillation_loss(teacher_logits: torch.Tensor, y: torch.Tensor, temperature: float,
+                       alpha: float):
+    """Hinton et al. (2015): ``alpha T^2 KL(p_T^t || p_T^s) + (1 - alpha) CE(z^s, y)``, batch rows as targets.
+
+    Chapter 04's ``kd_loss``, written out here: core modules do not import chapter modules.
+    """
+    import torch.nn.functional as F
+
+    def loss(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        soft = F.kl_div(F.log_softmax(out / temperature, dim=1),
+                        F.softmax(teacher_logits[rows] / temperature, dim=1), reduction="batchmean")
+        return alpha * temperature ** 2 * soft + (1 - alpha) * F.cross_entropy(out, y[rows])
+    return loss
+
+
+def _train_one(name: str, progress: bool, root: Path | None = None) -> tuple[bytes, dict]:
+    """Train checkpoint ``name`` from its recipe; return file bytes and entry.
+
+    A recipe with ``distill`` trains on the distillation loss of its teacher (a checkpoint loaded from
+    ``root``) instead of the cross-entropy.
+    """
     recipe = RECIPES[name]
     split = _DATASETS[recipe["dataset"]["name"]](**recipe["dataset"]["kwargs"])
     with _deterministic_torch():
+        targets, extra = split.y_train, {}
+        if "distill" in recipe:
+            spec = recipe["distill"]
+            with torch.no_grad():
+                z_t = load(spec["teacher"], root)(split.X_train)
+            targets = torch.arange(len(split.y_train))
+            extra["loss_fn"] = _distillation_loss(z_t, split.y_train, spec["temperature"], spec["alpha"])
         torch.manual_seed(recipe["init_seed"])
         model = _build(recipe)
         start = time.perf_counter()
-        models.train(model, split.X_train, split.y_train, progress=progress,
-                     **recipe["train"])
+        models.train(model, split.X_train, targets, progress=progress,
+                     **recipe["train"], **extra)
         seconds = time.perf_counter() - start
         state = model.state_dict()
         if recipe.get("store_dtype") == "float16":      # tied tensors stay one tensor (stored once)
@@ -384,9 +435,10 @@ def regenerate(
         f"`{REGENERATE_COMMAND}`."
     )
     for name in names:
-        blob, entry = _train_one(name, progress)
+        blob, entry = _train_one(name, progress, root)
         (folder / entry["file"]).write_bytes(blob)
         manifest["checkpoints"][name] = entry
+        path.write_text(json.dumps(manifest, indent=2) + "\n")     # a later student loads this teacher
     manifest["checkpoints"] = dict(sorted(manifest["checkpoints"].items()))
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
