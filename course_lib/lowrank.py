@@ -26,7 +26,7 @@ from .validation import check_float, check_int, check_module, check_tensor
 
 __all__ = ["low_rank_factors", "rank_for_energy", "factorize_linear", "factorize_conv", "break_even_rank",
            "as_matrix", "spectrum", "frobenius_error", "factorizable_layers", "factorized_params",
-           "dense_params", "factorize_model", "ranks_uniform", "ranks_by_energy", "fine_tune",
+           "dense_params", "factorize_model", "ranks_uniform", "ranks_uniform_keep_dense", "CSRLinear", "csr_model", "stored_formats", "ranks_by_energy", "fine_tune",
            "runs_over_seeds", "fine_tune_seeds", "rank_sweep", "speed_rows", "plot_spectra", "plot_speed",
            "plot_reconstruction"]
 
@@ -316,6 +316,37 @@ def ranks_uniform(model: nn.Module, fraction: float, layers: Sequence[str] | Non
     return {n: max(1, round(fraction * min(as_matrix(m.weight).shape))) for n, m in chosen.items()}
 
 
+def ranks_uniform_keep_dense(model: nn.Module, budget: int, dense: Sequence[str]) -> dict[str, int | None]:
+    """One rank fraction for every layer except those in ``dense`` (kept dense, ``None``), the largest that fits.
+
+    The control for :func:`ranks_by_energy` that keeps a small layer (the 10-row classifier) whole: the other
+    layers get ``max(1, round(f * min(rows, cols)))`` for the largest ``f`` on a grid of step 1/1000 whose
+    total weights (the dense layers' counted in full) stay ``<= budget``.
+
+    Raises
+    ------
+    ValueError
+        A name in ``dense`` that is not a factorizable layer, or a budget the dense layers alone exceed.
+
+    Taught in: 03_low_rank, section 5.
+    """
+    layers = factorizable_layers(model)
+    check_int("budget", budget, 1)
+    if isinstance(dense, str) or any(n not in layers for n in dense):
+        raise ValueError(f"dense must be a list of factorizable layer names {sorted(layers)}, got {dense!r}")
+    rest = [n for n in layers if n not in dense]
+    floor = {**{n: None for n in dense}, **{n: 1 for n in rest}}
+    if _weights(layers, floor) > budget:
+        raise ValueError(f"budget must leave room for the dense layers and rank 1 elsewhere, got {budget}")
+    best = floor
+    for step in range(1000, 0, -1):
+        ranks = {**{n: None for n in dense}, **ranks_uniform(model, step / 1000, rest)}
+        if _weights(layers, ranks) <= budget:
+            best = ranks
+            break
+    return best
+
+
 def ranks_by_energy(model: nn.Module, budget: int, layers: Sequence[str] | None = None) -> dict[str, int]:
     """Per-layer ranks keeping the same energy fraction in every layer, the largest that fits ``budget`` weights.
 
@@ -332,6 +363,83 @@ def ranks_by_energy(model: nn.Module, budget: int, layers: Sequence[str] | None 
         if _weights(chosen, ranks) <= budget:
             best = ranks
     return best
+
+
+class CSRLinear(nn.Module):
+    """A Linear layer whose weight is stored and multiplied in CSR (int32 row pointers and column indices).
+
+    ``forward(x) = (W_csr @ x^T)^T + b`` with ``torch.sparse.mm``: it computes only the kept weights, so it is
+    timed as what a CSR-stored pruned model is, not as the masked dense model it came from.
+
+    Taught in: 03_low_rank, section 7.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        import warnings
+
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            csr = linear.weight.detach().to_sparse_csr()
+            self.weight = torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
+                                                  csr.values().clone(), size=csr.shape, check_invariants=False)
+        self.bias = None if linear.bias is None else linear.bias.detach().clone()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.sparse.mm(self.weight, x.t()).t()
+        return out if self.bias is None else out + self.bias
+
+
+def csr_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` replaced by :class:`CSRLinear` (same outputs, CSR weights).
+
+    Taught in: 03_low_rank, section 7.
+    """
+    check_module("model", model)
+    out = copy.deepcopy(model).eval()
+    for name, layer in list(out.named_modules()):
+        if isinstance(layer, nn.Linear):
+            parent_name, _, child = name.rpartition(".")
+            setattr(out.get_submodule(parent_name) if parent_name else out, child, CSRLinear(layer))
+    return out
+
+
+def stored_formats(model: nn.Module) -> dict[str, int]:
+    """Bytes of a pruned model's Linear/Conv2d weights in three formats, **measured** with ``torch.save``.
+
+    ``"dense"``: the float32 weights and biases as they are; ``"CSR int32"``: each weight matrix as CSR with
+    int32 row pointers and column indices (4-byte value + 4-byte index per kept weight, plus rows + 1
+    pointers); ``"bitmask"``: the kept float32 values plus one bit per weight (``numpy.packbits`` of the
+    mask). Biases are stored dense in every format. Each is one ``torch.save`` file written in memory, so
+    the container's own bytes (names, zip headers) are included.
+
+    Taught in: 03_low_rank, section 7.
+    """
+    import io
+
+    check_module("model", model)
+
+    def saved(obj) -> int:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        return buffer.getbuffer().nbytes
+
+    layers = factorizable_layers(model)
+    dense, csr, bitmask = {}, {}, {}
+    for name, m in layers.items():
+        W = m.weight.detach().reshape(m.weight.shape[0], -1)
+        mask = W != 0
+        dense[name] = m.weight.detach().clone()
+        rows = mask.sum(1).cumsum(0)
+        csr[name] = {"crow": torch.cat([torch.zeros(1, dtype=torch.int32), rows.to(torch.int32)]),
+                     "col": mask.nonzero()[:, 1].to(torch.int32), "values": W[mask].clone()}
+        bitmask[name] = {"mask": torch.from_numpy(np.packbits(mask.flatten().numpy())), "values": W[mask].clone()}
+        if m.bias is not None:
+            for store in (dense, csr, bitmask):
+                store[name + ".bias"] = m.bias.detach().clone()
+    return {"dense": saved(dense), "CSR int32": saved(csr), "bitmask": saved(bitmask)}
 
 
 def fine_tune(model: nn.Module, split, *, epochs: int, lr: float = 1e-3, seed: int = 0) -> nn.Module:

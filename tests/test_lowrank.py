@@ -328,3 +328,43 @@ def test_reconstruction_heatmaps_share_one_colour_bar():
     lim = float(w.abs().max())
     assert {ax.get_images()[0].get_clim() for ax in axes} == {(-lim, lim)}
     plt.close(fig)
+
+
+def test_ranks_uniform_keep_dense_fits_the_budget_and_is_the_largest_common_fraction():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+    # budget 2378: the classifier dense (640 weights) leaves 1738 for the hidden layers, 2 * 192 r <= 1738 -> r = 4
+    ranks = lowrank.ranks_uniform_keep_dense(mlp, 2378, dense=["4"])
+    assert ranks == {"4": None, "0": 4, "2": 4}
+    assert 640 + 2 * 4 * 192 <= 2378 < 640 + 2 * 5 * 192                 # rank 5 would not fit
+    with pytest.raises(ValueError, match="dense must be"):
+        lowrank.ranks_uniform_keep_dense(mlp, 2378, dense=["3"])           # a ReLU is not factorizable
+    with pytest.raises(ValueError, match="budget must"):
+        lowrank.ranks_uniform_keep_dense(mlp, 500, dense=["4"])            # the dense classifier alone is 640
+
+
+def test_csr_model_gives_the_dense_outputs_and_stores_int32_indices():
+    torch.manual_seed(1)
+    mlp = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        for m in (mlp[0], mlp[2]):
+            m.weight.mul_((torch.rand_like(m.weight) < 0.3).float())                # ~70 % zeros
+    x = torch.randn(5, 12)
+    sparse = lowrank.csr_model(mlp)
+    torch.testing.assert_close(sparse(x), mlp(x), rtol=1e-5, atol=1e-6)
+    w = sparse[0].weight
+    assert w.layout == torch.sparse_csr and w.crow_indices().dtype == w.col_indices().dtype == torch.int32
+    assert w.values().numel() == int((mlp[0].weight != 0).sum())
+
+
+def test_stored_formats_by_hand_sizes():
+    torch.manual_seed(2)
+    big = nn.Linear(256, 256, bias=False)
+    with torch.no_grad():
+        big.weight.mul_((torch.rand_like(big.weight) < 0.1).float())                 # ~10 % kept
+    nnz = int((big.weight != 0).sum())
+    sizes = lowrank.stored_formats(nn.Sequential(big))
+    overhead = 3000                                                                    # torch.save's zip and names
+    assert 4 * 256 * 256 <= sizes["dense"] <= 4 * 256 * 256 + overhead
+    assert 8 * nnz + 4 * 257 <= sizes["CSR int32"] <= 8 * nnz + 4 * 257 + overhead       # value + int32 index each
+    assert 4 * nnz + 256 * 256 // 8 <= sizes["bitmask"] <= 4 * nnz + 256 * 256 // 8 + overhead   # one bit per weight
