@@ -241,3 +241,11 @@ def test_plot_roofline_draws_the_roof_and_one_point_per_layer():
     x, y = roof.get_xdata(), roof.get_ydata()
     assert np.allclose(y, np.minimum(40.0, x * 10.0))                      # min(P, I B) in GFLOP/s
     assert ax.get_xscale() == ax.get_yscale() == "log" and len(ax.lines) == 2 + len(rows)
+
+
+def test_profile_ops_counts_each_operator_per_call():
+    layer = nn.Linear(8, 4)
+    table = measurement.profile_ops(lambda: layer(torch.zeros(2, 8)), calls=7, warmup=1)
+    assert "aten::linear" in table.index and table.loc["aten::linear", "calls"] == 7     # one per call, none in warm-up
+    assert (table["total µs per call"] >= table["self µs per call"] - 1e-9).all()       # total includes the self time
+    assert table["self µs per call"].is_monotonic_decreasing
