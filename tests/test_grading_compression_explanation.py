@@ -120,129 +120,169 @@ def agree_float32(a, b, k=0.1):                            # float32 results
     return {key: v.float() for key, v in _agree(a, b, k).items()}
 
 
-# ----------------------------------------------------------------------------- explanation_kd_loss
-def _kd(s, t, y, T, alpha, t2=True):
-    soft = F.kl_div(F.log_softmax(s / T, dim=1), F.softmax(t.detach() / T, dim=1), reduction="batchmean")
-    return alpha * (T * T if t2 else 1.0) * soft + (1 - alpha) * F.cross_entropy(s, y)
+# ----------------------------------------------------------------------------- trainable_grad_cam
+def _rows(target, n):
+    return torch.full((n,), target) if isinstance(target, int) else torch.as_tensor(target)
 
 
-def _cos(sm, tm):
-    s, t = sm.flatten(1), tm.flatten(1)
-    return (s * t).sum(1) / (s.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-8)
+def _cam(model, layer, x, target, *, graph=True, detach_a=False, relu=True, pool="mean", prob=False, first=False):
+    if not any(m is layer for m in model.modules()):
+        raise ValueError("layer must be in model")
+    store = []
+    h = layer.register_forward_hook(lambda m, i, o: store.append(o))
+    out = model(x)
+    h.remove()
+    t = _rows(target, len(x))
+    if first:
+        t = torch.full_like(t, int(t[0]))
+    if ((t < 0) | (t >= out.shape[1])).any():
+        raise ValueError("bad target")
+    out = out.softmax(1) if prob else out
+    A = store[-1]
+    g, = torch.autograd.grad(out.gather(1, t.view(-1, 1)).sum(), A, create_graph=graph)
+    alpha = g.mean((2, 3), keepdim=True) if pool == "mean" else g.sum((2, 3), keepdim=True)
+    cam = (alpha * (A.detach() if detach_a else A)).sum(1, keepdim=True)
+    return cam.relu() if relu else cam
 
 
-def ekd_teacher_map_not_detached(student_logits, teacher_logits, labels, student_map, teacher_map, lam=1.0,
-                                 temperature=4.0, alpha=0.9):
-    return _kd(student_logits, teacher_logits, labels, temperature, alpha) + lam * (1 - _cos(student_map, teacher_map)).mean()
+def cam_no_create_graph(model, layer, x, target):           # alpha a constant: the classifier gets no gradient
+    return _cam(model, layer, x, target, graph=False)
 
 
-def _ekd(fn):
-    def wrong(student_logits, teacher_logits, labels, student_map, teacher_map, lam=1.0, temperature=4.0, alpha=0.9):
-        return fn(student_logits, teacher_logits, labels, student_map, teacher_map.detach(), lam, temperature, alpha)
-    wrong.__name__ = fn.__name__
-    return wrong
+def cam_detached(model, layer, x, target):                  # chapter 05's grad_cam: right value, no graph
+    return _cam(model, layer, x, target).detach()
 
 
-@_ekd
-def ekd_sum_over_batch(s, t, y, sm, tm, lam, T, alpha):
-    return _kd(s, t, y, T, alpha) + lam * (1 - _cos(sm, tm)).sum()
+def cam_activation_detached(model, layer, x, target):       # only alpha carries the graph
+    return _cam(model, layer, x, target, detach_a=True)
 
 
-@_ekd
-def ekd_cosine_along_dim1(s, t, y, sm, tm, lam, T, alpha):          # maps not flattened
-    return _kd(s, t, y, T, alpha) + lam * (1 - F.cosine_similarity(sm, tm, dim=1)).mean()
+def cam_no_relu(model, layer, x, target):
+    return _cam(model, layer, x, target, relu=False)
 
 
-@_ekd
-def ekd_mse_of_maps(s, t, y, sm, tm, lam, T, alpha):
-    return _kd(s, t, y, T, alpha) + lam * F.mse_loss(sm, tm)
+def cam_sum_pool(model, layer, x, target):
+    return _cam(model, layer, x, target, pool="sum")
 
 
-@_ekd
-def ekd_normalised_squared_distance(s, t, y, sm, tm, lam, T, alpha):  # ||s^ - t^||^2 = 2 (1 - cos)
-    d = F.normalize(sm.flatten(1), dim=1) - F.normalize(tm.flatten(1), dim=1)
-    return _kd(s, t, y, T, alpha) + lam * d.pow(2).sum(1).mean()
+def cam_probability(model, layer, x, target):
+    return _cam(model, layer, x, target, prob=True)
 
 
-@_ekd
-def ekd_cosine_of_whole_batch(s, t, y, sm, tm, lam, T, alpha):
-    return _kd(s, t, y, T, alpha) + lam * (1 - F.cosine_similarity(sm.flatten(), tm.flatten(), dim=0))
+def cam_first_target(model, layer, x, target):
+    return _cam(model, layer, x, target, first=True)
 
 
-@_ekd
-def ekd_no_t_squared(s, t, y, sm, tm, lam, T, alpha):
-    return _kd(s, t, y, T, alpha, t2=False) + lam * (1 - _cos(sm, tm)).mean()
+# ----------------------------------------------------------------------------- band_position
+def _band(compressed, band, *, rowwise=False, ties=0.5, denominator=0, verdict="range", center="mean", scale=100.0):
+    c, b = compressed.double(), band.double()
+    if c.dim() != 1 or b.dim() != 2 or b.shape[1] != len(c) or len(b) < 2:
+        raise ValueError("shapes")
+    if rowwise:                                              # each row's own finite images
+        m, means = c.nanmean(), b.nanmean(1)
+    else:
+        keep = torch.isfinite(torch.cat([c[None], b])).all(0)
+        if not keep.any():
+            raise ValueError("no image")
+        pick = (lambda v: v[..., keep].median(-1).values) if center == "median" else (lambda v: v[..., keep].mean(-1))
+        m, means = pick(c), pick(b)
+    B = len(means)
+    pct = scale * (float((means < m).sum()) + ties * float((means == m).sum())) / (B + denominator)
+    if verdict == "range":
+        v = "below" if m < means.min() else "above" if m > means.max() else "inside"
+    elif verdict == "inclusive":
+        v = "below" if m <= means.min() else "above" if m >= means.max() else "inside"
+    else:
+        lo, hi = means.mean() - 2 * means.std(), means.mean() + 2 * means.std()
+        v = "below" if m < lo else "above" if m > hi else "inside"
+    n = int(torch.isfinite(torch.cat([c[None], b])).all(0).sum())
+    return {"mean": float(m), "band_low": float(means.min()), "band_high": float(means.max()), "percentile": pct,
+            "verdict": v, "n": n}
 
 
-@_ekd
-def ekd_no_eps(s, t, y, sm, tm, lam, T, alpha):                    # nan for an all-zero teacher map
-    a, b = sm.flatten(1), tm.flatten(1)
-    return _kd(s, t, y, T, alpha) + lam * (1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean()
+def band_rowwise_nanmean(compressed, band):                 # each model over its own images
+    return _band(compressed, band, rowwise=True)
 
 
-@_ekd
-def ekd_plus_cosine(s, t, y, sm, tm, lam, T, alpha):               # rewards disagreement
-    return _kd(s, t, y, T, alpha) + lam * _cos(sm, tm).mean()
+def band_ties_below(compressed, band):                      # a tie counts as below
+    return _band(compressed, band, ties=1.0)
 
 
-def ekd_wrong_default_lam(student_logits, teacher_logits, labels, student_map, teacher_map, lam=0.5,
-                          temperature=4.0, alpha=0.9):
-    return CE.explanation_kd_loss(student_logits, teacher_logits, labels, student_map, teacher_map, lam,
-                                  temperature, alpha)
+def band_ties_ignored(compressed, band):                    # strictly below only
+    return _band(compressed, band, ties=0.0)
 
 
-# ----------------------------------------------------------------------------- taylor_channel_importance
-def _check4(a, g):
-    if a.dim() != 4 or a.shape != g.shape:
-        raise ValueError("activation and gradient must be (N, C, H, W) of the same shape")
+def band_n_plus_one(compressed, band):
+    return _band(compressed, band, denominator=1)
 
 
-def taylor_abs_inside(activation, gradient):              # mean |A G| over positions
-    _check4(activation, gradient)
-    return (activation * gradient).abs().mean(dim=(2, 3)).mean(0)
+def band_two_sd(compressed, band):                          # mean +- 2 sd of the band, not its range
+    return _band(compressed, band, verdict="two_sd")
 
 
-def taylor_abs_after_batch_mean(activation, gradient):
-    _check4(activation, gradient)
-    return (activation * gradient).mean(dim=(0, 2, 3)).abs()
+def band_inclusive(compressed, band):                       # equal to the minimum is "below"
+    return _band(compressed, band, verdict="inclusive")
 
 
-def taylor_spatial_sum(activation, gradient):
-    _check4(activation, gradient)
-    return (activation * gradient).sum(dim=(2, 3)).abs().mean(0)
+def band_median(compressed, band):
+    return _band(compressed, band, center="median")
 
 
-def taylor_squared(activation, gradient):
-    _check4(activation, gradient)
-    return (activation * gradient).mean(dim=(2, 3)).pow(2).mean(0)
+def band_fraction(compressed, band):                        # 0..1, not a percentile
+    return _band(compressed, band, scale=1.0)
 
 
-def taylor_gradient_only(activation, gradient):
-    _check4(activation, gradient)
-    return gradient.mean(dim=(2, 3)).abs().mean(0)
+# ----------------------------------------------------------------------------- stamp_test
+def _stamp(model, images, stamp, *, pile_up=False, changed=False, flip_all=False, rate_is_flip=False, prob=False):
+    if images.dim() != 4:
+        raise ValueError("images must be (N, C, H, W)")
+    with torch.no_grad():
+        z = model(images)
+        clean, K, N = z.argmax(1), z.shape[1], len(images)
+        follow, flips, x = [], 0, images
+        for c in range(K):
+            x = stamp(x, c) if pile_up else stamp(images, c)
+            out = model(x)
+            pred = out.argmax(1)
+            hit = (pred != clean) if changed else (out.softmax(1)[:, c] > 0.5) if prob else (pred == c)
+            follow.append(hit.double().mean())
+            flips += int((hit & (clean != c)).sum())
+    follow = torch.stack(follow)
+    flip = flips / (N * K if flip_all else N * (K - 1))
+    return {"follow": follow, "rate": flip if rate_is_flip else float(follow.mean()), "flip": flip}
 
 
-def taylor_abs_product(activation, gradient):              # |A| |G|
-    _check4(activation, gradient)
-    return (activation.abs() * gradient.abs()).mean(dim=(2, 3)).mean(0)
+def stamp_piled_up(model, images, stamp):                    # x = stamp(x, c): the stamps accumulate
+    return _stamp(model, images, stamp, pile_up=True)
 
 
-def taylor_batch_sum(activation, gradient):
-    _check4(activation, gradient)
-    return (activation * gradient).mean(dim=(2, 3)).abs().sum(0)
+def stamp_changed(model, images, stamp):                     # a prediction that changes is not one that follows
+    return _stamp(model, images, stamp, changed=True)
+
+
+def stamp_flip_over_all_pairs(model, images, stamp):
+    return _stamp(model, images, stamp, flip_all=True)
+
+
+def stamp_rate_without_clean_hits(model, images, stamp):    # rate over the pairs whose clean prediction is not c
+    return _stamp(model, images, stamp, rate_is_flip=True)
+
+
+def stamp_probability_half(model, images, stamp):           # p(c) > 0.5 instead of the argmax
+    return _stamp(model, images, stamp, prob=True)
 
 
 WRONG = {
     "attribution_agreement": [agree_ordinal_ranks, agree_spearman_shortcut, agree_pearson_on_values, agree_topk_signed,
                               agree_m_floor, agree_m_half_up, agree_m_no_minimum, agree_ties_higher_index,
                               agree_overlap_fraction, agree_cosine_of_abs, agree_batch_mean, agree_float32],
-    "explanation_kd_loss": [ekd_teacher_map_not_detached, ekd_sum_over_batch, ekd_cosine_along_dim1, ekd_mse_of_maps,
-                            ekd_normalised_squared_distance, ekd_cosine_of_whole_batch, ekd_no_t_squared, ekd_no_eps,
-                            ekd_plus_cosine, ekd_wrong_default_lam],
-    "taylor_channel_importance": [taylor_abs_inside, taylor_abs_after_batch_mean, taylor_spatial_sum, taylor_squared,
-                                  taylor_gradient_only, taylor_abs_product, taylor_batch_sum],
+    "trainable_grad_cam": [cam_no_create_graph, cam_detached, cam_activation_detached, cam_no_relu, cam_sum_pool,
+                           cam_probability, cam_first_target],
+    "band_position": [band_rowwise_nanmean, band_ties_below, band_ties_ignored, band_n_plus_one, band_two_sd,
+                      band_inclusive, band_median, band_fraction],
+    "stamp_test": [stamp_piled_up, stamp_changed, stamp_flip_over_all_pairs, stamp_rate_without_clean_hits,
+                   stamp_probability_half],
 }
-
 
 
 # ----------------------------------------------------------------------------- independent correct versions
@@ -269,57 +309,79 @@ def agreement_by_hand(a, b, k=0.1):                        # no input checks; ra
             "cosine": F.cosine_similarity(a, b, dim=1)}
 
 
-def explanation_kd_by_hand(student_logits, teacher_logits, labels, student_map, teacher_map, lam=1.0,
-                           temperature=4.0, alpha=0.9):
-    T = temperature
-    log_ps = torch.log_softmax(student_logits / T, dim=1)
-    pt = torch.softmax(teacher_logits.detach() / T, dim=1)
-    kl = (torch.xlogy(pt, pt) - pt * log_ps).sum(dim=1).mean()
-    ce = -torch.log_softmax(student_logits, dim=1).gather(1, labels[:, None]).mean()
-    cos = F.cosine_similarity(student_map.flatten(1), teacher_map.detach().flatten(1), dim=1, eps=1e-8)
-    return alpha * T * T * kl + (1 - alpha) * ce + lam * (1 - cos).mean()
+def trainable_grad_cam_by_split(model, layer, x, target):
+    """No hooks: run the Sequential up to the layer, then the rest; per-row logits picked with a one-hot."""
+    i = next(j for j, m in enumerate(model) if m is layer)
+    A = model[:i + 1](x)
+    z = model[i + 1:](A)
+    t = torch.as_tensor(target).expand(len(x)) if not isinstance(target, list) else torch.tensor(target)
+    picked = (z * F.one_hot(t, z.shape[1]).to(z.dtype)).sum()
+    g, = torch.autograd.grad(picked, A, create_graph=True)
+    alpha = g.sum(dim=(2, 3)) / (A.shape[2] * A.shape[3])                   # (N, K)
+    return torch.einsum("nk,nkhw->nhw", alpha, A).clamp(min=0).unsqueeze(1)
 
 
-def taylor_by_hand(activation, gradient):
-    N, C, H, W = activation.shape
-    per_example = (activation * gradient).sum(dim=(2, 3)) / (H * W)
-    return per_example.abs().sum(0) / N
+def band_position_by_hand(compressed, band):               # numpy, loops, no input checks
+    import numpy as np
+    c, b = compressed.double().numpy(), band.double().numpy()
+    cols = [j for j in range(len(c)) if math.isfinite(c[j]) and all(math.isfinite(v) for v in b[:, j])]
+    m = sum(c[j] for j in cols) / len(cols)
+    means = [sum(row[j] for j in cols) / len(cols) for row in b]
+    below, equal = sum(v < m for v in means), sum(v == m for v in means)
+    verdict = "below" if m < min(means) else "above" if m > max(means) else "inside"
+    return {"mean": float(m), "band_low": float(np.min(means)), "band_high": float(np.max(means)),
+            "percentile": 100.0 * (below + equal / 2) / len(means), "verdict": verdict, "n": len(cols)}
 
 
-INDEPENDENT = {"attribution_agreement": agreement_by_hand, "explanation_kd_loss": explanation_kd_by_hand,
-               "taylor_channel_importance": taylor_by_hand}
+def stamp_test_by_hand(model, images, stamp):              # one image and one class at a time
+    with torch.no_grad():
+        K = model(images[:1]).shape[1]
+        hits = torch.zeros(K, dtype=torch.float64)
+        flips = 0
+        for n in range(len(images)):
+            clean = int(model(images[n:n + 1])[0].argmax())
+            for c in range(K):
+                pred = int(model(stamp(images, c)[n:n + 1])[0].argmax())
+                hits[c] += pred == c
+                flips += pred == c and clean != c
+    N = len(images)
+    return {"follow": hits / N, "rate": float(hits.sum()) / (N * K), "flip": flips / (N * (K - 1))}
+
+
+INDEPENDENT = {"attribution_agreement": agreement_by_hand, "trainable_grad_cam": trainable_grad_cam_by_split,
+               "band_position": band_position_by_hand, "stamp_test": stamp_test_by_hand}
 
 
 (test_grader_accepts_reference, test_grader_accepts_independent_correct_versions,
  test_grader_rejects_stub, test_grader_rejects_wrong_answer) = \
-    contract_tests(WRONG, INDEPENDENT, seeds=[0, 1, 2, 3], wrong_seeds=SEEDS, independent_seeds=[7, 8, 11])
+    contract_tests(WRONG, INDEPENDENT, seeds=[0, 1, 2, 3], wrong_seeds=list(range(8)), independent_seeds=[7, 8, 11])
 
 
 test_grader_grades_the_idea = grades_the_idea({n: [f] for n, f in INDEPENDENT.items()}, seeds=[4, 5])
 
 
-def test_explanation_kd_grader_explains_gradient_failures():
-    _, message = grade("explanation_kd_loss", ekd_teacher_map_not_detached, 0)
-    assert "teacher_map" in message and "detach" in message
+def test_trainable_grad_cam_grader_names_create_graph():
+    _, message = grade("trainable_grad_cam", cam_no_create_graph, 0)
+    assert "create_graph=True" in message and "gradient" in message
 
 
 def test_check_returns_learner_function_on_pass_and_reference_on_fail(capsys):
-    assert grading.check("taylor_channel_importance", taylor_by_hand, seed=3) is taylor_by_hand
+    assert grading.check("band_position", band_position_by_hand, seed=3) is band_position_by_hand
     assert "PASS" in capsys.readouterr().out
-    assert grading.check("taylor_channel_importance", taylor_abs_inside, seed=3) is CE.taylor_channel_importance
+    assert grading.check("band_position", band_two_sd, seed=3) is CE.band_position
     assert "FAIL" in capsys.readouterr().out
 
 
-def test_explanation_kd_loss_is_graded_in_the_sandbox():
+def test_trainable_grad_cam_is_graded_in_the_sandbox():
     """The value-and-gradient runner works in the classroom grader's separate, guarded process too."""
     import inspect
 
     from course_lib.grader.sandbox import SandboxLimits, run_exercise
 
-    cases = grading.make_cases("explanation_kd_loss", 0)
-    expected = grading.expected_outcomes("explanation_kd_loss", cases)
+    cases = grading.make_cases("trainable_grad_cam", 0)
+    expected = grading.expected_outcomes("trainable_grad_cam", cases)
     header = "import torch\nimport torch.nn.functional as F\n"
-    good = run_exercise(header + inspect.getsource(explanation_kd_by_hand) +
-                        "explanation_kd_loss = explanation_kd_by_hand\n", "explanation_kd_loss", cases,
+    good = run_exercise(header + inspect.getsource(trainable_grad_cam_by_split) +
+                        "trainable_grad_cam = trainable_grad_cam_by_split\n", "trainable_grad_cam", cases,
                         SandboxLimits(timeout_s=30))
-    assert good.error is None and grading.judge("explanation_kd_loss", cases, expected, good.outcomes)[0]
+    assert good.error is None and grading.judge("trainable_grad_cam", cases, expected, good.outcomes)[0]

@@ -2,12 +2,17 @@
 
 What each piece guarantees, and what it needs:
 
-- **Namespaces** (root): a private mount namespace in which every host mount is read-only, ``/tmp``,
-  ``/var/tmp``, ``/dev/shm`` (and ``/run/lock``) are fresh, the project's source tree (references,
-  ``solutions/``, chapters), the other submissions and the forbidden libraries' files are hidden; an
-  empty network namespace; a private IPC namespace (SysV IPC, POSIX message queues); a PID namespace
-  whose init is the graded process, so its whole process tree ends with it and it sees no other
-  process (a fresh ``/proc``).
+- **Namespaces** (root): a private mount namespace whose root is built from an **allow-list**
+  (:func:`child_root_plan`), read-only: the system's programs and libraries (``/usr/bin``, ``/usr/lib``,
+  ``/usr/libexec``, ``/usr/include``, time zones), a few files of ``/etc`` (the loader's cache, the time
+  zone; a ``passwd`` naming only the graders' uids), the interpreter, its standard library, the environment's
+  site-packages (reached through the same symbolic links as on the host, even for a venv living under
+  ``/tmp``), and the course's core modules and exercise specs; fresh ``/tmp``, ``/var/tmp``, ``/dev/shm``;
+  ``/dev``'s harmless nodes. Nothing else of the host is there: no working directory or ``sys.path`` extra,
+  no ``/home``, ``/root``, ``/srv``, no other copy of the course, no socket file, no reference module; the
+  forbidden libraries' files are covered too. An empty network namespace (abstract unix sockets included);
+  a private IPC namespace (SysV IPC, POSIX message queues); a PID namespace whose init is the graded
+  process, so its whole process tree ends with it and it sees no other process (a fresh ``/proc``).
 - **A uid slot** (root): each running child gets a uid of its own, taken from a range with a lock
   file per uid (``flock``), so two graders on one machine never share a uid and never signal each
   other's children. Locks die with their holder: a crashed grader frees its slots.
@@ -26,7 +31,7 @@ import sys
 
 __all__ = ["Isolation", "probe", "SlotPool", "MemoryCgroup", "enter_namespaces", "finish_pid_namespace",
            "fork_into_new_pid_namespace", "single_threaded",
-           "drop_privileges", "set_limits", "die_with_parent", "needed_dirs"]
+           "drop_privileges", "set_limits", "die_with_parent", "child_root_plan"]
 
 CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x40000000, 0x08000000, 0x20000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
@@ -84,6 +89,8 @@ def probe() -> dict:
     info["namespaces"] = code in (0, 2)
     info["pid_namespace"] = code == 0
     info["cgroup"] = MemoryCgroup.kind()
+    if info["namespaces"]:
+        child_root_plan()                # computed once here, inherited by every forked child
     return info
 
 
@@ -233,66 +240,206 @@ class MemoryCgroup:
                 time.sleep(0.01)
 
 
-# --------------------------------------------------------------------------- the mount namespace
-def needed_dirs(project_root: str) -> list[str]:
-    """Directories the child must still read: the Python installation and its site-packages, even when
-    they live inside the project (a ``.venv``); never the project's own source tree."""
-    dirs = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
-    for entry in sys.path:
-        real = os.path.realpath(entry) if entry else ""
-        if real and os.path.isdir(real) and not (real == project_root or real.startswith(project_root + os.sep)):
-            dirs.add(real)
-    return sorted(dirs)
+# --------------------------------------------------------------------------- the child's root: an allow-list
+# What of the host a graded child sees, besides its private tmp directories, /dev's harmless nodes and a fresh
+# /proc: the system's programs and libraries (a compiler for torch.compile included), a few files of /etc, the
+# interpreter, its standard library, the environment's site-packages, and the course's core modules.
+SYSTEM_PATHS = ("/usr/bin", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32", "/usr/libexec", "/usr/include",
+                "/usr/share/zoneinfo", "/bin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_PATHS = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "timezone")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+FRESH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+# The course's own files a child may read (its lazy imports, its tracebacks): the core modules and the
+# exercise specs. Never a chapter module (the references), never grading.py, solutions/, data/ or tests/.
+COURSE_FILES = ("__init__.py", "data.py", "models.py", "checkpoints.py", "plots.py", "validation.py", "timing.py",
+                "grader/__init__.py", "grader/codec.py", "grader/guards.py", "grader/confinement.py",
+                "grader/zygote.py", "grader/exercises")
+_SYS_pivot_root = {"x86_64": 155, "aarch64": 41}
+_MNT_DETACH = 2
 
 
-def _outermost(paths: list[str]) -> list[str]:
-    return [p for p in paths if not any(p != o and p.startswith(o + "/") for o in paths)]
+def _interpreter_paths() -> list[str]:
+    """The interpreter (as it was started, and the file it resolves to), its shared library, its standard
+    library and headers, the environment's ``pyvenv.cfg`` and site-packages: nothing else on ``sys.path``
+    (no working directory, no ``PYTHONPATH`` entry, no user site-packages)."""
+    import site
+    import sysconfig
+
+    paths = [sys.executable, getattr(sys, "_base_executable", sys.executable)]
+    info = sysconfig.get_paths()
+    paths += [info.get("stdlib"), info.get("platstdlib"), info.get("include")]
+    libdir = sysconfig.get_config_var("LIBDIR")
+    for name in (sysconfig.get_config_var("LDLIBRARY"), sysconfig.get_config_var("INSTSONAME")):
+        if libdir and name and (".so" in name or name.endswith(".dylib")):
+            paths.append(os.path.join(libdir, name))
+    paths.append(os.path.join(sys.prefix, "pyvenv.cfg"))
+    paths += site.getsitepackages()
+    return [p for p in paths if p and os.path.exists(p)]
 
 
-def _overlay(target: str, options: str, keep: list[str], read_only: bool = False) -> None:
-    """Mount an empty tmpfs on ``target``, then bind the ``keep`` subtrees back in place (held open
-    with ``O_PATH`` before the tmpfs covers them)."""
-    fds = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in _outermost(keep)]
-    _mount("tmpfs", target, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
-    for path, fd in fds:
-        os.makedirs(path, exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
-        os.close(fd)
-    if read_only:
-        _mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+def _course_paths() -> list[str]:
+    import course_lib
+    package = os.path.dirname(os.path.abspath(course_lib.__file__))
+    return [os.path.join(package, name) for name in COURSE_FILES if os.path.exists(os.path.join(package, name))]
 
 
-def _closed_ancestor(path: str) -> str | None:
-    """The highest ancestor of ``path`` that others may not traverse (e.g. ``/root``, mode 700)."""
-    parts = path.strip("/").split("/")
-    for i in range(1, len(parts)):
-        ancestor = "/" + "/".join(parts[:i])
-        if not os.stat(ancestor).st_mode & 0o001:
-            return ancestor
-    return None
-
-
-def _mount_points() -> list[tuple[str, set[str]]]:
-    points = []
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            fields = line.split()
-            target = fields[4].encode().decode("unicode_escape")
-            points.append((target, set(fields[5].split(","))))
-    return points
-
-
-def _read_only_host() -> None:
-    """Remount every mount of this (private) namespace read-only; the host is unaffected."""
-    flag = {"nosuid": _MS_NOSUID, "nodev": _MS_NODEV, "noexec": _MS_NOEXEC}
-    for target, options in sorted(_mount_points(), key=lambda p: p[0].count("/")):
-        if target.startswith(("/proc", "/sys")) and target not in ("/sys", "/sys/fs/cgroup"):
+def _walk(path: str, links: dict[str, str]) -> str:
+    """Resolve ``path`` one component at a time, recording each symbolic link met on the way (so the new root
+    can hold the same link); return the real path."""
+    resolved, pending, hops = "/", [p for p in path.split("/") if p], 0
+    while pending:
+        name = pending.pop(0)
+        if name == ".":
             continue
-        extra = sum(flag[o] for o in options if o in flag)
+        if name == "..":
+            resolved = os.path.dirname(resolved)
+            continue
+        current = os.path.join(resolved, name)
+        if os.path.islink(current):
+            hops += 1
+            if hops > 40:
+                raise OSError(f"too many symbolic links: {path}")
+            target = os.readlink(current)
+            links[current] = target
+            if target.startswith("/"):
+                resolved = "/"
+            pending = [p for p in target.split("/") if p] + pending
+        else:
+            resolved = current
+    return resolved
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def child_root_plan() -> dict:
+    """What the child's root holds, computed once in the zygote (where the host is visible): ``binds``
+    (real paths, outermost only, each shown at the same place), ``links`` (each symbolic link on the way to
+    them, recreated as it is: a venv symlinked under ``/tmp`` resolves as on the host), ``etc`` and ``devices``."""
+    global _PLAN
+    if _PLAN is not None:
+        return _PLAN
+    links: dict[str, str] = {}
+    wanted = [p for p in SYSTEM_PATHS if os.path.lexists(p)] + _interpreter_paths() + _course_paths() + \
+        [os.path.join("/etc", e) for e in ETC_PATHS if os.path.lexists(os.path.join("/etc", e))] + \
+        ["/sys/devices/system/cpu"]
+    real = []
+    for path in wanted:
         try:
-            _mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | extra)
+            target = _walk(path, links)
         except OSError:
-            pass
+            continue
+        if os.path.exists(target) and not os.path.islink(target):
+            real.append(target)
+    binds = sorted({p for p in real if not any(o != p and _inside(p, o) for o in real)}, key=lambda p: p.count("/"))
+    links = {link: target for link, target in links.items() if not any(_inside(link, b) for b in binds)}
+    _PLAN = {"binds": binds, "links": links,
+             "devices": [d for d in DEVICES if os.path.exists(f"/dev/{d}")]}
+    return _PLAN
+
+
+_PLAN: dict | None = None
+
+
+def _mount_points() -> list[str]:
+    """This namespace's mount points, outermost first."""
+    with open("/proc/self/mountinfo") as handle:
+        points = [line.split()[4].encode().decode("unicode_escape") for line in handle]
+    return sorted(points, key=lambda p: p.count("/"))
+
+
+def _prepare(root: str, path: str, is_dir: bool) -> str:
+    """Create ``path`` (a directory, or an empty file to bind a file onto) under ``root``."""
+    target = root + path
+    os.makedirs(target if is_dir else os.path.dirname(target), mode=0o755, exist_ok=True)
+    if not is_dir and not os.path.exists(target):
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+    return target
+
+
+def _passwd(root: str) -> None:
+    """An ``/etc/passwd`` and ``/etc/group`` naming only root and the graders' uids (no host user listed), so
+    ``getpass.getuser()`` works in the child."""
+    users = ["root:x:0:0:root:/nonexistent:/usr/sbin/nologin"] + \
+        [f"grader{u - BASE_UID}:x:{u}:{u}:graded code:/tmp:/usr/sbin/nologin" for u in range(BASE_UID, BASE_UID + N_UIDS)]
+    groups = ["root:x:0:"] + [f"grader{u - BASE_UID}:x:{u}:" for u in range(BASE_UID, BASE_UID + N_UIDS)]
+    for name, lines in (("passwd", users), ("group", groups)):
+        with open(os.path.join(root, "etc", name), "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+
+
+def _build_root(root: str, file_size_mb: int) -> None:
+    """Fill the empty tmpfs ``root`` from the allow-list (the host stays untouched). ``/proc`` is the host's
+    until the PID namespace's init mounts its own over it (:func:`finish_pid_namespace`)."""
+    plan = child_root_plan()
+    sources = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in plan["binds"]]
+    proc_fd = os.open("/proc", os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
+    device_fds = [(d, os.open(f"/dev/{d}", os.O_PATH | os.O_CLOEXEC)) for d in plan["devices"]]
+    _mount("tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=755,size=2m")
+    for name in ("etc", "proc", "sys", "dev", "var", "tmp"):
+        os.makedirs(os.path.join(root, name), mode=0o755, exist_ok=True)
+    os.chmod(os.path.join(root, "tmp"), 0o1777)
+    for path in FRESH_DIRS:
+        if path == "/dev/shm":
+            continue
+        target = _prepare(root, path, True)
+        _mount("tmpfs", target, "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=1777,size={4 * file_size_mb}m")
+    _mount("tmpfs", root + "/dev", "tmpfs", _MS_NOSUID | _MS_NOEXEC, "mode=755,size=64k")
+    for name, fd in device_fds:
+        _mount(f"/proc/self/fd/{fd}", _prepare(root, f"/dev/{name}", False), None, _MS_BIND)
+        os.close(fd)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{root}/dev/{name}")
+    os.makedirs(root + "/dev/shm", mode=0o755)
+    _mount("tmpfs", root + "/dev/shm", "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=1777,size={4 * file_size_mb}m")
+    _mount(None, root + "/dev", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NOEXEC)
+    for link, target in sorted(plan["links"].items(), key=lambda item: item[0].count("/")):
+        os.makedirs(os.path.dirname(root + link), mode=0o755, exist_ok=True)
+        if not os.path.lexists(root + link):
+            os.symlink(target, root + link)
+    for path, fd in sources:     # recursive: a folder mounted inside one (a venv's site-packages) comes along
+        target = _prepare(root, path, os.path.isdir(f"/proc/self/fd/{fd}"))
+        _mount(f"/proc/self/fd/{fd}", target, None, _MS_BIND | _MS_REC)
+        os.close(fd)
+    bound = tuple(root + path for path in plan["binds"])
+    for point in _mount_points():
+        if point.startswith(bound) and any(_inside(point, b) for b in bound):
+            try:
+                _mount(None, point, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+            except OSError:
+                pass
+    _mount(f"/proc/self/fd/{proc_fd}", root + "/proc", None, _MS_BIND | _MS_REC)
+    os.close(proc_fd)
+    _passwd(root)
+
+
+def _enter_root(root: str) -> None:
+    """Make ``root`` the process's ``/`` and detach the host's tree (``pivot_root``; ``chroot`` where the
+    current root cannot be pivoted, e.g. an initramfs: the child has no capability left to leave it)."""
+    import platform
+
+    os.chdir(root)
+    number = _SYS_pivot_root.get(platform.machine())
+    try:
+        if number is None:
+            raise OSError("pivot_root: unknown system call number on this machine")
+        os.mkdir(".old-root", 0o700)
+        _libc.syscall.restype = ctypes.c_long
+        if _libc.syscall(ctypes.c_long(number), b".", b".old-root") != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"pivot_root: {os.strerror(err)}")
+        os.chdir("/")
+        _check(_libc.umount2(b"/.old-root", _MNT_DETACH), "umount /.old-root")
+        os.rmdir("/.old-root")
+    except OSError:
+        if os.path.isdir(".old-root"):
+            os.rmdir(".old-root")
+        os.chroot(".")
+        os.chdir("/")
+    _mount(None, "/", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+
 
 
 def single_threaded() -> bool:
@@ -325,30 +472,19 @@ def fork_into_new_pid_namespace() -> int:
 
 def enter_namespaces(hide: list[str], project_root: str, file_size_mb: int, new_pid_namespace: bool = True) -> None:
     """Private mount, network and IPC namespaces, and (``new_pid_namespace``) a PID namespace for the
-    next fork."""
+    next fork. The mount namespace's root is built from an allow-list (:func:`child_root_plan`): nothing
+    else of the host is there (no working directory, no ``/home``, ``/root``, ``/srv``, no other copy of
+    the course, no socket file); then ``hide`` (the forbidden libraries' files, the submissions) is
+    covered. ``project_root`` is kept for callers; only the course files the plan names are shown."""
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | (CLONE_NEWPID if new_pid_namespace else 0)),
            "unshare")
     _mount("none", "/", None, _MS_REC | _MS_PRIVATE)
-    needed = needed_dirs(project_root)
-    _read_only_host()
-    closed: dict[str, list[str]] = {}
-    for path in needed:
-        ancestor = _closed_ancestor(path)
-        if ancestor:
-            closed.setdefault(ancestor, []).append(path)
-    for ancestor, keep in closed.items():
-        _overlay(ancestor, "mode=755,size=1m", keep, read_only=True)
-    fresh = set()
-    for tmp in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue"):
-        if os.path.isdir(tmp) and not os.path.islink(tmp):
-            fresh.add(os.path.realpath(tmp))
-            _overlay(tmp, f"mode=1777,size={4 * file_size_mb}m",
-                     [p for p in needed if p.startswith(os.path.realpath(tmp) + "/")])
-    if os.path.isdir(project_root):
-        _overlay(project_root, "mode=755,size=4k",
-                 [p for p in needed if p.startswith(project_root + "/")], read_only=True)
-    for path in hide:
-        if os.path.realpath(path) in fresh:       # already an empty, fresh directory here
+    root = "/tmp" if os.path.isdir("/tmp") and not os.path.islink("/tmp") else "/mnt"
+    _build_root(root, file_size_mb)
+    _enter_root(root)
+    binds = child_root_plan()["binds"]
+    for path in hide:     # only what the allow-list shows needs covering; a folder above it must stay
+        if not any(path != b and _inside(path, b) for b in binds):
             continue
         try:
             if os.path.isdir(path):
@@ -422,3 +558,4 @@ def reap_uid(uid: int) -> None:
         os.waitpid(pid, 0)
         if not live_processes(uid):
             return
+

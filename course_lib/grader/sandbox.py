@@ -108,11 +108,16 @@ class Pool:
         self.limits = limits or SandboxLimits()
         self.hide = list(hide)
         self._jobdir = tempfile.mkdtemp(prefix="grader-jobs-")   # mode 700: only the grader reads it
+        # The zygote's sys.path: the folder holding course_lib and the interpreter's own; never the grader's
+        # working directory or its sys.path extras (a classmate's notebook there must not be importable).
+        course_home = os.path.dirname(os.path.dirname(os.path.abspath(__import__("course_lib").__file__)))
         env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self._process = subprocess.Popen([sys.executable, "-m", "course_lib.grader.zygote", "--jobs", str(jobs)],
+                   PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=course_home)
+        env.pop("PYTHONSTARTUP", None)
+        env.pop("PYTHONUSERBASE", None)
+        self._process = subprocess.Popen([sys.executable, "-s", "-m", "course_lib.grader.zygote", "--jobs", str(jobs)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                         env=env, start_new_session=True)
+                                         env=env, cwd=course_home, start_new_session=True)
         self._lock = threading.Lock()
         self._next_id = 0
         self._isolation: dict | None = None
