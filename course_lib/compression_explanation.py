@@ -1,13 +1,18 @@
 """Chapter 07 -- compression x explanation: do compressed models explain the same way?
 
-Three exercises and the helpers that run the chapter's measurements:
+Four exercises and the helpers that run the chapter's measurements:
 
 - :func:`attribution_agreement` compares two attribution maps example by example (Spearman rank
   correlation, top-k intersection over union, cosine similarity);
-- :func:`explanation_kd_loss` is an explanation-aware distillation loss: Hinton's loss plus
-  ``lam`` times a penalty for explanation maps that point elsewhere than the teacher's;
-- :func:`taylor_channel_importance` scores channels by the first-order Taylor estimate of the loss
-  change when a channel is removed (Molchanov et al., 2017), for attribution-guided pruning.
+- :func:`band_position` places a compressed model's agreement in the band of independently trained
+  models (range, percentile, verdict);
+- :func:`trainable_grad_cam` is Grad-CAM as a differentiable function of the weights (double
+  backpropagation), the map an explanation-aware loss trains;
+- :func:`stamp_test` is the causal shortcut test: how often the prediction follows a stamped class marker.
+
+:func:`explanation_kd_loss` (Hinton's loss plus ``lam`` times a penalty for explanation maps that point
+elsewhere than the teacher's) and :func:`taylor_channel_importance` (the first-order Taylor estimate of
+the loss change when a channel is removed; Molchanov et al., 2017) are helpers the chapter calls.
 
 The helpers take the explanation methods as callables ``explain(model, x, target) -> map`` (the
 notebook passes chapter 05's ``grad_cam`` / ``integrated_gradients``) and models built with the
