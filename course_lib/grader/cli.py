@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import exercises, grading, reports
+from . import exercises, grading, reports, zygote
 from .sandbox import Pool, SandboxLimits, _clean, hidden_paths
 from .submission import load_submission
 
@@ -200,7 +200,8 @@ def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None
     if planned:
         hidden = hidden_paths([*map(str, paths), *map(str, hide)])
         done: set[int] = set()
-        with Pool(min(jobs, len(planned)), limits, hide=hidden) as pool:     # imports while we compute below
+        preload = zygote.preload_for({code for _, code, _ in planned}, {ex.name for _, _, ex in planned})
+        with Pool(min(jobs, len(planned)), limits, hide=hidden, preload=preload) as pool:  # imports while we compute
             tasks = [(path, code, ex, *cases_for(ex.name)) for path, code, ex in planned]
             try:
                 for index, result in pool.run([(code, ex.name, cases) for _, code, ex, cases, _ in tasks]):
@@ -226,8 +227,7 @@ def _row(path: str, ex: exercises.Exercise, cases: list[dict], expected: list, r
          seed: int) -> GradeRow:
     """Judge one exercise's answers (``derive`` applied here, in the grader); never raises."""
     answered = len(result.outcomes)
-    protocol = result.error is not None and any(w in result.error for w in ("reply channel", "could not be read",
-                                                                            "malformed", "larger than"))
+    protocol = result.error is not None and result.kind == "protocol"     # the zygote says what the error is
     if result.error is not None and (protocol or not all(e.raised for e in expected[answered:])):
         return GradeRow(path, ex.name, False, 0.0, ex.max_score, result.error, 0, sum(not e.raised for e in expected))
     try:                 # an error after every valid-input case was answered (cases run valid first) is a note

@@ -44,6 +44,7 @@ class SandboxResult:
     error: str | None = None                       # why no (complete) answer came back (outcomes: those before it)
     printed: str = ""
     seconds: float = 0.0
+    kind: str | None = None                        # what the error is (zygote.ERROR_KINDS), None without one
 
 
 def parse_answer(answer: dict, n_cases: int) -> SandboxResult:
@@ -54,10 +55,11 @@ def parse_answer(answer: dict, n_cases: int) -> SandboxResult:
     seconds = float(answer.get("seconds") or 0.0) if isinstance(answer.get("seconds"), (int, float)) else 0.0
     printed = _clean(str(answer.get("printed") or ""))[:MAX_PRINTED_CHARS]
     error = _clean(str(answer["error"]))[:4000] if answer.get("error") else None
+    kind = (answer.get("kind") if answer.get("kind") in _ERROR_KINDS else "child") if error else None
     raw = answer.get("outcomes")
     if not isinstance(raw, list) or len(raw) > n_cases:
         return SandboxResult(error=error or "the grading process returned a malformed answer", printed=printed,
-                             seconds=seconds)
+                             seconds=seconds, kind=kind or "protocol")
     outcomes = []
     for i, text in enumerate(raw):
         try:
@@ -67,8 +69,11 @@ def parse_answer(answer: dict, n_cases: int) -> SandboxResult:
         except (ValueError, TypeError, KeyError, IndexError, RecursionError, MemoryError, OverflowError,
                 DecodeError) as exc:
             return SandboxResult(error=f"the answer to case {i + 1} could not be read: {_clean(str(exc))[:300]}",
-                                 printed=printed, seconds=seconds)
-    return SandboxResult(outcomes=outcomes, error=error, printed=printed, seconds=seconds)
+                                 printed=printed, seconds=seconds, kind="protocol")
+    return SandboxResult(outcomes=outcomes, error=error, printed=printed, seconds=seconds, kind=kind)
+
+
+_ERROR_KINDS = ("protocol", "timeout", "memory", "died", "child", "setup")      # as zygote.ERROR_KINDS
 
 
 def _clean(text: str) -> str:
@@ -104,7 +109,8 @@ class Pool:
     The zygote starts importing at once; the grader can compute the expected values meanwhile
     (``isolation`` and ``run`` wait for it to be ready)."""
 
-    def __init__(self, jobs: int = 1, limits: SandboxLimits | None = None, hide: Sequence[str] = ()):
+    def __init__(self, jobs: int = 1, limits: SandboxLimits | None = None, hide: Sequence[str] = (),
+                 preload: Sequence[str] | None = None):
         self.limits = limits or SandboxLimits()
         self.hide = list(hide)
         self._jobdir = tempfile.mkdtemp(prefix="grader-jobs-")   # mode 700: only the grader reads it
@@ -115,7 +121,10 @@ class Pool:
                    PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=course_home)
         env.pop("PYTHONSTARTUP", None)
         env.pop("PYTHONUSERBASE", None)
-        self._process = subprocess.Popen([sys.executable, "-s", "-m", "course_lib.grader.zygote", "--jobs", str(jobs)],
+        # preload: the modules to import besides the zygote's base (zygote.preload_for); None: every allowed one
+        extra = [] if preload is None else ["--preload", ",".join(preload)]
+        self._process = subprocess.Popen([sys.executable, "-s", "-m", "course_lib.grader.zygote", "--jobs", str(jobs),
+                                          *extra],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                          env=env, cwd=course_home, start_new_session=True)
         self._lock = threading.Lock()

@@ -16,8 +16,10 @@ Protocol with the grader (JSON lines). Request: ``{"id", "job", "exercise", "cas
 "memory_mb", "file_size_mb", "hide"}``; ``job`` is a file readable only by the grader that holds the
 submission's code: only the child that grades it ever reads it (and deletes it), so no other child's
 memory holds another student's code. The zygote answers ``{"ready": true, "isolation": {...}}``
-once, then ``{"id", "outcomes": [raw outcome JSON text, ...], "error", "printed", "seconds"}`` per
-request, in completion order. Protocol with a child: the zygote writes ``{"i", "nonce", "case"}``
+once, then ``{"id", "outcomes": [raw outcome JSON text, ...], "error", "kind", "printed", "seconds"}`` per
+request, in completion order; ``kind`` says what the error is (:data:`ERROR_KINDS`), so the grader never reads
+it from the message. Reports are written without blocking (a grader busy comparing one answer never holds up
+the children in flight: their replies are read and their time limits kept meanwhile). Protocol with a child: the zygote writes ``{"i", "nonce", "case"}``
 lines; the child writes ``{"t": "ready"}`` once, then ``{"t": "outcome", "i", "nonce", "outcome"}``
 per case, or ``{"t": "error", "error"}``.
 
@@ -37,14 +39,27 @@ import selectors
 import signal
 import sys
 import time
+from collections.abc import Iterable
 
 from . import confinement as cf
+
+# What an error is, as the grader reads it: "protocol" (the child broke the reply protocol or answered more
+# than the limits allow), "timeout", "memory", "died" (a signal or an exit before every case was answered),
+# "child" (the child itself reported it: its code could not be defined, it printed too much, it stopped the
+# grader), "setup" (the exercise could not be graded at all).
+ERROR_KINDS = ("protocol", "timeout", "memory", "died", "child", "setup")
 
 MAX_REPLY_BYTES = 32 * 2**20     # all of one exercise's answers
 MAX_ANSWER_BYTES = 8 * 2**20     # one case's answer (bounds what json.loads builds in the grader)
 MAX_PRINTED_CHARS = 100_000
 _SLACK_S = 1.0
 _COW_SLACK_MB = 128          # pages of the zygote a child copies on write are charged to its cgroup (measured: ~8 MB)
+# Imported before the first fork when the grader names no list: everything a submission of any chapter may
+# import. With ``--preload`` the zygote imports :data:`_BASE` and only the modules of this list the grader names
+# (:func:`preload_for`: the class's own imports and its exercises' needs), so a chapter-00 class does not wait
+# for shap, sklearn or matplotlib.
+_BASE = ("numpy", "torch", "torch.nn.functional", "course_lib.validation", "course_lib.grader.codec",
+         "course_lib.grader.exercises", "course_lib.grader.guards")
 _PRELOAD = ("numpy", "scipy", "scipy.stats", "torch", "torch.nn.functional", "torch.utils.flop_counter",
             "sklearn", "sklearn.linear_model", "sklearn.model_selection", "sklearn.tree", "sklearn.ensemble",
             "sklearn.inspection", "sklearn.metrics", "pandas", "matplotlib.pyplot", "tqdm.auto", "ipywidgets",
@@ -52,6 +67,69 @@ _PRELOAD = ("numpy", "scipy", "scipy.stats", "torch", "torch.nn.functional", "to
             "course_lib.grader.codec", "course_lib.grader.exercises", "course_lib.grader.guards",
             "course_lib.data", "course_lib.models", "course_lib.checkpoints", "course_lib.plots",
             "course_lib.validation", "course_lib.timing")
+
+
+def imported_modules(code: str) -> set[str]:
+    """The modules a submission's kept code imports at its top level, with their parent packages
+    (``from scipy import stats`` gives ``scipy`` and ``scipy.stats``)."""
+    import ast
+    names: set[str] = set()
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return names
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names if alias.name != "*"]
+        else:
+            continue
+        for name in found:
+            parts = name.split(".")
+            names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return names
+
+
+def _spec_imports(topics: Iterable[str]) -> set[str]:
+    """The modules the grader's exercise specs of these topics import (a case's ``build`` runs in the child)."""
+    import ast
+    import importlib.util
+    names: set[str] = set()
+    for topic in topics:
+        spec = importlib.util.find_spec(f"course_lib.grader.exercises.{topic}")
+        if spec is None or not spec.origin:
+            continue
+        with open(spec.origin, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+    return {n for n in names if n != "__future__" and not n.startswith("course_lib")}
+
+
+def preload_for(codes: Iterable[str], exercise_names: Iterable[str]) -> list[str]:
+    """What the zygote should import before forking, for a class whose kept code is ``codes`` and whose graded
+    exercises are ``exercise_names``: the modules of :data:`_PRELOAD` that some submission imports (or that sit
+    in a library it imports whole; ``from course_lib import x`` names only ``course_lib.x``), and what the
+    exercises' specs import. Nothing a submission names outside that
+    list is ever imported by the zygote."""
+    from . import exercises
+    wanted: set[str] = set()
+    for code in codes:
+        wanted |= imported_modules(code)
+    topics = {exercises.get(name).topic for name in exercise_names if name in exercises.names()}
+    needs = _spec_imports(topics)
+    packages = {w for w in wanted if w != "course_lib"}          # a library imported whole may use any submodule
+    chosen = [m for m in _PRELOAD if m in wanted or m in needs or any(m.startswith(w + ".") for w in packages)]
+    return chosen + sorted(n for n in needs if n not in chosen)
+
+
+def _allowed_preload() -> set[str]:
+    from . import exercises
+    return set(_PRELOAD) | _spec_imports({ex.topic for ex in map(exercises.get, exercises.names())})
 
 
 def _project_root() -> str:
@@ -126,7 +204,12 @@ def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_na
         sys.stdout = sys.stderr = printed
         sys.stdin = open(os.devnull)
         os.environ.clear()
-        os.environ.update({"HOME": workdir, "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg", "TMPDIR": workdir})
+        os.environ.update({"HOME": workdir, "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg", "TMPDIR": workdir,
+                           # torch.compile: its cache in the private tmp, compiled here (no pool of workers)
+                           "TORCHINDUCTOR_CACHE_DIR": os.path.join(workdir, "inductor"),
+                           "TORCHINDUCTOR_COMPILE_THREADS": "1", "USER": "grader", "LOGNAME": "grader"})
+        import tempfile
+        tempfile.tempdir = workdir
         if uid is not None:
             cf.drop_privileges(uid)
         torch.set_num_threads(1)
@@ -262,6 +345,7 @@ class _Job:
         self.data = b""
         self.size = 0
         self.error: str | None = None
+        self.kind: str | None = None       # one of ERROR_KINDS when error is set
         self.start = time.monotonic()
         self.deadline = self.start + request["timeout_s"] + _SLACK_S
         self.pid = self.cases_fd = self.reply_fd = -1
@@ -284,7 +368,8 @@ class Server:
         self.pending: list[dict] = []
         self.running: dict[int, _Job] = {}
         self.selector = selectors.DefaultSelector()
-        self.out = os.fdopen(os.dup(1), "w")
+        self.out_fd = os.dup(1)
+        self.outbox = bytearray()          # reports not yet taken by the grader (written without blocking)
         self.hide_files_cache: dict[tuple, list[str]] = {}
         self.stdin_buffer = b""
         self.dying: list[int] = []
@@ -305,7 +390,7 @@ class Server:
         try:
             request["hide_files"], request["guard_kinds"] = self._guard_plan(request["exercise"])
         except Exception as exc:  # noqa: BLE001 - an unknown exercise is that job's error
-            job.error = f"cannot grade this exercise: {exc}"
+            job.error, job.kind = f"cannot grade this exercise: {exc}", "setup"
             self.report(job)
             self.free.append(slot)
             return
@@ -336,8 +421,9 @@ class Server:
     def _forget_other_jobs(self, job: _Job) -> None:
         """In a freshly forked child: drop every reference to other jobs and to the case list."""
         for other in self.running.values():
-            other.cases, other.request = [], {}
+            other.cases, other.request, other.outcomes = [], {}, []
         self.running.clear()
+        self.outbox.clear()                    # other students' reports not yet taken by the grader
         self.pending.clear()
         self.stdin_buffer = b""
         job.request["cases"] = job.cases = []
@@ -357,7 +443,8 @@ class Server:
             os.set_blocking(job.cases_fd, True)
             os.write(job.cases_fd, line.encode())
         except OSError:
-            job.error = job.error or "the graded process stopped reading its cases"
+            if job.error is None:
+                job.error, job.kind = "the graded process stopped reading its cases", "died"
 
     def on_data(self, job: _Job) -> bool:
         """Read what the child wrote; True when the job is over."""
@@ -366,7 +453,7 @@ class Server:
             return True
         job.size += len(chunk)
         if job.size > MAX_REPLY_BYTES:
-            job.error = f"the answer is larger than {MAX_REPLY_BYTES // 2**20} MB"
+            job.error, job.kind = f"the answer is larger than {MAX_REPLY_BYTES // 2**20} MB", "protocol"
             return True
         job.data += chunk
         while b"\n" in job.data:
@@ -381,11 +468,11 @@ class Server:
             if not isinstance(frame, dict):
                 raise ValueError("not an object")
         except (ValueError, RecursionError):
-            job.error = "the graded process wrote something unexpected on its reply channel"
+            job.error, job.kind = "the graded process wrote something unexpected on its reply channel", "protocol"
             return True
         kind = frame.get("t")
         if kind == "error":
-            job.error = str(frame.get("error"))[:4000]
+            job.error, job.kind = str(frame.get("error"))[:4000], "child"
             job.printed = str(frame.get("printed", ""))[:MAX_PRINTED_CHARS]
             return True
         if kind == "ready" and not job.ready:
@@ -395,6 +482,7 @@ class Server:
                 isinstance(frame.get("outcome"), str) and job.nonce:
             if len(frame["outcome"]) > MAX_ANSWER_BYTES:
                 job.error = f"the answer to case {job.next + 1} is larger than {MAX_ANSWER_BYTES // 2**20} MB"
+                job.kind = "protocol"
                 return True
             job.outcomes.append(frame["outcome"])
             job.printed = str(frame.get("printed", ""))[:MAX_PRINTED_CHARS]
@@ -403,14 +491,17 @@ class Server:
             if job.data or job.next == len(job.cases) or '"NotImplementedError"' in frame["outcome"][:200]:
                 if job.data:
                     job.error = "the graded process answered more than it was asked on its reply channel"
+                    job.kind = "protocol"
                 return True
         else:
             job.error = ("the graded process answered twice or for a case it was not given"
                          if kind in ("ready", "outcome") else
                          "the graded process wrote something unexpected on its reply channel")
+            job.kind = "protocol"
             return True
         if job.data:
             job.error = "the graded process answered more than it was asked on its reply channel"
+            job.kind = "protocol"
             return True
         self.send_next(job)
         return job.error is not None
@@ -454,15 +545,20 @@ class Server:
             cgroup.kill_all()
         if self.slots and not self.isolation["pid_namespace"]:
             cf.reap_uid(self.uids[job.slot])
+        if not self.isolation["pid_namespace"]:     # nothing ends its tree with it: end what it left, setsid or not
+            cf.end_strays({j.pid for j in self.running.values()} | set(self.dying))
         if oom and (timed_out or not complete or job.error):
-            job.error = _death_reason(status, 0, 0, job.request["memory_mb"], True)
+            job.error, job.kind = _death_reason(status, 0, 0, job.request["memory_mb"], True), "memory"
         elif timed_out:
             job.error = f"time limit of {job.request['timeout_s']:g} s exceeded (an infinite loop, or far too slow)"
+            job.kind = "timeout"
         elif not complete and job.error is None:
             job.error = _death_reason(status, job.request["timeout_s"], job.request["file_size_mb"],
                                       job.request["memory_mb"], oom)
+            job.kind = "died"
         elif job.error == "ran out of memory":
             job.error = f"ran out of memory: the limit of {job.request['memory_mb']} MB for the exercise was exceeded"
+            job.kind = "memory"
         self.report(job)
         self.free.append(job.slot)
         self.free.sort()
@@ -478,17 +574,37 @@ class Server:
                 self.dying.remove(pid)
 
     def report(self, job: _Job) -> None:
-        self.out.write(json.dumps({"id": job.request["id"], "outcomes": job.outcomes, "error": job.error,
-                                   "printed": job.printed, "seconds": time.monotonic() - job.start}) + "\n")
-        self.out.flush()
+        """Queue the job's report; it is written as the grader reads, never blocking the loop."""
+        kind = (job.kind or "child") if job.error is not None else None
+        self.outbox += (json.dumps({"id": job.request["id"], "outcomes": job.outcomes, "error": job.error,
+                                    "kind": kind, "printed": job.printed,
+                                    "seconds": time.monotonic() - job.start}) + "\n").encode()
+        self.flush_reports()
+
+    def flush_reports(self) -> None:
+        """Write what the pipe to the grader takes now; watch it for room while anything is left."""
+        while self.outbox:
+            try:
+                written = os.write(self.out_fd, self.outbox[:1 << 20])
+            except BlockingIOError:
+                break
+            except OSError:                        # the grader is gone: nobody to report to
+                self.outbox.clear()
+                break
+            del self.outbox[:written]
+        watched = self.out_fd in self.selector.get_map()
+        if self.outbox and not watched:
+            self.selector.register(self.out_fd, selectors.EVENT_WRITE, "reports")
+        elif not self.outbox and watched:
+            self.selector.unregister(self.out_fd)
 
     def serve(self) -> None:
-        self.out.write(json.dumps({"ready": True, "isolation": self.isolation}) + "\n")
-        self.out.flush()
+        os.write(self.out_fd, (json.dumps({"ready": True, "isolation": self.isolation}) + "\n").encode())
+        os.set_blocking(self.out_fd, False)
         stdin = sys.stdin.buffer
         self.selector.register(stdin, selectors.EVENT_READ, "stdin")
         eof = False
-        while not (eof and not self.pending and not self.running):
+        while not (eof and not self.pending and not self.running and not self.outbox):
             while self.pending and self.free:
                 self.start(self.pending.pop(0))
             now = time.monotonic()
@@ -500,36 +616,48 @@ class Server:
                     if not self.read_requests():
                         eof = True
                         self.selector.unregister(stdin)
+                elif key.data == "reports":
+                    self.flush_reports()
                 elif key.fd in self.running:
                     job = self.running[key.fd]
                     try:
                         over = self.on_data(job)
                     except Exception as exc:  # noqa: BLE001 - never let one child stop the server
                         job.error, over = f"the graded process's answer could not be read ({exc})", True
+                        job.kind = "protocol"
                     if over:
                         self.finish(job)
             for job in [j for j in self.running.values() if time.monotonic() > j.deadline]:
                 self.finish(job, timed_out=True)
             self.reap()
         self.reap(block=True)
+        if not self.isolation["pid_namespace"]:
+            cf.end_strays(set())
         for cgroup in self.cgroups:
             if cgroup is not None:
                 cgroup.remove()
 
 
-def serve(jobs: int) -> None:
-    """Import once, then read requests on stdin and answer each when its child is done."""
+def serve(jobs: int, preload: Iterable[str] | None = None) -> None:
+    """Import once (:data:`_BASE` and ``preload``, of the allowed modules; every module of :data:`_PRELOAD`
+    when ``preload`` is None), then read requests on stdin and answer each when its child is done."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     import importlib
     import warnings
 
     warnings.filterwarnings("ignore")
-    for module in _PRELOAD:
+    modules = _PRELOAD
+    if preload is not None:
+        importlib.import_module("course_lib.grader.exercises")
+        allowed = _allowed_preload()
+        modules = tuple(dict.fromkeys([*_BASE, *(m for m in preload if m in allowed)]))
+    for module in modules:
         try:
             importlib.import_module(module)
         except Exception:  # noqa: BLE001 - an optional library missing only costs speed
             pass
     cf.not_dumpable()
+    cf.become_subreaper()
     sys.stdout = sys.stderr
     Server(jobs).serve()
 
@@ -539,4 +667,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(prog="python -m course_lib.grader.zygote", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1)
-    serve(max(1, parser.parse_args().jobs))
+    parser.add_argument("--preload", default=None,
+                        help="comma-separated modules to import besides the base (default: every allowed module)")
+    args = parser.parse_args()
+    serve(max(1, args.jobs), None if args.preload is None else [m for m in args.preload.split(",") if m])
