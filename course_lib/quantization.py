@@ -43,7 +43,9 @@ __all__ = ["EPS", "minmax_qparams", "quantize_affine", "dequantize_affine", "per
            "bf16_vs_fp32",
            "binary_storage_bytes", "matmul_formats", "plot_bit_sweep", "plot_quantization_grid",
            "plot_round_trip_error", "int8_linear", "symmetric_scale", "fold_batchnorm", "quantize_multiplier",
-           "requantize_fixed_point", "static_int8", "static_int8_vs_fp32", "packed_state_dict", "tensor_bytes", "saved_bytes"]
+           "requantize_fixed_point", "static_int8", "static_int8_vs_fp32", "packed_state_dict", "tensor_bytes", "saved_bytes",
+           "group_quantize", "kmeans_quantize", "quantize_weights_scheme", "scheme_size_bytes", "scheme_sweep",
+           "simulate_dynamic_int8", "activation_observer"]
 
 EPS = 2.0 ** -23          # torch.finfo(torch.float32).eps: the observers' smallest scale
 
@@ -284,7 +286,9 @@ def fake_quantize(x: torch.Tensor, scale: float, zero_point: int, num_bits: int 
 
 
 def binarize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """XNOR-Net binary weights: ``w ~ alpha * b`` with ``b = sign(w)`` and one ``alpha`` per output channel.
+    """Binary weights (BWN): ``w ~ alpha * b`` with ``b = sign(w)`` and one ``alpha`` per output channel.
+
+    Rastegari et al.'s Binary-Weight-Network; their XNOR-Net binarizes the activations as well.
 
     .. math::  b = \\mathrm{sign}(w) \\in \\{-1, +1\\}, \\qquad
                \\alpha_c = \\frac{1}{n}\\sum_{i} |w_{c,i}| = \\arg\\min_{\\alpha} \\|w_c - \\alpha b_c\\|^2
@@ -301,7 +305,8 @@ def binarize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     References
     ----------
-    Rastegari, M., Ordonez, V., Redmon, J. and Farhadi, A. (2016). XNOR-Net. ECCV.
+    Rastegari, M., Ordonez, V., Redmon, J. and Farhadi, A. (2016). XNOR-Net: ImageNet Classification Using
+    Binary Convolutional Neural Networks. ECCV (BWN and XNOR-Net).
 
     Examples
     --------
@@ -342,7 +347,8 @@ class FakeQuantLayer(nn.Module):
     """A ``Conv2d`` or ``Linear`` whose input and weight are fake-quantized in every forward.
 
     The weight is quantized symmetrically from its current min-max (per tensor with
-    ``fake_quant``, or per output channel; ``weight_bits=1`` binarizes it, XNOR-Net style); the
+    ``fake_quant``, or per output channel; ``weight_bits=1`` binarizes it as BWN does: binary
+    weights only, whereas XNOR-Net also binarizes the activations); the
     input uses the fixed ``act_qparams = (scale, zero_point)`` set by :func:`calibrate` (none:
     not quantized). Gradients reach the float weight through the straight-through estimator.
     """
@@ -518,7 +524,7 @@ def qat_finetune(qmodel: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs:
 
 
 
-QAT_ARMS = ("qat", "ptq_per_tensor", "ptq_per_channel", "ft_ptq_per_tensor", "ft_ptq_per_channel")
+QAT_ARMS = ("qat", "qat_per_channel", "ptq_per_tensor", "ptq_per_channel", "ft_ptq_per_tensor", "ft_ptq_per_channel")
 
 
 def _config_label(weight_bits: int, act_bits: int | None) -> str:
@@ -539,6 +545,8 @@ def qat_vs_finetune_ptq(model: nn.Module, split, X_calib: torch.Tensor,
 
     - ``"qat"``: weights per tensor (symmetric min-max, recomputed every forward), activations
       calibrated once (percentile) on ``X_calib``; ``epochs`` of :func:`qat_finetune` with seed ``s``;
+    - ``"qat_per_channel"``: the same with weights per output channel (its fair comparison is
+      ``"ptq_per_channel"`` and ``"ft_ptq_per_channel"``);
     - ``"ft_ptq_per_tensor"`` / ``"ft_ptq_per_channel"``: the float model after
       :func:`models.train` with seed ``s`` and the same recipe, then PTQ with percentile activations
       calibrated on ``X_calib`` and weights per tensor / per output channel;
@@ -619,11 +627,14 @@ def qat_vs_finetune_ptq(model: nn.Module, split, X_calib: torch.Tensor,
         models.train(tuned, split.X_train, split.y_train, epochs=epochs, lr=lr, batch_size=64, seed=seed,
                      progress=False)
         for label, (wb, ab) in zip(labels, checked):
-            qat = ptq(model, wb, ab, False)
-            models.set_seed(seed)
-            qat_finetune(qat, split.X_train, split.y_train, epochs=epochs, lr=lr, seed=seed)
+            qat = {}
+            for pc in ((False,) if wb == 1 else (False, True)):           # binary: alpha per channel either way
+                qat[pc] = ptq(model, wb, ab, pc)
+                models.set_seed(seed)
+                qat_finetune(qat[pc], split.X_train, split.y_train, epochs=epochs, lr=lr, seed=seed)
             ft_per_tensor = scores(ptq(tuned, wb, ab, False))
-            arms = {"qat": scores(qat), "ptq_per_tensor": fixed[label][False], "ptq_per_channel": fixed[label][True],
+            arms = {"qat": scores(qat[False]), "qat_per_channel": scores(qat.get(True, qat[False])),
+                    "ptq_per_tensor": fixed[label][False], "ptq_per_channel": fixed[label][True],
                     "ft_ptq_per_tensor": ft_per_tensor,                     # binary: alpha per channel either way
                     "ft_ptq_per_channel": ft_per_tensor if wb == 1 else scores(ptq(tuned, wb, ab, True))}
             for arm, (val, test) in arms.items():
@@ -927,6 +938,169 @@ def static_int8_vs_fp32(model: nn.Module, X_calib: torch.Tensor, X: torch.Tensor
                      "fp32 (ms)": runs["fp32"].median, "int8 (ms)": runs["int8"].median,
                      "speedup": timing.speedup(runs["fp32"], runs["int8"])})
     return rows, q
+
+
+# --------------------------------------------------------------------------- finer scales, codebooks
+def group_quantize(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric codes with one scale per group of ``group_size`` consecutive entries of the last dim.
+
+    .. math::  s_g = \\max\\Big(\\frac{\\max_{i \\in g} |w_i|}{(2^b - 1)/2},\\ 2^{-23}\\Big), \\qquad
+               q_i = \\mathrm{clamp}\\big(\\mathrm{round}(w_i / s_g),\\ -2^{b-1},\\ 2^{b-1}-1\\big)
+
+    (the symmetric convention of :func:`minmax_qparams` and :func:`per_channel_qparams`, applied to each
+    group). This is the weight-only scheme of today's int4 LLM quantizers (groups of 32-128 along the
+    input dim).
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        ``codes``: int64 shaped like ``w``; ``scales``: float32 of shape ``(*w.shape[:-1], K // group_size)``.
+
+    Rules
+    -----
+    ``bits`` an int in [2, 16]; ``group_size`` an int >= 1 dividing the last dim ``K``; round half to even.
+
+    Taught in: 02_quantization, section 4b.
+    """
+    _check_float_tensor("w", w, min_ndim=1)
+    bits, group_size = check_int("bits", bits, 2), check_int("group_size", group_size, 1)
+    if bits > 16 or w.shape[-1] % group_size:
+        raise ValueError(f"need bits in [2, 16] and group_size dividing {w.shape[-1]}, got {bits}, {group_size}")
+    qmin, qmax = code_range(bits, signed=True)
+    groups = w.detach().double().reshape(*w.shape[:-1], -1, group_size)          # (..., G, g)
+    scales = (groups.abs().amax(-1) / ((qmax - qmin) / 2)).float().clamp(min=EPS)   # (..., G) float32
+    codes = torch.round(groups / scales.double().unsqueeze(-1)).clamp(qmin, qmax)
+    return codes.reshape(w.shape).to(torch.int64), scales
+
+
+def _group_fake(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """``w`` rebuilt from :func:`group_quantize` of its rows ``(C_out, rest)``, the last group zero-padded."""
+    rows = w.reshape(w.shape[0], -1)
+    padded = F.pad(rows, (0, -rows.shape[1] % group_size))                       # zeros do not change max|w|
+    codes, scales = group_quantize(padded, bits, group_size)
+    w_hat = (codes.view(*scales.shape, group_size) * scales.unsqueeze(-1)).reshape(padded.shape)
+    return w_hat[:, :rows.shape[1]].reshape(w.shape).to(w.dtype)
+
+
+def kmeans_quantize(w: torch.Tensor, bits: int, iters: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight sharing (Deep Compression): ``2^bits`` shared values found by k-means (Lloyd) on ``w``.
+
+    Init: centroids linearly spaced from ``min(w)`` to ``max(w)`` (Han et al.'s linear init, which
+    keeps the rare large weights). Then ``iters`` rounds of: assign each weight to its nearest
+    centroid (a tie goes to the lower index), move each centroid to the mean of its weights (an
+    empty cluster keeps its value). Finally assign once more. Computed in float64 (1-D: the
+    codebook stays sorted, so nearest = between the midpoints). scikit-learn's ``KMeans`` with this
+    init, ``n_init=1``, ``max_iter=iters`` and ``tol=0`` gives the same clusters.
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        ``index``: int64 shaped like ``w``; ``codebook``: float32 of shape ``(2^bits,)``;
+        ``codebook[index]`` is the quantized weight.
+
+    Rules
+    -----
+    ``w`` a non-empty floating-point tensor; ``bits`` an int >= 1; ``iters`` an int >= 0.
+
+    Taught in: 02_quantization, section 4b.
+    """
+    _check_float_tensor("w", w)
+    bits, iters = check_int("bits", bits, 1), check_int("iters", iters, 0)
+    flat = w.detach().double().flatten()
+    codebook = torch.linspace(float(flat.min()), float(flat.max()), 2 ** bits, dtype=torch.float64)
+
+    def nearest(c: torch.Tensor) -> torch.Tensor:                                # c sorted: cut at midpoints
+        return torch.bucketize(flat, (c[1:] + c[:-1]) / 2)                      # a tie goes to the lower index
+
+    for _ in range(iters):
+        index = nearest(codebook)
+        sums = torch.zeros_like(codebook).index_add_(0, index, flat)
+        counts = torch.zeros_like(codebook).index_add_(0, index, torch.ones_like(flat))
+        codebook = torch.where(counts > 0, sums / counts.clamp(min=1), codebook)   # stays sorted in 1-D
+    return nearest(codebook).view(w.shape), codebook.float()
+
+
+SCHEMES = ("per tensor", "per channel", "per group 64", "per group 32", "per group 16", "k-means")
+
+
+def quantize_weights_scheme(model: nn.Module, bits: int, scheme: str) -> nn.Module:
+    """A copy of ``model`` whose Conv2d/Linear weights are quantized by ``scheme`` (one of :data:`SCHEMES`)."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if scheme in ("per tensor", "per channel"):
+        return quantize_weights(model, bits, per_channel=scheme == "per channel")
+    qmodel = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in qmodel.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if scheme == "k-means":
+                    index, codebook = kmeans_quantize(m.weight, bits)
+                    m.weight.copy_(codebook[index])
+                else:
+                    m.weight.copy_(_group_fake(m.weight, bits, int(scheme.split()[-1])))
+    return qmodel.eval()
+
+
+def scheme_size_bytes(model: nn.Module, bits: int, scheme: str) -> float:
+    """Stored bytes under ``scheme``: ``n b / 8`` per weight tensor plus its float32 scales (one per tensor,
+    per output channel or per group of a row, the last group of a row padded) or its float32 codebook
+    of ``2^b`` values; every other tensor (biases) keeps its float32 bytes."""
+    total = 0.0
+    for m in model.modules():
+        for name, p in m.named_parameters(recurse=False):
+            if not (name == "weight" and isinstance(m, (nn.Conv2d, nn.Linear))):
+                total += p.numel() * p.element_size()
+                continue
+            row = p[0].numel()
+            fixed = {"per tensor": 1, "per channel": p.shape[0], "k-means": 2 ** bits}
+            extra = fixed[scheme] if scheme in fixed else p.shape[0] * -(-row // int(scheme.split()[-1]))
+            total += p.numel() * bits / 8 + 4 * extra
+    return total
+
+
+def scheme_sweep(model: nn.Module, X: torch.Tensor, y: torch.Tensor, bits: Sequence[int] = (8, 4, 3, 2),
+                 schemes: Sequence[str] = SCHEMES) -> list[dict]:
+    """Weight-only PTQ of ``model`` under every scheme and bit width: rows ``scheme, bits, accuracy,
+    size_bytes, correct`` (``correct``: the per-example 0/1 numpy array, for paired comparisons)."""
+    rows = []
+    for scheme in schemes:
+        for b in bits:
+            right = (models.predict_proba(quantize_weights_scheme(model, b, scheme), X).argmax(1) == y).numpy()
+            rows.append({"scheme": scheme, "bits": b, "accuracy": float(right.mean()),
+                         "size_bytes": scheme_size_bytes(model, b, scheme), "correct": right})
+    return rows
+
+
+def simulate_dynamic_int8(model: nn.Module, x: torch.Tensor, act_bits: int = 7) -> torch.Tensor:
+    """What ``quantize_dynamic``'s int8 Linear computes, simulated in float64 for a Sequential model.
+
+    Each Linear's input is quantized from its own min-max (0 included) onto the unsigned codes
+    ``[0, 2^act_bits - 1]`` (torch's ``reduce_range=True`` gives 7 bits, ``[0, 127]``), its weight per tensor
+    symmetric int8 (``MinMaxObserver`` qint8 convention); the product runs in float on the
+    dequantized values. Returns the logits.
+    """
+    act_bits = check_int("act_bits", act_bits, 2)
+    h = x
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                s, z = minmax_qparams(h, act_bits)
+                h_hat = dequantize_affine(quantize_affine(h, s, z, act_bits), s, z)
+                sw, _ = minmax_qparams(m.weight, 8, symmetric=True)
+                w_hat = dequantize_affine(quantize_affine(m.weight, sw, 0, 8, signed=True), sw, 0)
+                h = F.linear(h_hat, w_hat, m.bias)
+            else:
+                h = m(h)
+    return h
+
+
+def activation_observer(backend: str = "x86") -> nn.Module:
+    """The activation observer of ``get_default_qconfig_mapping(backend)`` (what static int8 calibrates with)."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        return get_default_qconfig_mapping(backend).global_qconfig.activation()
 
 
 # --------------------------------------------------------------------------- plots

@@ -349,6 +349,63 @@ def i8_returns_int32(*a):
     return _i8(*a, dtype=torch.int32)
 
 
+# ----------------------------------------------------------------------------- kmeans_quantize
+def _km(w, bits, iters, *, init="linear", upper_ties=False, final_assign=True, extra=0, drop_empty=False):
+    if w.numel() == 0 or bits < 1 or iters < 0:
+        raise ValueError("bad w, bits or iters")
+    x = w.detach().double().flatten()
+    k = 2 ** bits
+    if init == "linear":
+        c = torch.linspace(float(x.min()), float(x.max()), k, dtype=torch.float64)
+    elif init == "symmetric":                                    # [-max|w|, max|w|]
+        c = torch.linspace(-float(x.abs().max()), float(x.abs().max()), k, dtype=torch.float64)
+    else:                                                        # density init: quantiles
+        c = torch.quantile(x, torch.linspace(0, 1, k, dtype=torch.float64))
+
+    def assign(c):
+        d = (x[:, None] - c[None, :]).abs()
+        return (d.shape[1] - 1 - d.flip(1).argmin(1)) if upper_ties else d.argmin(1)
+
+    idx = assign(c)
+    for _ in range(iters + extra):
+        idx = assign(c)
+        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, idx, x)
+        counts = torch.zeros(k, dtype=torch.float64).index_add_(0, idx, torch.ones_like(x))
+        c = sums / counts if drop_empty else torch.where(counts > 0, sums / counts.clamp(min=1), c)
+    if final_assign:
+        idx = assign(c)
+    return idx.view(w.shape), c.float()
+
+
+def km_ties_to_upper(w, bits, iters):
+    return _km(w, bits, iters, upper_ties=True)
+
+
+def km_symmetric_init(w, bits, iters):
+    return _km(w, bits, iters, init="symmetric")
+
+
+def km_quantile_init(w, bits, iters):
+    return _km(w, bits, iters, init="quantile")
+
+
+def km_no_final_assignment(w, bits, iters):
+    return _km(w, bits, iters, final_assign=False)
+
+
+def km_one_round_too_many(w, bits, iters):
+    return _km(w, bits, iters, extra=1)
+
+
+def km_empty_cluster_nan(w, bits, iters):
+    return _km(w, bits, iters, drop_empty=True)
+
+
+def km_float_index(w, bits, iters):
+    idx, c = Q.kmeans_quantize(w, bits, iters)
+    return idx.float(), c
+
+
 WRONG = {
     "minmax_qparams": [mm_half_up, mm_floor, mm_trunc, mm_range_without_zero, mm_two_to_the_b,
                        mm_narrow_symmetric, mm_zero_point_sign_flipped, mm_no_eps, mm_returns_tensors],
@@ -364,6 +421,8 @@ WRONG = {
     "int8_linear": [i8_no_cross_term, i8_no_output_zero_point, i8_bias_not_rescaled, i8_wraps_instead_of_saturating,
                     i8_one_scale_for_all_channels, i8_multiplier_without_x_scale, i8_scales_along_rows,
                     i8_returns_int32],
+    "kmeans_quantize": [km_ties_to_upper, km_symmetric_init, km_quantile_init, km_no_final_assignment,
+                        km_one_round_too_many, km_empty_cluster_nan, km_float_index],
 }
 
 
@@ -428,9 +487,39 @@ def int8_linear_float_path(q_x, x_zp, q_w, w_scale, x_scale, bias, y_scale, y_zp
     return (torch.round(y / y_scale) + y_zp).clamp(-128, 127).to(torch.int8)
 
 
+
+def kmeans_numpy(w, bits, iters):
+    """Lloyd's algorithm written out in numpy float32 with explicit distances (ties: argmin takes the first)."""
+    x = w.detach().numpy().astype(np.float32).ravel()
+    if x.size == 0 or bits < 1 or iters < 0:
+        raise ValueError("bad w, bits or iters")
+    c = np.linspace(x.min(), x.max(), 2 ** bits).astype(np.float32)
+    for _ in range(iters):
+        idx = np.abs(x[:, None] - c[None, :]).argmin(1)
+        for j in range(c.size):
+            if (idx == j).any():
+                c[j] = x[idx == j].mean()
+    idx = np.abs(x[:, None] - c[None, :]).argmin(1)
+    return torch.from_numpy(idx.astype(np.int64).reshape(w.shape)), torch.from_numpy(c)
+
+
+def kmeans_sklearn(w, bits, iters):
+    from sklearn.cluster import KMeans
+    x = w.detach().double().numpy().reshape(-1, 1)
+    if x.size == 0 or bits < 1 or iters < 0:
+        raise ValueError("bad w, bits or iters")
+    init = np.linspace(x.min(), x.max(), 2 ** bits).reshape(-1, 1)
+    mine = kmeans_numpy(w, bits, iters)
+    if iters == 0 or np.bincount(mine[0].ravel().numpy(), minlength=2 ** bits).min() == 0:
+        return mine              # sklearn needs max_iter >= 1, and it relocates empty clusters (the rule keeps them)
+    km = KMeans(2 ** bits, init=init, n_init=1, max_iter=iters, tol=0, algorithm="lloyd").fit(x)
+    return torch.from_numpy(km.labels_.astype(np.int64).reshape(w.shape)), torch.from_numpy(km.cluster_centers_.ravel().astype(np.float32))
+
+
 INDEPENDENT = {"int8_linear": int8_linear_float_path, "minmax_qparams": minmax_numpy, "quantize_affine": quantize_numpy,
                "dequantize_affine": dequantize_numpy, "per_channel_qparams": per_channel_loop,
-               "fake_quantize": fake_quantize_where, "binarize": binarize_reshape}
+               "fake_quantize": fake_quantize_where, "binarize": binarize_reshape,
+               "kmeans_quantize": [kmeans_numpy, kmeans_sklearn]}
 
 (test_grader_accepts_reference, test_grader_accepts_independent_correct_versions,
  test_grader_rejects_stub, test_grader_rejects_wrong_answer) = \

@@ -574,3 +574,79 @@ def test_qat_vs_finetune_ptq_rejects_bad_arguments(kwargs, error, match):
         Q.qat_vs_finetune_ptq(_tiny_model(), split, split.X_train[:8], **{"progress": False} | kwargs)
     with pytest.raises(TypeError, match="model"):
         Q.qat_vs_finetune_ptq("mlp", split, split.X_train[:8], progress=False)
+
+
+# ----------------------------------------------------------------------------- per-group scales, k-means, reduce_range
+def test_group_quantize_one_group_per_row_is_torchs_per_channel_observer():
+    from torch.ao.quantization import PerChannelMinMaxObserver
+    w = torch.randn(6, 32, generator=torch.Generator().manual_seed(0))
+    observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    observer(w)
+    _, scales = Q.group_quantize(w, 8, 32)
+    torch.testing.assert_close(scales.flatten(), observer.calculate_qparams()[0], rtol=1e-6, atol=0)
+
+
+def test_group_quantize_hand_worked():
+    w = torch.tensor([[1.875, 0.625, -0.375, 0.125, -3.75, 1.0, 0.5, 2.5],
+                      [0.0, 0.0, 0.0, 0.0, 0.46875, -0.1, 0.2, 0.03]])
+    codes, scales = Q.group_quantize(w, 4, 4)
+    assert scales.dtype == torch.float32 and codes.dtype == torch.int64
+    assert scales.tolist() == [[0.25, 0.5], [2.0 ** -23, 0.0625]]
+    assert codes.tolist() == [[7, 2, -2, 0, -8, 2, 1, 5], [0, 0, 0, 0, 7, -2, 3, 0]]   # clamp, half to even
+    with pytest.raises(ValueError, match="group_size"):
+        Q.group_quantize(w, 4, 3)
+
+
+@pytest.mark.parametrize("bits,iters", [(1, 3), (2, 5), (3, 20)])
+def test_kmeans_quantize_matches_sklearn(bits, iters):
+    from sklearn.cluster import KMeans
+    w = torch.randn(40, 9, generator=torch.Generator().manual_seed(bits))
+    index, codebook = Q.kmeans_quantize(w, bits, iters)
+    x = w.double().numpy().reshape(-1, 1)
+    km = KMeans(2 ** bits, init=np.linspace(x.min(), x.max(), 2 ** bits).reshape(-1, 1), n_init=1, max_iter=iters,
+                tol=0, algorithm="lloyd").fit(x)
+    torch.testing.assert_close(codebook, torch.from_numpy(km.cluster_centers_.ravel()).float(), rtol=1e-5, atol=1e-6)
+    assert (index.flatten().numpy() == km.labels_).all() and index.shape == w.shape
+
+
+def test_kmeans_quantize_ties_and_empty_clusters_by_hand():
+    index, codebook = Q.kmeans_quantize(torch.tensor([0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 10.0]), 1, 1)
+    assert codebook.tolist() == [1.0, 8.0] and index.tolist() == [0, 0, 0, 0, 1, 1, 1]    # 5 tied (-> 0), then moved
+    index, codebook = Q.kmeans_quantize(torch.tensor([0.0, 0.25, 0.5, 8.0]), 2, 2)
+    torch.testing.assert_close(codebook, torch.tensor([0.25, 8 / 3, 16 / 3, 8.0]))          # two empty clusters kept
+    assert index.tolist() == [0, 0, 0, 3]
+
+
+def test_scheme_sizes_count_codes_scales_and_codebooks():
+    layer = nn.Sequential(nn.Linear(64, 10))
+    assert Q.scheme_size_bytes(layer, 4, "per group 16") == 640 * 4 / 8 + 4 * 10 * 4 + 4 * 10
+    assert Q.scheme_size_bytes(layer, 2, "k-means") == 640 * 2 / 8 + 4 * 4 + 4 * 10
+    assert Q.scheme_size_bytes(layer, 4, "per channel") == Q.weight_size_bytes(layer, 4)
+    conv = nn.Sequential(nn.Conv2d(16, 32, 3))                   # rows of 144: 64, 64 and a padded last group
+    assert Q.scheme_size_bytes(conv, 4, "per group 64") == 4608 * 4 / 8 + 4 * 32 * 3 + 4 * 32
+
+
+def test_quantize_weights_scheme_group_is_finer_than_channel():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 8))
+    with torch.no_grad():
+        model[0].weight[:, :64] *= 20                             # half of every row 20x larger
+    small = {s: (Q.quantize_weights_scheme(model, 3, s)[0].weight - model[0].weight)[:, 64:].pow(2).mean().item()
+             for s in ("per channel", "per group 64", "per group 16")}     # the error on the small half of each row
+    assert max(small["per group 64"], small["per group 16"]) < 0.1 * small["per channel"]
+
+
+def test_simulated_dynamic_int8_with_7_bit_activations_is_torchs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    x = torch.randn(50, 32)
+    with torch.no_grad():
+        real = Q.dynamic_int8(model)(x)
+    err = {b: (Q.simulate_dynamic_int8(model, x, b) - real).pow(2).mean().sqrt().item() for b in (7, 8)}
+    assert err[7] < 0.1 * err[8]
+
+
+def test_x86_static_activation_observer_is_a_7_bit_histogram():
+    observer = Q.activation_observer("x86")
+    assert type(observer).__name__ == "HistogramObserver" and observer.reduce_range
+    assert (observer.quant_min, observer.quant_max) == (0, 127)

@@ -3,7 +3,7 @@
 The hidden inputs separate a right answer from the usual wrong ones: exact ties at power-of-two
 scales (round half to even, not floor/half-up/trunc), values beyond the code range (clamp), ranges
 that do not contain 0 (all-positive, all-negative), all-zero tensors and channels (the eps floor),
-``uint8`` codes (``q - 128`` wraps), channel axes other than 0, ``sign(0)``, codes that round onto the
+``uint8`` codes (``q - 128`` wraps), channel axes other than 0, k-means ties and empty clusters, ``sign(0)``, codes that round onto the
 last code from outside the real range (the straight-through mask). Random values keep a margin from
 ties, so float32 and float64 arithmetic give the same codes.
 
@@ -425,6 +425,59 @@ def _int8_linear_compare(expected: torch.Tensor, got) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------- kmeans_quantize
+def _lloyd_margin(values: np.ndarray, bits: int, iters: int) -> float:
+    """The smallest gap, over every assignment step of the rule, between a value's distance to its nearest
+    and to its second-nearest centroid, relative to the range: cases with a near-tie (but not an exact one
+    on dyadic values) are redrawn, so float32 and float64 arithmetic make the same assignments."""
+    c = np.linspace(values.min(), values.max(), 2 ** bits)
+    span = max(values.max() - values.min(), 1e-12)
+    margin = np.inf
+    for step in range(iters + 1):
+        d = np.sort(np.abs(values[:, None] - c[None, :]), axis=1)
+        margin = min(margin, float((d[:, 1] - d[:, 0]).min()) / span) if c.size > 1 else margin
+        if step == iters:
+            break
+        idx = np.abs(values[:, None] - c[None, :]).argmin(1)
+        c = np.array([values[idx == k].mean() if (idx == k).any() else c[k] for k in range(c.size)])
+    return margin
+
+
+def _kmeans_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        ([0.0, 1.0, 2.0, 3.0, 4.0], 1, 1),           # init [0, 4]: 2 is a tie -> lower index; means 1 and 3.5
+        ([0.0, 1.0, 2.0, 3.0, 4.0], 1, 0),           # iters=0: the initial assignment to the linear init
+        ([0.0, 0.25, 0.5, 8.0], 2, 2),               # init [0, 8/3, 16/3, 8]: two empty clusters keep their values
+        ([[-3.0, -1.0, 0.0], [0.5, 1.0, 5.0]], 2, 3),   # 2-D; min is not -max: the init spans [min, max]
+        ([0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 10.0], 1, 1),  # 5 ties -> 0; after the update (1, 8) it moves to 1
+        ([1.0, 2.0], 0, 1),                          # bits < 1 -> ValueError
+        ([1.0, 2.0], 2, -1),                         # iters < 0 -> ValueError
+        ([], 2, 1),                                  # empty -> ValueError
+    ]
+    cases = [{"w": {"values": v}, "bits": b, "iters": it} for v, b, it in fixed]
+    while len(cases) < len(fixed) + 8:
+        bits, iters = int(rng.choice([1, 2, 2, 3, 4])), int(rng.integers(1, 6))
+        shape = [int(d) for d in rng.integers(2, 7, size=int(rng.integers(1, 4)))]
+        spec = {"seed": int(rng.integers(0, 2**31)), "shape": shape, "loc": float(rng.normal(0, 0.2)),
+                "std": float(10 ** rng.uniform(-2, 0.5))}
+        if _lloyd_margin(_tensor(spec).double().flatten().numpy(), bits, iters) > 1e-4:
+            cases.append({"w": spec, "bits": bits, "iters": iters})
+    return cases
+
+
+def _kmeans_build(case: dict) -> tuple[tuple, dict]:
+    return (_tensor(case["w"]), case["bits"], case["iters"]), {}
+
+
+def _kmeans_describe(case: dict) -> str:
+    (w, bits, iters), _ = _kmeans_build(case)
+    return f"w = {_show(w)}, bits={bits}, iters={iters}"
+
+
+def _kmeans_compare(expected: tuple, got) -> str | None:
+    return _pair(got, "index, codebook") or _tensor_reason(expected[1], got[1], "codebook", rtol=1e-5, atol=1e-6) or \
+        _tensor_reason(expected[0], got[0], "index", exact=True)
+
 # --------------------------------------------------------------------------- the exercises
 def _exercise(name, make_cases, build, describe, compare, forbidden=(), runner=None):
     from . import Exercise
@@ -460,4 +513,6 @@ EXERCISES = [
     _exercise("binarize", _binarize_cases, _binarize_build, _binarize_describe, _binarize_compare, _TORCH_QUANT),
     _exercise("int8_linear", _int8_linear_cases, _int8_linear_build, _int8_linear_describe, _int8_linear_compare,
               _TORCH_QUANT),
+    _exercise("kmeans_quantize", _kmeans_cases, _kmeans_build, _kmeans_describe, _kmeans_compare,
+              _TORCH_QUANT + ("sklearn.cluster", "scipy.cluster")),
 ]
