@@ -24,6 +24,8 @@ Adebayo, J. et al. (2018). Sanity Checks for Saliency Maps. NeurIPS.
 Smilkov, D. et al. (2017). SmoothGrad: removing noise by adding noise. arXiv:1706.03825.
 Springenberg, J. T. et al. (2015). Striving for Simplicity: The All Convolutional Net. ICLR workshop.
 Petsiuk, V., Das, A. & Saenko, K. (2018). RISE: Randomized Input Sampling for Explanation. BMVC.
+Samek, W. et al. (2017). Evaluating the visualization of what a deep neural network has learned. IEEE TNNLS.
+Sturmfels, P., Lundberg, S. & Lee, S.-I. (2020). Visualizing the Impact of Feature Attribution Baselines. Distill.
 Zhou, B. et al. (2016). Learning Deep Features for Discriminative Localization. CVPR.
 Jain, S. & Wallace, B. C. (2019). Attention is not Explanation. NAACL.
 Wiegreffe, S. & Pinter, Y. (2019). Attention is not not Explanation. EMNLP.
@@ -43,13 +45,14 @@ from torch import Tensor, nn
 
 from .validation import check_float, check_int, check_module, check_tensor
 
-__all__ = ["saliency", "integrated_gradients", "occlusion", "grad_cam", "exact_shapley", "lime_tabular",
+__all__ = ["saliency", "integrated_gradients", "occlusion", "grad_cam", "exact_shapley", "shapley_regression",
+           "conditional_shapley", "lime_tabular",
            "deletion_curve", "gradient_x_input", "smoothgrad", "completeness_gap", "deletion_auc",
            "upsample", "pointing_game", "mask_overlap", "score_methods", "score_per_image", "paired_image_difference",
            "paired_ratio_interval", "randomize_layers", "rank_correlation", "row_rank_correlation",
            "randomization_per_image",
            "AttentionClassifier", "attention_data", "train_attention", "attention_vs_ig", "attention_intervention",
-           "insertion_curve", "cascading_randomization", "guided_backprop", "kernel_shap", "input_control",
+           "insertion_curve", "ordering_aucs", "blur", "ig_with_baselines", "cascading_randomization", "guided_backprop", "kernel_shap", "input_control",
            "random_control", "on_randomized_model", "GapCNN", "train_gap_cnn"]
 
 MAX_SHAPLEY_FEATURES = 14
@@ -262,6 +265,74 @@ def exact_shapley(f: Callable[[np.ndarray], np.ndarray], x, baseline) -> np.ndar
     return phi
 
 
+def shapley_regression(f: Callable[[np.ndarray], np.ndarray], x, baseline, coalitions=None) -> np.ndarray:
+    """KernelSHAP's regression: Shapley-kernel weighted least squares with the efficiency constraint.
+
+    .. math:: \\phi = \\arg\\min_{\\sum_i \\phi_i = v(M) - v(\\emptyset)} \\sum_{S}
+              k(S)\\,\\big(v(S) - v(\\emptyset) - \\textstyle\\sum_{i \\in S}\\phi_i\\big)^2, \\qquad
+              k(S) = \\frac{M-1}{\\binom{M}{|S|}\\,|S|\\,(M-|S|)}, \\quad v(S) = f(x_S, x'_{\\bar S})
+
+    over the rows of ``coalitions`` ((K, M) bool, each neither empty nor full; a repeated row counts
+    twice), or every one of the 2^M - 2 proper coalitions when ``None`` (M <= 14): then phi equals the
+    exact Shapley values (Lundberg & Lee 2017, Theorem 2). phi_M is eliminated with the constraint and
+    the rest solved by ordinary least squares on sqrt(k)-scaled rows. Returns float64 (M,).
+
+    Taught in: 05_local_explanation, section 9.
+    """
+    x, baseline = np.asarray(x, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if x.ndim != 1 or baseline.shape != x.shape or x.size < 2:
+        raise ValueError(f"x and baseline must be 1-D arrays of the same length >= 2, got {x.shape} and {baseline.shape}")
+    M = x.size
+    if coalitions is None:
+        if M > MAX_SHAPLEY_FEATURES:
+            raise ValueError(f"x must have at most {MAX_SHAPLEY_FEATURES} features with coalitions=None, got {M}")
+        coalitions = (np.arange(1, 2 ** M - 1)[:, None] >> np.arange(M)) & 1
+    Z = np.asarray(coalitions).astype(bool)
+    s = Z.sum(1) if Z.ndim == 2 else None
+    if Z.ndim != 2 or Z.shape[1] != M or len(Z) == 0 or (s == 0).any() or (s == M).any():
+        raise ValueError(f"coalitions must be a (K, {M}) bool array of non-empty, non-full rows, got shape {Z.shape}")
+    rows = np.vstack([np.zeros(M, bool), np.ones(M, bool), Z])
+    v = np.asarray(f(np.where(rows, x, baseline)), dtype=np.float64).reshape(-1)
+    total, y = v[1] - v[0], v[2:] - v[0]
+    k = (M - 1) / (np.array([math.comb(M, int(n)) for n in s]) * s * (M - s))
+    A = Z[:, :-1].astype(np.float64) - Z[:, -1:]                          # phi_M = total - sum(phi_<M)
+    sw = np.sqrt(k)
+    rest, *_ = np.linalg.lstsq(A * sw[:, None], (y - Z[:, -1] * total) * sw, rcond=None)
+    return np.append(rest, total - rest.sum())
+
+
+def conditional_shapley(f: Callable[[np.ndarray], np.ndarray], x, data, width: float = 0.1) -> np.ndarray:
+    """Shapley values of the **conditional** value function, estimated from data rows (small M).
+
+    .. math:: v(S) = \\mathbb E\\big[f(X) \\mid X_S \\approx x_S\\big], \\qquad
+              \\phi_i = \\sum_{S \\not\\ni i} \\frac{|S|!(M-|S|-1)!}{M!}\\big(v(S \\cup \\{i\\}) - v(S)\\big)
+
+    v(S) is the mean of f over the rows of ``data`` whose features in S all lie within ``width`` of x's
+    (the other features as the rows have them), v(empty) the mean over all rows and v(all) = f(x): a
+    neighbourhood estimate of the conditional expectation. Unlike the interventional value function
+    (:func:`kernel_shap`, v(S) = E_b f(x_S, b_rest)), it gives credit to a feature the model never reads
+    when that feature predicts one it does (Sundararajan & Najmi 2020; Janzing et al. 2020). ValueError
+    when a coalition has no row in its neighbourhood. Returns float64 (M,).
+    """
+    x, data = np.asarray(x, dtype=np.float64), np.atleast_2d(np.asarray(data, dtype=np.float64))
+    if x.ndim != 1 or data.shape[1] != x.size or x.size > MAX_SHAPLEY_FEATURES:
+        raise ValueError(f"x must be 1-D with M <= {MAX_SHAPLEY_FEATURES} and data (n, M), got {x.shape}, {data.shape}")
+    width = check_float("width", width, 0.0, np.inf, low_inclusive=False)
+    M, fd = x.size, np.asarray(f(data), dtype=np.float64)
+    near = np.abs(data - x) <= width                                        # (n, M)
+    v = np.empty(2 ** M)
+    for code in range(2 ** M):
+        S = ((code >> np.arange(M)) & 1).astype(bool)
+        rows = near[:, S].all(1)
+        if code == 2 ** M - 1:
+            v[code] = float(np.asarray(f(x[None]), dtype=np.float64)[0])
+        elif not rows.any():
+            raise ValueError(f"data has no row within width={width} of x on the features {np.flatnonzero(S).tolist()}")
+        else:
+            v[code] = fd[rows].mean()
+    return exact_shapley(lambda z: v[(z.astype(np.int64) << np.arange(M)).sum(1)], np.ones(M), np.zeros(M))
+
+
 def lime_tabular(f: Callable[[np.ndarray], np.ndarray], x, scale, n_samples: int = 2000,
                  kernel_width: float = 0.75, seed: int = 0) -> np.ndarray:
     """LIME for one tabular row: a kernel-weighted linear fit to ``f`` around ``x``.
@@ -291,6 +362,49 @@ def lime_tabular(f: Callable[[np.ndarray], np.ndarray], x, scale, n_samples: int
     y = np.asarray(f(z), dtype=np.float64).reshape(-1)
     coef, *_ = np.linalg.lstsq(design * sw, y * sw[:, 0], rcond=None)
     return coef[1:]
+
+
+def blur(x: Tensor, sigma: float = 2.0) -> Tensor:
+    """Gaussian blur of every channel of ``x`` (N, C, H, W), kernel radius 3 sigma, replicate padding.
+
+    The blurred-input baseline of Integrated Gradients (Sturmfels, Lundberg & Lee 2020): a constant
+    image stays constant, and each output pixel is a convex combination of input pixels.
+    """
+    x = _check_x(x)
+    sigma = check_float("sigma", sigma, 0.0, np.inf, low_inclusive=False)
+    if x.dim() != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    r = max(1, int(3 * sigma))
+    g = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype) ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(x.shape[1], 1, -1, -1)      # depthwise
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (r, r, r, r), mode="replicate"), kernel,
+                                      groups=x.shape[1])
+
+
+def ig_with_baselines(model: nn.Module, x: Tensor, target, train: Tensor, steps: int = 32, n_noise: int = 4,
+                      sigma: float = 2.0, seed: int = 0) -> dict[str, Tensor]:
+    """Integrated Gradients of ``x`` against four baselines (Sturmfels, Lundberg & Lee 2020).
+
+    ``"black (0)"``: zeros; ``"training mean"``: ``train.mean(0)``; ``"blurred input"``: :func:`blur` of x;
+    ``"uniform noise (mean of n)"``: the mean of the IG maps against ``n_noise`` baselines drawn uniformly
+    in [min(x), max(x)] with ``torch.Generator().manual_seed(seed)`` (expected gradients' idea: average
+    over a distribution of baselines). Completeness holds per baseline: sum(IG) = f(x) - f(x'), and for
+    the noise the mean of f(x) - f(x'_k). Returns name -> map shaped like x.
+    """
+    x = _check_x(x).detach()
+    train = check_tensor("train", train)
+    if train.shape[1:] != x.shape[1:]:
+        raise ValueError(f"train must have rows shaped like x's {tuple(x.shape[1:])}, got {tuple(train.shape[1:])}")
+    n_noise = check_int("n_noise", n_noise, 1)
+    lo, hi, gen = float(x.min()), float(x.max()), torch.Generator().manual_seed(check_int("seed", seed, 0))
+    maps = {"black (0)": integrated_gradients(model, x, target, None, steps),
+            "training mean": integrated_gradients(model, x, target, train.mean(0, keepdim=True).expand_as(x), steps),
+            "blurred input": integrated_gradients(model, x, target, blur(x, sigma), steps)}
+    noise = [integrated_gradients(model, x, target, lo + (hi - lo) * torch.rand(x.shape, generator=gen, dtype=x.dtype),
+                                  steps) for _ in range(n_noise)]
+    maps[f"uniform noise (mean of {n_noise})"] = torch.stack(noise).mean(0)
+    return maps
 
 
 def deletion_curve(model: nn.Module, x: Tensor, target, attribution: Tensor, steps: int = 10,
@@ -338,6 +452,30 @@ def _perturbation_curve(model, x, target, attribution, steps, baseline, insert: 
         t = _targets(target, N, out.shape[1]).repeat(steps + 1)
         p = torch.softmax(out, dim=1).gather(1, t.view(-1, 1)).view(steps + 1, N)
     return p.T.contiguous()
+
+
+def ordering_aucs(model: nn.Module, x: Tensor, target, attribution: Tensor, steps: int = 16,
+                  baseline: float = 0.0) -> dict[str, Tensor]:
+    """Deletion and insertion AUC per image under both perturbation orders, for one (signed) map.
+
+    MoRF (most relevant first) perturbs in decreasing ``attribution`` order, LeRF (least relevant
+    first) in increasing order (Samek et al. 2017); each curve is :func:`deletion_curve` /
+    :func:`insertion_curve` and its area :func:`deletion_auc`. Pass ``attribution.abs()`` for the
+    |.| ordering, the map itself for the signed one (most positive first). A faithful map has a low
+    MoRF and a high LeRF deletion AUC (and the reverse for insertion). Returns a dict of (N,) tensors:
+    ``"deletion MoRF"``, ``"deletion LeRF"``, ``"insertion MoRF"``, ``"insertion LeRF"``.
+
+    References: Samek, W. et al. (2017). Evaluating the visualization of what a deep neural network has
+    learned. IEEE TNNLS 28(11).
+
+    Taught in: 05_local_explanation, section 7.
+    """
+    attribution = check_tensor("attribution", attribution)
+    out = {}
+    for order, a in (("MoRF", attribution), ("LeRF", -attribution)):
+        out[f"deletion {order}"] = deletion_auc(deletion_curve(model, x, target, a, steps, baseline))
+        out[f"insertion {order}"] = deletion_auc(insertion_curve(model, x, target, a, steps, baseline))
+    return {k: out[k] for k in ("deletion MoRF", "deletion LeRF", "insertion MoRF", "insertion LeRF")}
 
 
 def cascading_randomization(model: nn.Module, explain: Callable, x: Tensor, target,

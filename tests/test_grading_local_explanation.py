@@ -205,6 +205,57 @@ def sh_add_one_to_baseline(f, x, baseline):
     return f(z) - f(baseline[None])[0]
 
 
+# ----------------------------------------------------------------------------- shapley_regression
+def _sreg(f, x, baseline, coalitions=None, kernel=None, constrained=True, use_given=True, swap=False):
+    if swap:
+        x, baseline = baseline, x
+    M = len(x)
+    if M < 2 or (coalitions is None and M > 14):
+        raise ValueError("bad M")
+    if coalitions is None or not use_given:
+        Z = np.array([[c >> i & 1 for i in range(M)] for c in range(1, 2 ** M - 1)], dtype=bool)
+    else:
+        Z = np.asarray(coalitions, dtype=bool)
+    s = Z.sum(1)
+    k = np.array([(M - 1) / (math.comb(M, int(n)) * n * (M - n)) for n in s]) if kernel is None else kernel(s, M)
+    v0, v1 = f(baseline[None])[0], f(x[None])[0]
+    y = f(np.where(Z, x, baseline)) - v0
+    if not constrained:
+        D = np.hstack([np.ones((len(Z), 1)), Z.astype(float)])
+        return np.linalg.lstsq(D * np.sqrt(k)[:, None], y * np.sqrt(k), rcond=None)[0][1:]
+    # KKT system of the equality-constrained weighted least squares: [2 Z'KZ  1; 1'  0] [phi; lam] = [2 Z'Ky; total]
+    Zf = Z.astype(float)
+    K = np.zeros((M + 1, M + 1))
+    K[:M, :M] = 2 * Zf.T @ (k[:, None] * Zf)
+    K[:M, M] = K[M, :M] = 1.0
+    rhs = np.append(2 * Zf.T @ (k * y), v1 - v0)
+    return np.linalg.solve(K, rhs)[:M]
+
+
+def sreg_uniform_weights(f, x, baseline, coalitions=None):
+    return _sreg(f, x, baseline, coalitions, kernel=lambda s, M: np.ones(len(s)))
+
+
+def sreg_no_binomial(f, x, baseline, coalitions=None):
+    return _sreg(f, x, baseline, coalitions, kernel=lambda s, M: (M - 1) / (s * (M - s)))
+
+
+def sreg_unconstrained(f, x, baseline, coalitions=None):
+    return _sreg(f, x, baseline, coalitions, constrained=False)
+
+
+def sreg_ignores_coalitions(f, x, baseline, coalitions=None):
+    return _sreg(f, x, baseline, coalitions, use_given=False)
+
+
+def sreg_swapped(f, x, baseline, coalitions=None):
+    return _sreg(f, x, baseline, coalitions, swap=True)
+
+
+def shapley_regression_kkt(f, x, baseline, coalitions=None):
+    return _sreg(f, x, baseline, coalitions)
+
+
 # ----------------------------------------------------------------------------- lime_tabular
 def _lime(f, x, scale, n_samples=2000, kernel_width=0.75, seed=0, weighted=True, intercept=True,
           rng_fn=None, keep_intercept=False):
@@ -359,6 +410,8 @@ WRONG = {
     "occlusion": [occ_sum, occ_no_cut_off_window, occ_probability, occ_sign_flipped],
     "grad_cam": [cam_no_relu, cam_sum_pooling, cam_max_pooling, cam_abs],
     "exact_shapley": [sh_banzhaf, sh_off_by_one_weights, sh_leave_one_out, sh_add_one_to_baseline],
+    "shapley_regression": [sreg_uniform_weights, sreg_no_binomial, sreg_unconstrained, sreg_ignores_coalitions,
+                           sreg_swapped],
     "lime_tabular": [lime_unweighted, lime_no_intercept, lime_global_rng, lime_returns_intercept],
     "deletion_curve": [del_ascending, del_round, del_ties_high_index_first, del_logits],
     "cascading_randomization": [casc_independent, casc_input_first, casc_pearson, casc_ordinal_ranks,
@@ -417,7 +470,8 @@ def cascade_reset_parameters(model, explain, x, target, seed=0):
 
 
 INDEPENDENT = {"saliency": saliency_loop, "integrated_gradients": ig_loop, "occlusion": occlusion_loop,
-               "grad_cam": grad_cam_hooks, "exact_shapley": shapley_combinations, "lime_tabular": lime_other_sampling,
+               "grad_cam": grad_cam_hooks, "exact_shapley": shapley_combinations,
+               "shapley_regression": shapley_regression_kkt, "lime_tabular": lime_other_sampling,
                "deletion_curve": deletion_loop, "cascading_randomization": [cascade_scipy, cascade_reset_parameters]}
 
 (test_grader_accepts_reference, test_grader_accepts_independent_correct_versions,

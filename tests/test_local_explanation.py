@@ -479,3 +479,77 @@ def test_randomization_per_image_matches_scipy_and_cascading_randomization():
         np.testing.assert_allclose(per_image[name].numpy(), expected, atol=1e-10)
     with pytest.raises(TypeError, match="explain"):
         L.randomization_per_image(model, "saliency", x, 0)
+
+
+# ----------------------------------------------------------------------------- issue 26: orderings, baselines, regression
+def test_shapley_regression_is_exact_shapley_with_every_coalition_and_matches_shap_kernel():
+    import shap
+    rng = np.random.default_rng(3)
+    W, w2 = rng.normal(size=(4, 6)), rng.normal(size=4)
+    f = lambda z: np.tanh(z @ W.T) @ w2 + z[:, 1] * z[:, 4]                   # noqa: E731
+    x, b = rng.normal(size=6), rng.normal(size=6)
+    np.testing.assert_allclose(L.shapley_regression(f, x, b), L.exact_shapley(f, x, b), atol=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lib = shap.KernelExplainer(f, b[None]).shap_values(x, nsamples=2 ** 6, l1_reg=False, silent=True)
+    np.testing.assert_allclose(L.shapley_regression(f, x, b), lib, atol=1e-6)
+    Z = np.array([[1, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1],
+                  [0, 0, 1, 0, 1, 0], [1, 0, 0, 1, 0, 1], [0, 1, 0, 0, 0, 1]], dtype=bool)
+    phi = L.shapley_regression(f, x, b, Z)
+    assert abs(phi.sum() - (f(x[None])[0] - f(b[None])[0])) < 1e-10          # efficiency holds on any set
+    with pytest.raises(ValueError):
+        L.shapley_regression(f, x, b, np.ones((2, 6), bool))
+    with pytest.raises(ValueError):
+        L.shapley_regression(f, np.zeros(15), np.zeros(15))
+
+
+def test_ordering_aucs_greedy_order_is_extreme_on_an_additive_model():
+    # Two classes whose logit difference is w . x: MoRF on the signed w * x (x >= 0, baseline 0) removes the
+    # largest contributions first, so no other order lowers the target probability faster; LeRF the reverse.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.stack([torch.randn(8), torch.zeros(8)]))
+        model[1].bias.zero_()
+    x = torch.rand(5, 1, 8)
+    a = model[1].weight[0].detach() * x
+    out = L.ordering_aucs(model, x, 0, a, steps=8)
+    for seed in range(20):
+        perm = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed))
+        other = L.ordering_aucs(model, x, 0, perm, steps=8)["deletion MoRF"]
+        assert (out["deletion MoRF"] <= other + 1e-6).all() and (out["deletion LeRF"] >= other - 1e-6).all()
+    torch.testing.assert_close(out["deletion LeRF"], out["insertion MoRF"])   # baseline 0, steps divide n
+
+
+def test_blur_and_ig_with_baselines_are_complete():
+    x = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(L.blur(torch.full((1, 2, 6, 6), 0.3)), torch.full((1, 2, 6, 6), 0.3))
+    blurred = L.blur(x)
+    assert blurred.min() >= x.min() - 1e-6 and blurred.max() <= x.max() + 1e-6   # convex combinations
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x = x.double()
+    maps = L.ig_with_baselines(model, x, 1, torch.rand(10, 1, 8, 8, dtype=torch.float64), steps=256, n_noise=2)
+    assert list(maps) == ["black (0)", "training mean", "blurred input", "uniform noise (mean of 2)"]
+    torch.testing.assert_close(maps["black (0)"], L.integrated_gradients(model, x, 1, None, 256))
+    with torch.no_grad():
+        fx = model(x)[:, 1]
+        fb = model(L.blur(x))[:, 1]
+    gap = maps["blurred input"].flatten(1).sum(1) - (fx - fb)
+    assert gap.abs().max() < 1e-3                                              # completeness against the blur
+    with pytest.raises(ValueError):
+        L.ig_with_baselines(model, x, 1, torch.rand(10, 1, 4, 4, dtype=torch.float64))
+
+
+def test_conditional_shapley_credits_a_correlated_unread_feature_as_in_closed_form():
+    gen = np.random.default_rng(1)
+    x1 = gen.normal(size=40000)
+    data = np.column_stack([x1, 0.8 * x1 + 0.6 * gen.normal(size=40000)])      # corr 0.8, unit variances
+    phi = L.conditional_shapley(lambda z: np.asarray(z)[:, 0], np.array([1.0, 1.0]), data, width=0.1)
+    np.testing.assert_allclose(phi, [0.6, 0.4], atol=0.04)                      # phi_2 = rho / 2 (E[x1] = 0)
+    indep = np.column_stack([gen.normal(size=40000), gen.normal(size=40000)])
+    f = lambda z: 2 * np.asarray(z)[:, 0] - np.asarray(z)[:, 1]               # noqa: E731  additive, independent
+    np.testing.assert_allclose(L.conditional_shapley(f, np.array([0.5, -1.0]), indep, 0.1), [1.0, 1.0], atol=0.1)
+    # independent features, additive f: every value function gives w_i (x_i - E x_i) = (2 * 0.5, -1 * -1)
+    with pytest.raises(ValueError):
+        L.conditional_shapley(f, np.array([9.0, 9.0]), indep, 0.01)

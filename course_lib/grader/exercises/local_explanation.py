@@ -14,6 +14,10 @@ exact weights of a linear ``f`` (tolerance 1e-6); for a curved ``f``, LIME's man
 form (tolerance 0.15 in max-abs error), which is the gradient only for a small kernel, so reading the
 gradient off ``f``'s parameters does not pass; and identical results for the same seed.
 
+``shapley_regression`` with every coalition is graded against exact Shapley values computed here by
+enumeration (``derive``); with a given set of coalitions, against the reference's constrained weighted fit
+(so enumerating every coalition regardless fails); both to 1e-7.
+
 ``cascading_randomization`` is compared layer by layer (names, then rank correlations to 1e-5; nan
 where a map is constant, as scipy). Its explain functions are defined here (signed gradient, gradient x
 input, and a paired |gradient| whose values all occur twice, so ordinal ranks differ from average
@@ -516,6 +520,88 @@ def _cascade_compare(expected: tuple, got) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------- shapley_regression
+def _exact_values(f, x: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """Exact Shapley values by the permutation form: the mean marginal contribution over all orders of
+    small M, here by coalition weights |S|!(M-|S|-1)!/M! (written for the grader, not the reference)."""
+    M = len(x)
+    masks = [tuple(bool(c >> i & 1) for i in range(M)) for c in range(2 ** M)]
+    v = dict(zip(masks, np.asarray(f(np.where(np.array(masks), x, baseline)), dtype=np.float64)))
+    phi = np.zeros(M)
+    for S, vS in v.items():
+        s = sum(S)
+        for i in range(M):
+            if not S[i]:
+                with_i = S[:i] + (True,) + S[i + 1:]
+                phi[i] += math.factorial(s) * math.factorial(M - s - 1) / math.factorial(M) * (v[with_i] - vS)
+    return phi
+
+
+def _regression_cases(rng: np.random.Generator) -> list[dict]:
+    def subset(seed: int, M: int, extra: int, repeat: bool) -> list[list[int]]:
+        gen = np.random.default_rng(seed)
+        while True:
+            Z = gen.random((2 * M + extra, M)) < gen.uniform(0.2, 0.8, size=(2 * M + extra, 1))
+            Z = Z[(Z.sum(1) > 0) & (Z.sum(1) < M)]
+            if repeat:
+                Z = np.vstack([Z, Z[:2]])
+            A = Z[:, :-1].astype(float) - Z[:, -1:]
+            if len(Z) >= M and np.linalg.matrix_rank(A) == M - 1:
+                return Z.astype(int).tolist()
+
+    cases = [{"seed": 11, "M": 2, "zero_baseline": True, "coalitions": None},
+             {"seed": 12, "M": 3, "zero_baseline": False, "coalitions": None},
+             {"seed": 13, "M": 4, "zero_baseline": False, "coalitions": subset(13, 4, 2, False)},
+             {"seed": 14, "M": 5, "zero_baseline": True, "coalitions": None},
+             {"seed": 15, "M": 6, "zero_baseline": False, "coalitions": subset(15, 6, 3, True)},
+             {"seed": 16, "M": 8, "zero_baseline": False, "coalitions": None},
+             {"seed": 17, "M": 15, "zero_baseline": True, "coalitions": None}]          # invalid: M > 14
+    for _ in range(4):
+        seed, M = int(rng.integers(0, 2**31)), int(rng.integers(3, 10))
+        cases.append({"seed": seed, "M": M, "zero_baseline": bool(rng.random() < 0.3),
+                      "coalitions": subset(seed, M, int(rng.integers(0, 6)), bool(rng.random() < 0.5))
+                      if rng.random() < 0.5 else None})
+    return cases
+
+
+def _regression_build(case: dict):
+    (f, x, baseline), _ = _shapley_build(case)
+    if case["coalitions"] is None:
+        return (f, x, baseline), {}
+    return (f, x, baseline), {"coalitions": np.array(case["coalitions"], dtype=bool)}
+
+
+def _regression_describe(case: dict) -> str:
+    text = _shapley_describe(case)
+    if case["coalitions"] is None:
+        return text + ", coalitions=None (every coalition: the exact Shapley values)"
+    return text + f", coalitions = np.array({case['coalitions']}, dtype=bool)"
+
+
+def _regression_derive(case: dict, answer) -> tuple:
+    """In the grader: (answer, exact Shapley values or None). With every coalition the truth is the exact
+    Shapley values, computed here by enumeration; with a given set it is the reference's fit."""
+    if case["coalitions"] is not None or case["M"] > 14:
+        return answer, None
+    (f, x, baseline), _ = _shapley_build(case)
+    return answer, _exact_values(f, x, baseline)
+
+
+def _regression_compare(expected: tuple, got) -> str | None:
+    truth = expected[1] if expected[1] is not None else expected[0]
+    answer = got[0]
+    if not isinstance(answer, np.ndarray):
+        return f"expected a numpy array, got a {type_name(answer)}"
+    if answer.shape != truth.shape or not np.issubdtype(answer.dtype, np.floating):
+        return f"expected a float64 array of shape {truth.shape}, got {answer.dtype} of shape {answer.shape}"
+    bad = ~np.isclose(answer.astype(np.float64), truth, rtol=1e-7, atol=1e-7)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        what = "the exact Shapley value" if expected[1] is not None else "the constrained weighted fit"
+        return f"phi[{i}]: expected {truth[i]!r} ({what}), got {float(answer[i])!r} ({int(bad.sum())} of {bad.size} differ)"
+    return None
+
+
 # --------------------------------------------------------------------------- the exercises
 def _exercise(name, make_cases, build, describe, compare, forbidden=(), runner=None, derive=None):
     from . import Exercise
@@ -535,6 +621,8 @@ EXERCISES = [
               _EXPLAINERS),
     _exercise("exact_shapley", _shapley_cases, _shapley_build, _shapley_describe, _array_compare,
               _EXPLAINERS),
+    _exercise("shapley_regression", _regression_cases, _regression_build, _regression_describe, _regression_compare,
+              _EXPLAINERS, derive=_regression_derive),
     _exercise("lime_tabular", _lime_cases, _lime_build, _lime_describe, _lime_compare,
               _EXPLAINERS, runner=_lime_runner, derive=_lime_derive),
     _exercise("deletion_curve", _deletion_cases, _deletion_build, _deletion_describe, _curve_compare, _EXPLAINERS),
