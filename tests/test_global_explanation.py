@@ -289,3 +289,63 @@ def test_rank_stability_hand_worked():
     assert G.rank_stability(runs) == pytest.approx(-1 / 3)
     with pytest.raises(ValueError, match="at least 2 rows"):
         G.rank_stability(np.ones((1, 3)))
+
+
+# ----------------------------------------------------------------------------- issue 26: ALE, grouped permutation, Lasso
+def test_ale_is_the_own_term_of_an_additive_model_whatever_the_correlation():
+    rng = np.random.default_rng(0)
+    x0 = rng.uniform(-2, 2, size=300)
+    X = np.column_stack([x0, x0 + 0.1 * rng.normal(size=300), rng.normal(size=300)])   # column 1 copies column 0
+    f = lambda Z: Z[:, 0] ** 3 + 5 * np.cos(Z[:, 1]) - Z[:, 2]                           # noqa: E731
+    edges = np.quantile(x0, np.linspace(0, 1, 11))
+    ale = G.accumulated_local_effects(f, X, 0, edges)
+    np.testing.assert_allclose(ale - ale.mean(), edges ** 3 - (edges ** 3).mean(), atol=1e-10)
+    k = np.clip(np.searchsorted(edges, x0, side="left") - 1, 0, 9)
+    mids = (ale[k] + ale[k + 1]) / 2
+    assert abs(mids.mean()) < 1e-12                                                       # centred over the rows
+    pd = G.partial_dependence(f, X, 0, edges)                                             # PD: the same here, additive
+    np.testing.assert_allclose(pd - pd.mean(), edges ** 3 - (edges ** 3).mean(), atol=1e-10)
+
+
+def test_ale_differs_from_pd_off_support_and_validates():
+    rng = np.random.default_rng(1)
+    x0 = rng.uniform(-1, 1, size=400)
+    X = np.column_stack([x0, x0 + 0.02 * rng.normal(size=400)])
+    f = lambda Z: Z[:, 0] * Z[:, 1]                                                       # noqa: E731
+    edges = np.quantile(x0, np.linspace(0, 1, 21))
+    ale, pd = G.accumulated_local_effects(f, X, 0, edges), G.partial_dependence(f, X, 0, edges)
+    # on the data f = x0^2, whose x0-derivative is x1 ~ x0, so ALE ~ x0^2 / 2 + c; PD ~ x0 * mean(x1), nearly flat
+    np.testing.assert_allclose(ale - ale.mean(), edges ** 2 / 2 - (edges ** 2 / 2).mean(), atol=0.03)
+    assert np.ptp(pd) < 0.1
+    with pytest.raises(ValueError):
+        G.accumulated_local_effects(f, X, 0, edges[1:])                                  # does not cover the column
+    with pytest.raises(ValueError):
+        G.accumulated_local_effects(f, X, 0, edges[::-1])
+    with pytest.raises(ValueError):
+        G.accumulated_local_effects(f, X, 2, edges)
+
+
+def test_grouped_permutation_of_one_column_is_permutation_and_copies_count_together():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, 3))
+    X[:, 1] = X[:, 0]
+    y = X[:, 0] + X[:, 1] + 0.1 * X[:, 2]
+    predict = lambda Z: Z[:, 0] + Z[:, 1] + 0.1 * Z[:, 2]                                 # noqa: E731
+    single = G.grouped_permutation_importance(predict, X, y, G.r2, {"c0": [0]}, n_repeats=4, seed=3)["c0"]
+    mean, _ = G.permutation_importance(predict, X, y, G.r2, n_repeats=4, seed=3)
+    assert abs(single.mean() - mean[0]) < 1e-12                                          # same draws for column 0 first
+    both = G.grouped_permutation_importance(predict, X, y, G.r2, {"pair": [0, 1]}, n_repeats=4, seed=3)["pair"]
+    assert both.mean() > 1.5 and single.mean() < 1.1                                       # R² drop: ~2 vs ~1
+    with pytest.raises(ValueError):
+        G.grouped_permutation_importance(predict, X, y, G.r2, {"bad": [5]})
+
+
+def test_lasso_selection_bootstrap_counts_sum_and_pick_one_of_a_copy():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(150, 3))
+    X[:, 1] = X[:, 0] + 0.01 * rng.normal(size=150)
+    y = X[:, 0] + X[:, 1] + 0.5 * rng.normal(size=150)
+    counts = G.lasso_selection_bootstrap(X, y, 0.3, [0, 1], n_boot=20, seed=0)
+    assert sum(counts.values()) == 20 and counts["first only"] + counts["second only"] >= 15
+    with pytest.raises(ValueError):
+        G.lasso_selection_bootstrap(X, y, 0.0, [0, 1])

@@ -154,7 +154,7 @@ def drop_permutes_instead(fit, X_train, y_train, X_val, y_val, score):
     return _drop(fit, X_train, y_train, X_val, y_val, score, how="permute")
 
 
-# ----------------------------------------------------------------------------- partial_dependence / ice_curves
+# ----------------------------------------------------------------------------- partial_dependence
 def _ice(predict, X, feature, grid):
     if not 0 <= feature < X.shape[1]:
         raise ValueError("feature out of range")
@@ -191,23 +191,67 @@ def pd_conditional_mplot(predict, X, feature, grid):
     return np.array(out)
 
 
-def ice_transposed(predict, X, feature, grid):
-    return _ice(predict, X, feature, grid).T.copy()
 
 
-def ice_centered(predict, X, feature, grid):
-    ice = _ice(predict, X, feature, grid)
-    return ice - ice[:, :1]
 
 
-def ice_pd_broadcast(predict, X, feature, grid):
-    ice = _ice(predict, X, feature, grid)
-    return np.broadcast_to(ice.mean(0), ice.shape).copy()
 
 
-def ice_own_prediction_repeated(predict, X, feature, grid):
-    _ice(predict, X[:1], feature, grid)
-    return np.repeat(np.asarray(predict(X), float)[:, None], len(grid), axis=1)
+
+
+# ----------------------------------------------------------------------------- accumulated_local_effects
+def _ale(predict, X, feature, edges, rows="own", closed="right", centre="weighted", accumulate=True, mean=True,
+         validate=True):
+    """Bin by bin with explicit masks (written from the instructions, not the reference)."""
+    e = np.asarray(edges, dtype=float)
+    x = X[:, feature]
+    if validate and (e.ndim != 1 or len(e) < 2 or np.any(e[1:] <= e[:-1]) or x.min() < e[0] or x.max() > e[-1]):
+        raise ValueError("bad edges")
+    K = len(e) - 1
+    effects, counts = np.zeros(K), np.zeros(K)
+    for k in range(K):
+        if closed == "right":
+            inside = (x > e[k]) & (x <= e[k + 1]) if k > 0 else (x >= e[0]) & (x <= e[1])
+        else:
+            inside = (x >= e[k]) & (x < e[k + 1]) if k < K - 1 else (x >= e[k]) & (x <= e[-1])
+        counts[k] = inside.sum()
+        use = X[inside] if rows == "own" else X
+        if len(use) == 0 or counts[k] == 0:
+            continue
+        hi, lo = use.copy(), use.copy()
+        hi[:, feature], lo[:, feature] = e[k + 1], e[k]
+        d = np.asarray(predict(hi), float) - np.asarray(predict(lo), float)
+        effects[k] = d.mean() if mean else d.sum()
+    g = np.concatenate([[0.0], np.cumsum(effects) if accumulate else effects])
+    if centre == "weighted":
+        return g - np.sum(counts * (g[:-1] + g[1:]) / 2) / max(counts.sum(), 1)
+    if centre == "plain":
+        return g - g.mean()
+    return g
+
+
+def ale_uncentred(predict, X, feature, edges):
+    return _ale(predict, X, feature, edges, centre="none")
+
+
+def ale_all_rows_like_pd(predict, X, feature, edges):
+    return _ale(predict, X, feature, edges, rows="all")
+
+
+def ale_left_closed_bins(predict, X, feature, edges):
+    return _ale(predict, X, feature, edges, closed="left")
+
+
+def ale_plain_mean_centre(predict, X, feature, edges):
+    return _ale(predict, X, feature, edges, centre="plain")
+
+
+def ale_summed_not_averaged(predict, X, feature, edges):
+    return _ale(predict, X, feature, edges, mean=False)
+
+
+def ale_not_accumulated(predict, X, feature, edges):
+    return _ale(predict, X, feature, edges, accumulate=False)
 
 
 # ----------------------------------------------------------------------------- surrogate_fidelity
@@ -265,7 +309,8 @@ WRONG = {
     "drop_column_importance": [drop_mean_imputed_no_retrain, drop_scored_on_train, drop_sign_flipped,
                                drop_permutes_instead],
     "partial_dependence": [pd_at_mean_row, pd_median, pd_centered, pd_conditional_mplot],
-    "ice_curves": [ice_transposed, ice_centered, ice_pd_broadcast, ice_own_prediction_repeated],
+    "accumulated_local_effects": [ale_uncentred, ale_all_rows_like_pd, ale_left_closed_bins, ale_plain_mean_centre,
+                                  ale_summed_not_averaged, ale_not_accumulated],
     "surrogate_fidelity": [fid_r2_arguments_swapped, fid_squared_correlation, fid_one_minus_mse, fid_percent,
                            fid_equal_outputs_for_regression, fid_disagreement],
 }
@@ -306,8 +351,10 @@ def partial_dependence_stacked(predict, X, feature, grid):
     return np.asarray(predict(Xs), float).reshape(G, len(X)).mean(1)
 
 
-def ice_loop(predict, X, feature, grid):
-    return _ice(predict, X, feature, grid)
+
+
+def ale_loop(predict, X, feature, edges):
+    return _ale(predict, X, feature, edges)
 
 
 def fidelity_plain(model_predict, surrogate_predict, X, task):
@@ -352,8 +399,10 @@ def _ice_no_validation(predict, X, feature, grid):
     return out
 
 
-def ice_no_validation(predict, X, feature, grid):
-    return _ice_no_validation(predict, X, feature, grid)
+
+
+def ale_no_validation(predict, X, feature, edges):
+    return _ale(predict, X, feature, edges, validate=False)
 
 
 def fidelity_no_validation(model_predict, surrogate_predict, X, task):
@@ -368,13 +417,13 @@ def fidelity_no_validation(model_predict, surrogate_predict, X, task):
 # same ValueError the reference raises, so there is no note to check.
 test_grader_grades_the_idea = grades_the_idea({
     "impurity_importance": [impurity_no_validation], "permutation_importance": [permutation_no_validation],
-    "partial_dependence": [pd_no_validation], "ice_curves": [ice_no_validation],
+    "partial_dependence": [pd_no_validation], "accumulated_local_effects": [ale_no_validation],
     "surrogate_fidelity": [fidelity_no_validation]})
 
 
 INDEPENDENT = {"impurity_importance": impurity_loop, "permutation_importance": permutation_shuffle_view,
                "drop_column_importance": drop_column_loop, "partial_dependence": partial_dependence_stacked,
-               "ice_curves": ice_loop, "surrogate_fidelity": fidelity_plain}
+               "accumulated_local_effects": ale_loop, "surrogate_fidelity": fidelity_plain}
 
 (test_grader_accepts_reference, test_grader_accepts_independent_correct_versions,
  test_grader_rejects_stub, test_grader_rejects_wrong_answer) = \
@@ -388,7 +437,7 @@ def test_impurity_grader_input_has_no_answer_attached():
 
 
 def test_check_returns_learner_function_on_pass_and_reference_on_fail(capsys):
-    assert grading.check("ice_curves", ice_loop, seed=3) is ice_loop
+    assert grading.check("accumulated_local_effects", ale_loop, seed=3) is ale_loop
     assert "PASS" in capsys.readouterr().out
-    assert grading.check("ice_curves", ice_centered, seed=3) is G.ice_curves
+    assert grading.check("accumulated_local_effects", ale_uncentred, seed=3) is G.accumulated_local_effects
     assert "FAIL" in capsys.readouterr().out

@@ -18,8 +18,8 @@ Nothing on these objects holds an expected result. Arrays are compared with ``rt
 The fixed cases separate the usual wrong answers: sample weights (``weighted_n_node_samples``), a tree
 without a split (zeros, not nan), an unused last column, ``n_repeats >= 2`` and several features (loop
 order, ddof), default ``n_repeats``/``seed``, a duplicated column (retraining vs. imputing), nonlinear
-models with interactions (the mean of predictions vs. the prediction at the mean row), ``n != len(grid)``
-(transposed ICE) and surrogates ``0.5 f + 0.3`` (R^2 vs. squared correlation, swapped arguments).
+models with interactions (the mean of predictions vs. the prediction at the mean row), rows on interior ALE bin edges and
+empty bins, a near-copy column (ALE's own rows vs. all rows as in PD) and surrogates ``0.5 f + 0.3`` (R^2 vs. squared correlation, swapped arguments).
 """
 from __future__ import annotations
 
@@ -349,6 +349,59 @@ def _pd_describe(case: dict) -> str:
     return f"{net!r}, X = {_show(X)}{dup}, feature = {feature}, grid = {grid!r}"
 
 
+# --------------------------------------------------------------------------- accumulated_local_effects
+def _ale_cases(rng: np.random.Generator) -> list[dict]:
+    fixed = [
+        {"net": _net(51, 2, [0, 1]), "data": {"n": 7, "d": 2}, "feature": 0, "edges": {"kind": "data", "K": 3}},
+        {"net": _net(52, 3, [0, 1, 2]), "data": {"n": 12, "d": 3, "dup": [0, 1]}, "feature": 1,
+         "edges": {"kind": "uniform", "K": 4}, "as_array": True},                    # correlated columns
+        {"net": _net(53, 3, [0, 2]), "data": {"n": 10, "d": 3}, "feature": 2, "edges": {"kind": "uniform", "K": 9}},
+        {"net": _net(54, 2, [0, 1]), "data": {"n": 5, "d": 2}, "feature": 1, "edges": {"kind": "uniform", "K": 1}},
+        {"net": _net(55, 4, [0, 1, 3]), "data": {"n": 20, "d": 4, "dup": [3, 0]}, "feature": 3,
+         "edges": {"kind": "data", "K": 5}},
+        {"net": _net(56, 3, [0, 1]), "data": {"n": 8, "d": 3}, "feature": 0, "edges": {"kind": "inside", "K": 3}},
+        {"net": _net(57, 3, [0, 1]), "data": {"n": 8, "d": 3}, "feature": 0, "edges": {"kind": "unsorted", "K": 3}},
+    ]
+    cases = list(fixed)
+    for _ in range(3):
+        d = int(rng.integers(2, 6))
+        used = sorted(rng.choice(d, size=int(rng.integers(2, d + 1)), replace=False).tolist())
+        data = {"n": int(rng.integers(6, 40)), "d": d}
+        if rng.random() < 0.5:
+            data["dup"] = [int(v) for v in rng.choice(d, size=2, replace=False)]
+        cases.append({"net": _net(int(rng.integers(0, 2**31)), d, used), "data": data, "feature": int(rng.choice(used)),
+                      "edges": {"kind": str(rng.choice(["data", "uniform"])), "K": int(rng.integers(1, 8))},
+                      "as_array": bool(rng.random() < 0.5)})
+    return cases
+
+
+def _ale_edges(x: np.ndarray, spec: dict) -> np.ndarray:
+    """Bin edges over one column: ``data`` picks K + 1 of its sorted values (first and last included, so
+    rows lie on interior edges), ``uniform`` spaces them from just below the minimum to just above the
+    maximum; ``inside`` leaves the extreme rows out and ``unsorted`` reverses them (both raise)."""
+    K, v = spec["K"], np.sort(x)
+    if spec["kind"] in ("data", "unsorted"):
+        e = np.unique(v[np.round(np.linspace(0, len(v) - 1, K + 1)).astype(int)])
+        return e[::-1].copy() if spec["kind"] == "unsorted" else e
+    if spec["kind"] == "inside":
+        return np.linspace(v[1], v[-2], K + 1)
+    return np.round(np.linspace(v[0] - 0.05, v[-1] + 0.05, K + 1), 6)
+
+
+def _ale_build(case: dict):
+    X = _data({"seed": case["net"]["seed"] + 1, **case["data"]})
+    edges = _ale_edges(X[:, case["feature"]], case["edges"])
+    return (_Net(case["net"]), X, case["feature"], edges if case.get("as_array") else edges.tolist()), {}
+
+
+def _ale_describe(case: dict) -> str:
+    (net, X, feature, edges), _ = _ale_build(case)
+    dup = f" (column {case['data']['dup'][1]} is a near copy of column {case['data']['dup'][0]})" \
+        if "dup" in case["data"] else ""
+    return (f"{net!r}, X = {_show(X)}{dup}, column {feature} = {np.round(X[:, feature], 4).tolist()}, "
+            f"feature = {feature}, edges = {np.round(np.asarray(edges), 4).tolist()}")
+
+
 # --------------------------------------------------------------------------- surrogate_fidelity
 class _Surrogate:
     """A stand-in g for the model f: a stump on one feature (labels), a * f + b, or f rounded to a step."""
@@ -432,7 +485,7 @@ EXERCISES = [
               _INSPECTION),
     _exercise("drop_column_importance", _drop_cases, _drop_build, _drop_describe, _compare_array, _INSPECTION),
     _exercise("partial_dependence", _pd_cases, _pd_build, _pd_describe, _compare_array, _INSPECTION),
-    _exercise("ice_curves", _pd_cases, _pd_build, _pd_describe, _compare_array, _INSPECTION),
+    _exercise("accumulated_local_effects", _ale_cases, _ale_build, _ale_describe, _compare_array, _INSPECTION),
     _exercise("surrogate_fidelity", _fid_cases, _fid_build, _fid_describe, _compare_fidelity,
               ["sklearn.metrics.r2_score", "sklearn.metrics.accuracy_score"]),
 ]
