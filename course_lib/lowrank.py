@@ -26,7 +26,8 @@ from .validation import check_float, check_int, check_module, check_tensor
 
 __all__ = ["low_rank_factors", "rank_for_energy", "factorize_linear", "factorize_conv", "break_even_rank",
            "as_matrix", "spectrum", "frobenius_error", "factorizable_layers", "factorized_params",
-           "dense_params", "factorize_model", "ranks_uniform", "ranks_uniform_keep_dense", "CSRLinear", "csr_model", "stored_formats", "ranks_by_energy", "fine_tune",
+           "dense_params", "factorize_model", "ranks_uniform", "ranks_uniform_keep_dense", "CSRLinear", "csr_model", "stored_formats", "layer_inputs", "data_aware_factors",
+           "factorize_model_data_aware", "ranks_by_energy", "fine_tune",
            "runs_over_seeds", "fine_tune_seeds", "rank_sweep", "speed_rows", "plot_spectra", "plot_speed",
            "plot_reconstruction"]
 
@@ -442,6 +443,90 @@ def stored_formats(model: nn.Module) -> dict[str, int]:
     return {"dense": saved(dense), "CSR int32": saved(csr), "bitmask": saved(bitmask)}
 
 
+def layer_inputs(model: nn.Module, name: str, X: Tensor) -> Tensor:
+    """The inputs the layer ``name`` receives when ``model`` runs on ``X`` (a forward pre-hook, no gradient).
+
+    Taught in: 03_low_rank, section 5b.
+    """
+    check_module("model", model)
+    check_tensor("X", X)
+    store: dict[str, Tensor] = {}
+    handle = model.get_submodule(name).register_forward_pre_hook(lambda m, args: store.__setitem__("x", args[0].detach()))
+    try:
+        with torch.no_grad():
+            model.eval()(X)
+    finally:
+        handle.remove()
+    return store["x"]
+
+
+def data_aware_factors(weight: Tensor, inputs: Tensor, rank: int, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    r"""Rank-``rank`` factors ``A @ B`` of a Linear weight that minimise the error **on the layer's inputs**.
+
+    .. math::  \min_{\operatorname{rank}(AB) \le r} \lVert (W - AB)\,X^\top \rVert_F^2
+               = n\,\lVert (W - AB)\,\Sigma^{1/2} \rVert_F^2, \qquad \Sigma = \tfrac1n X^\top X,
+
+    so the answer is the truncated SVD of :math:`W\Sigma^{1/2} = U S V^\top` mapped back:
+    :math:`A = U_r S_r`, :math:`B = V_r^\top \Sigma^{-1/2}` (Eckart-Young in the metric of the inputs). Plain SVD
+    is the case :math:`\Sigma = I`: it treats every input direction as equally important, while the data-aware
+    factors spend the rank on the directions the inputs actually use. Eigenvalues of :math:`\Sigma` below
+    ``eps`` times the largest are raised to that floor (a direction the inputs never use gets a tiny weight,
+    not a division by zero). Computed in float64, returned in ``weight``'s dtype.
+
+    Parameters
+    ----------
+    weight : Tensor (out, in)
+    inputs : Tensor (n, in)
+        The layer's inputs on calibration data (:func:`layer_inputs`), e.g. the training images.
+    rank : int in [1, min(out, in)]
+    eps : float, default=1e-6
+
+    Returns
+    -------
+    (A, B) : (out, rank) and (rank, in)
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not match, or a rank out of range.
+
+    Taught in: 03_low_rank, section 5b.
+    """
+    W = _check_matrix("weight", weight)
+    check_tensor("inputs", inputs)
+    if inputs.ndim != 2 or inputs.shape[1] != W.shape[1] or inputs.shape[0] < 1:
+        raise ValueError(f"inputs must have shape (n, {W.shape[1]}), got {tuple(inputs.shape)}")
+    rank = _check_rank(rank, min(W.shape))
+    check_float("eps", eps, 0.0, 1.0, low_inclusive=False)
+    Wd, X = W.double(), inputs.double()
+    evals, evecs = torch.linalg.eigh(X.T @ X / len(X))
+    lam = evals.clamp_min(eps * float(evals.max().clamp_min(1e-300)))
+    root, inv_root = (evecs * lam.sqrt()) @ evecs.T, (evecs / lam.sqrt()) @ evecs.T
+    U, s, Vh = torch.linalg.svd(Wd @ root, full_matrices=False)
+    return (U[:, :rank] * s[:rank]).to(W.dtype), (Vh[:rank] @ inv_root).to(W.dtype)
+
+
+def factorize_model_data_aware(model: nn.Module, ranks: dict[str, int | None], X: Tensor) -> nn.Module:
+    """Like :func:`factorize_model` for Linear layers, with :func:`data_aware_factors` on each layer's inputs
+    when ``model`` runs on ``X`` (the inputs of the original model, layer by layer).
+
+    Taught in: 03_low_rank, section 5b.
+    """
+    out = factorize_model(model, ranks)
+    for name, rank in ranks.items():
+        if rank is None:
+            continue
+        layer = model.get_submodule(name)
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(f"ranks must name Linear layers only, got {name!r} ({type(layer).__name__})")
+        A, B = data_aware_factors(layer.weight.detach(), layer_inputs(model, name, X), rank)
+        pair = out.get_submodule(name)
+        with torch.no_grad():
+            pair[0].weight.copy_(B)
+            pair[1].weight.copy_(A)
+    return out
+
+
 def fine_tune(model: nn.Module, split, *, epochs: int, lr: float = 1e-3, seed: int = 0) -> nn.Module:
     """A copy of ``model`` trained ``epochs`` more epochs on ``split``'s training part (Adam, one thread)."""
     tuned = copy.deepcopy(model)
@@ -559,7 +644,9 @@ def speed_rows(shapes: Sequence[tuple[int, int, int, int]], *, repeats: int = 3,
     ``(batch, in, out, r)`` (random weights: the time does not depend on the values).
 
     Timed in interleaved rounds with :func:`course_lib.timing.compare` on ``threads`` CPU threads;
-    FLOPs by :func:`course_lib.timing.count_flops`. ``speedup`` is dense median / factorized median.
+    FLOPs by :func:`course_lib.timing.count_flops`. ``speedup`` is dense median / factorized median, with
+    the 95 % interval of :func:`course_lib.timing.speedup` (a bootstrap over the paired rounds) in
+    ``95% low`` and ``95% high``.
     """
     from tqdm.auto import tqdm
 
@@ -575,9 +662,11 @@ def speed_rows(shapes: Sequence[tuple[int, int, int, int]], *, repeats: int = 3,
         runs = timing.compare({"dense": lambda: dense(x), "factorized": lambda: small(x)}, repeats=repeats,
                               rounds=rounds, threads=threads)
         flops = timing.count_flops(dense, x) / timing.count_flops(small, x)
+        interval = timing.speedup(runs["dense"], runs["factorized"])      # bootstrap over the paired rounds
         rows.append({"batch": batch, "in": n_in, "out": n_out, "rank": rank, "FLOP ratio": flops,
                      "dense (ms)": runs["dense"].median, "factorized (ms)": runs["factorized"].median,
-                     "speedup": runs["dense"].median / runs["factorized"].median, "threads": threads})
+                     "speedup": runs["dense"].median / runs["factorized"].median,
+                     "95% low": interval.low, "95% high": interval.high, "threads": threads})
     return rows
 
 

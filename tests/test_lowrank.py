@@ -1,5 +1,6 @@
 """course_lib.lowrank against oracles: numpy's and scikit-learn's SVDs, closed forms, hand-worked cases."""
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -368,3 +369,42 @@ def test_stored_formats_by_hand_sizes():
     assert 4 * 256 * 256 <= sizes["dense"] <= 4 * 256 * 256 + overhead
     assert 8 * nnz + 4 * 257 <= sizes["CSR int32"] <= 8 * nnz + 4 * 257 + overhead       # value + int32 index each
     assert 4 * nnz + 256 * 256 // 8 <= sizes["bitmask"] <= 4 * nnz + 256 * 256 // 8 + overhead   # one bit per weight
+
+
+def test_data_aware_factors_beat_plain_svd_on_the_inputs_and_equal_it_for_white_inputs():
+    torch.manual_seed(3)
+    W = torch.randn(12, 8, dtype=torch.float64)
+    X = torch.randn(500, 8, dtype=torch.float64) * torch.tensor([5.0, 3, 1, 1, 0.3, 0.1, 0.1, 0.01], dtype=torch.float64)
+    for r in (1, 3, 6):
+        A, B = lowrank.data_aware_factors(W, X, r)
+        Ap, Bp = lowrank.low_rank_factors(W, r)
+        err = ((W - A @ B) @ X.T).norm()
+        assert err <= ((W - Ap @ Bp) @ X.T).norm() + 1e-9                    # optimal in the inputs' metric
+        for _ in range(20):                                                   # and no random rank-r matrix beats it
+            M = (A @ B) + 0.05 * torch.randn(12, r, dtype=torch.float64) @ torch.randn(r, 8, dtype=torch.float64)
+            assert err <= ((W - M) @ X.T).norm() + 1e-9 or torch.linalg.matrix_rank(M) > r
+    # inputs with identity second moment: the metric is the plain one, so the product is the truncated SVD
+    Q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))
+    white = Q * math.sqrt(8)                                                  # X^T X / n = I for these 8 rows
+    A, B = lowrank.data_aware_factors(W, white, 3)
+    Ap, Bp = lowrank.low_rank_factors(W, 3)
+    torch.testing.assert_close(A @ B, Ap @ Bp)
+
+
+def test_factorize_model_data_aware_keeps_unlisted_layers_and_rejects_convs():
+    torch.manual_seed(4)
+    mlp = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    X = torch.randn(40, 6)
+    out = lowrank.factorize_model_data_aware(mlp, {"0": 2}, X)
+    assert isinstance(out[0], nn.Sequential) and out[2] is not mlp[2] and torch.equal(out[2].weight, mlp[2].weight)
+    A, B = lowrank.data_aware_factors(mlp[0].weight.detach(), X, 2)
+    torch.testing.assert_close(out[0][1].weight @ out[0][0].weight, A @ B)
+    with pytest.raises(ValueError, match="Linear layers only"):
+        lowrank.factorize_model_data_aware(nn.Sequential(nn.Conv2d(1, 2, 3)), {"0": 1}, torch.randn(2, 1, 5, 5))
+
+
+def test_speed_rows_give_the_ratio_of_medians_inside_its_interval():
+    (row,) = lowrank.speed_rows([(2, 16, 16, 4)], repeats=3, rounds=3, progress=False)
+    assert row["FLOP ratio"] == 16 * 16 / (4 * (16 + 16))
+    assert row["speedup"] == pytest.approx(row["dense (ms)"] / row["factorized (ms)"])
+    assert row["95% low"] <= row["speedup"] <= row["95% high"]
