@@ -264,3 +264,43 @@ def test_the_plan_holds_no_working_directory_and_no_reference():
                        if not p.startswith(sys.base_prefix)), hidden
     assert not any(ROOT.as_posix() == p for p in shown)
 
+
+# ----------------------------------------------------------------------------- §5: nothing outlives the run
+def test_a_setsid_grandchild_does_not_outlive_the_run_without_isolation(tmp_path, monkeypatch):
+    """As a normal user (no PID namespace), a grandchild in a session of its own escapes a process-group
+    kill; the zygote is its subreaper and ends it with the exercise."""
+    monkeypatch.setenv("COURSE_GRADER_ISOLATION", "off")
+    pid_file = tmp_path / "grandchild.pid"
+    path = tmp_path / "escaper.py"
+    path.write_text(_attack(f"""
+        import time
+        if not os.path.exists({str(pid_file)!r} + ".started"):
+            open({str(pid_file)!r} + ".started", "w").close()
+            child = os.fork()
+            if child == 0:                       # a new session, then a grandchild; its parent leaves at once
+                os.setsid()
+                if os.fork() == 0:
+                    with open({str(pid_file)!r} + ".tmp", "w") as handle:
+                        handle.write(str(os.getpid()))
+                    os.rename({str(pid_file)!r} + ".tmp", {str(pid_file)!r})
+                    time.sleep(120)
+                os._exit(0)
+            os.waitpid(child, 0)
+            for _ in range(200):
+                if os.path.exists({str(pid_file)!r}):
+                    break
+                time.sleep(0.01)
+        ok = True
+    """))
+    rows = grade.grade_submissions([path], only=["count_parameters"], limits=SandboxLimits(timeout_s=10), jobs=1)
+    assert rows[0].passed, rows[0].message
+    grandchild = int(pid_file.read_text())
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z"
+    assert not alive(grandchild), "the setsid grandchild outlived the run"
+

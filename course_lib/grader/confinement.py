@@ -559,3 +559,63 @@ def reap_uid(uid: int) -> None:
         if not live_processes(uid):
             return
 
+
+# --------------------------------------------------------------------------- nothing outlives its exercise
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Make this process (the zygote) the *subreaper* of its descendants: a graded child's grandchild that
+    called ``setsid`` (so a process-group kill misses it) is re-parented here when its parent ends, not to
+    init, so :func:`end_strays` finds and ends it even without a PID namespace."""
+    _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """``pid -> (parent pid, state)`` of every process this one can see."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                table[int(entry)] = (int(fields[1]), fields[0])
+            except (OSError, IndexError, ValueError):
+                pass
+    return table
+
+
+def end_strays(keep: set[int], attempts: int = 200) -> list[int]:
+    """Kill and reap every descendant of this process outside the subtrees of ``keep`` (the jobs still
+    running): the remains of an ended exercise, whatever session or process group they moved to. Returns
+    the processes it killed. Used where no PID namespace ends a child's whole tree with it."""
+    import time
+
+    me, killed = os.getpid(), []
+    for _ in range(attempts):
+        children: dict[int, list[int]] = {}
+        table = _process_table()
+        for pid, (parent, _state) in table.items():
+            children.setdefault(parent, []).append(pid)
+        stray, stack = [], [p for p in children.get(me, []) if p not in keep]
+        while stack:
+            pid = stack.pop()
+            stray.append(pid)
+            stack.extend(children.get(pid, []))
+        if not stray:
+            return killed
+        for pid in stray:
+            if table[pid][1] != "Z":
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        for pid in children.get(me, []):
+            if pid not in keep:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+        time.sleep(0.005)
+    return killed
