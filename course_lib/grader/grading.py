@@ -211,7 +211,7 @@ def valid_cases_passed(name: str, cases: Sequence[dict], expected: Sequence[Outc
 
 
 def check(name: str, fn: Callable, *, seed: int | None = None, verbose: bool = True,
-          strict_errors: bool = False) -> Callable:
+          strict_errors: bool = False, time_limit_s: float = 30.0) -> Callable:
     """Grade ``fn`` as exercise ``name`` on fresh random inputs; return ``fn`` if it passed, else the reference.
 
     Parameters
@@ -225,15 +225,28 @@ def check(name: str, fn: Callable, *, seed: int | None = None, verbose: bool = T
         reproduces it.
     strict_errors : bool, default=False
         Also require the reference's exceptions on invalid input.
+    time_limit_s : float, default=30.0
+        For all the cases together; past it the function is stopped, and the cases it did not answer
+        count as in the classroom grader (a valid-input case: FAIL; only invalid-input cases left: a note).
+
+    In a notebook, the function checked is the one the classroom grader will see: rebuilt from the cells
+    run so far, keeping only their imports, ``def``s, constants that call nothing and helper classes
+    (:mod:`course_lib.grader.notebook`).
     """
+    from .notebook import graded_function, run_limited
+
     ex = exercises.get(name)
     if not callable(fn):
         raise TypeError(f"fn must be the function you wrote for {name!r}, got {type(fn).__name__}")
     seed = secrets.randbelow(2**31) if seed is None else seed
     cases = make_cases(name, seed)
     cases, expected = valid_first(cases, expected_outcomes(name, cases))
-    got = run_cases(fn, name, cases, stop_at_first_error=True)
-    verdict = judge(name, cases, expected, got, strict_errors=strict_errors, seed=seed)
+    graded, failed, missing = graded_function(name, fn)
+    if missing is not None:
+        verdict = Verdict(False, missing)
+    else:
+        got, stopped, _ = run_limited(graded, name, cases, time_limit_s, derived, failed)
+        verdict = judge(name, cases, expected, got, strict_errors=strict_errors, seed=seed, stopped=stopped)
     if verbose:
         if verdict.passed:
             print(f"PASS {name}: {verdict.text()} (seed {seed}).")
