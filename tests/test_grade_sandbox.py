@@ -304,3 +304,33 @@ def test_a_setsid_grandchild_does_not_outlive_the_run_without_isolation(tmp_path
         return state != "Z"
     assert not alive(grandchild), "the setsid grandchild outlived the run"
 
+
+# ----------------------------------------------------------------------------- §4: blocked means blocked
+ATTACKS = Path(__file__).resolve().parent / "fixtures" / "attacks"
+LIBRARY_ROUTES = {                         # attack file: the exercise it would pass through a library's own code
+    "fidelity_metrics.py": "surrogate_fidelity",        # sklearn.metrics.d2_tweedie_score(power=0), 1 - hamming_loss
+    "impurity_tree.py": "impurity_importance",          # sklearn's Tree rebuilt, compute_feature_importances()
+    "agreement_pandas.py": "attribution_agreement",     # pandas DataFrame.corr(method="spearman")
+}
+
+
+def test_library_routes_are_right_answers_outside_the_sandbox():
+    """Each attack computes the right answer when nothing is blocked (so failing in the sandbox means blocked)."""
+    import importlib.util
+
+    from grader_contract import grade as grade_in_process
+    for file, exercise in LIBRARY_ROUTES.items():
+        spec = importlib.util.spec_from_file_location(file[:-3], ATTACKS / file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        verdict = grade_in_process(exercise, getattr(module, exercise), 0)
+        assert verdict.passed, (file, verdict.message)
+
+
+def test_library_routes_to_the_answer_are_blocked_in_the_sandbox():
+    rows = grade.grade_submissions([ATTACKS / f for f in LIBRARY_ROUTES], only=sorted(set(LIBRARY_ROUTES.values())),
+                                   limits=SandboxLimits(timeout_s=20), jobs=2)
+    found = {(Path(r.submission).name, r.exercise): r for r in rows}
+    for file, exercise in LIBRARY_ROUTES.items():
+        row = found[(file, exercise)]
+        assert not row.passed and "is not available while grading" in row.message, (file, row.message)

@@ -7,6 +7,10 @@ An exercise names what computes its answer (``Exercise.forbidden``):
   (``from ... import``, a private module, ``gc``, a bound method); importing it afresh fails, and
   as root its files are hidden too (:func:`files_to_hide`), so ``importlib.reload`` or
   ``spec_from_file_location`` find nothing to run;
+- a **function, method or property** by its dotted path (``"sklearn.tree._tree.Tree.compute_feature_importances"``,
+  ``"pandas.DataFrame.corr"``): a Python one has its code replaced (every alias refuses); a compiled one (C or
+  Cython, whose code cannot be replaced) is replaced on the module or class that defines it, read-only
+  extension types included;
 - a **dispatcher operator** (``"aten::fake_quantize_per_tensor_affine"``): every overload is
   replaced in torch's dispatcher, so ``torch.x``, ``Tensor.x``, ``torch.ops.aten.x``,
   ``torch._C._VariableFunctions.x`` and autograd all reach the refusal.
@@ -172,14 +176,79 @@ def _find_spec(name: str):
         return None
 
 
-def _resolve(dotted: str):
-    module_name, _, attr = dotted.rpartition(".")
-    if not module_name:                 # a top-level name that is not an installed module: nothing to block
-        return None
+def _resolve(dotted: str) -> tuple[object, str, object] | None:
+    """``(owner, name, value)`` for ``module[.Class...].name``: the longest importable module, then attributes;
+    on a class, the value as its defining class stores it (a property, not what it computes). None if absent."""
+    parts = dotted.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:i]))
+        except Exception:  # noqa: BLE001 - not a module (ImportError), or one that cannot be imported here
+            continue
+        try:
+            for name in parts[i:-1]:
+                owner = getattr(owner, name)
+            name = parts[-1]
+            if isinstance(owner, type):
+                owner = next(k for k in owner.__mro__ if name in vars(k))
+                return owner, name, vars(owner)[name]
+            return owner, name, getattr(owner, name)
+        except (AttributeError, StopIteration):
+            return None
+    return None
+
+
+def _refusal_function(dotted: str) -> types.FunctionType:
+    def refused(*args, **kwargs):
+        raise ForbiddenError(_message(dotted))
+    refused.__name__, refused.__qualname__ = dotted.rpartition(".")[2], dotted
+    return refused
+
+
+def _replace_attribute(owner: object, name: str, value: object) -> None:
+    """Put ``value`` in place of ``owner.name``; for a compiled class whose attributes are read-only (a Cython
+    extension type such as scikit-learn's ``Tree``), in its type dictionary, then invalidate its method cache."""
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError):
-        return None
+        setattr(owner, name, value)
+        return
+    except (TypeError, AttributeError):
+        if not isinstance(owner, type):
+            return
+    import gc
+    for real in gc.get_referents(owner.__dict__):
+        if isinstance(real, dict) and name in real:
+            real[name] = value
+            ctypes.pythonapi.PyType_Modified(ctypes.py_object(owner))
+            return
+
+
+def _disable_object(dotted: str, cache: dict[int, types.CodeType]) -> None:
+    """Disable one named function, method, property or class: a Python function's code is replaced (every
+    reference to it refuses); a compiled function or method (a C or Cython one, whose code cannot be
+    replaced) is replaced where it is looked up: on its module or on the class that defines it."""
+    found = _resolve(dotted)
+    if found is None:
+        return
+    owner, name, target = found
+    if isinstance(target, (staticmethod, classmethod)):
+        target = target.__func__
+    if isinstance(target, types.FunctionType):
+        _disable_function(target, dotted, cache)
+    elif isinstance(target, property):
+        parts = [f for f in (target.fget, target.fset, target.fdel) if f is not None]
+        for part in parts:
+            if isinstance(part, types.FunctionType):
+                _disable_function(part, dotted, cache)
+        if not all(isinstance(part, types.FunctionType) for part in parts):
+            _replace_attribute(owner, name, property(_refusal_function(dotted)))
+    elif isinstance(target, type):
+        for attr in list(vars(target).values()):
+            fn = getattr(attr, "__func__", attr)
+            if isinstance(fn, types.FunctionType):
+                _disable_function(fn, f"{dotted}.{fn.__name__}", cache)
+    elif callable(target) or type(target).__name__ in ("getset_descriptor", "member_descriptor"):
+        replacement = _refusal_function(dotted)
+        _replace_attribute(owner, name, property(replacement) if not callable(target) else replacement)
 
 
 def classify(forbidden: tuple[str, ...]) -> dict[str, list]:
@@ -212,14 +281,7 @@ def install(forbidden: tuple[str, ...], kinds: dict[str, list[str]] | None = Non
     else:
         _disable_module_code(modules + references)
     for dotted in objects:
-        target = _resolve(dotted)
-        if isinstance(target, types.FunctionType):
-            _disable_function(target, dotted, cache)
-        elif isinstance(target, type):
-            for attr in list(vars(target).values()):
-                fn = getattr(attr, "__func__", attr)
-                if isinstance(fn, types.FunctionType):
-                    _disable_function(fn, f"{dotted}.{fn.__name__}", cache)
+        _disable_object(dotted, cache)
     _block_operators(operators)
     for name in references:
         stub = _ForbiddenModule(name)

@@ -385,9 +385,14 @@ def _exercise(name, make_cases, build, describe, compare, runner=None, forbidden
                     describe=describe, compare=compare, runner=runner, forbidden=tuple(forbidden))
 
 
+# pandas' Spearman and its tie-averaged ranks (scipy.stats.spearmanr and rankdata are off limits with scipy.stats):
+# the Python methods and the compiled kernels they call.
+_PANDAS_SPEARMAN = ("pandas.DataFrame.corr", "pandas.DataFrame.corrwith", "pandas.Series.corr", "pandas.core.nanops.nancorr",
+                    "pandas._libs.algos.nancorr_spearman", "pandas.DataFrame.rank", "pandas.core.algorithms.rank",
+                    "pandas._libs.algos.rank_1d", "pandas._libs.algos.rank_2d")
 EXERCISES = [
     _exercise("attribution_agreement", _agree_cases, _agree_build, _agree_describe, _agree_compare,
-              forbidden=["scipy.stats", "sklearn.metrics"]),
+              forbidden=["scipy.stats", "sklearn.metrics", *_PANDAS_SPEARMAN]),
     _exercise("band_position", _band_cases, _band_build, _band_describe, _band_compare,
               forbidden=["scipy.stats"]),
     _exercise("trainable_grad_cam", _cam_cases, _cam_build, _cam_describe, _cam_compare, runner=_cam_runner,
