@@ -155,3 +155,21 @@ def test_the_error_kind_comes_from_the_zygote_not_from_the_message():
     assert parse_answer({"outcomes": ["{"], "error": None}, 3).kind == "protocol"        # unreadable: protocol
     assert parse_answer({"outcomes": "nope", "error": None}, 3).kind == "protocol"       # malformed: protocol
     assert parse_answer({"outcomes": [], "error": None}, 3).kind is None
+
+
+def test_the_zygote_imports_only_what_the_class_needs():
+    """§6: a chapter-00 class of .py files waits for neither sklearn, shap nor matplotlib; what a notebook
+    imports is preloaded; a module a submission names outside the allowed list never is."""
+    from course_lib.grader import zygote
+
+    plain = "import numpy as np\nimport torch\nfrom course_lib import measurement\n"
+    chosen = zygote.preload_for([plain], ["count_parameters", "conv2d_macs"])
+    assert "torch" in chosen and not any(m.startswith(("sklearn", "shap", "matplotlib", "course_lib.plots", "captum"))
+                                         for m in chosen)
+    notebook = plain + "from course_lib import plots\nfrom scipy import stats\nimport antigravity\nimport this\n"
+    chosen = zygote.preload_for([notebook], ["count_parameters"])
+    assert {"course_lib.plots", "scipy", "scipy.stats"} <= set(chosen)
+    assert "antigravity" not in chosen and "this" not in chosen
+    assert {"sklearn.tree", "sklearn.linear_model"} <= set(zygote.preload_for([], ["permutation_importance"]))
+    compiled = plain + "\n@torch.compile\ndef f(x):\n    return x\n"
+    assert set(zygote.COMPILE_MODULES) <= set(zygote.preload_for([compiled], ["count_parameters"]))

@@ -115,3 +115,16 @@ def test_check_has_a_time_limit():
     assert "time limit of 1 s exceeded" in stopped and "restart the kernel" in stopped
     verdict = grading.judge("roofline_time", cases, expected, got, stopped=stopped)
     assert not verdict.passed and "time limit" in verdict.message
+
+
+def test_black_formatted_continuation_lines_are_code_in_a_notebook_cell():
+    """Magics are read only at the start of a logical line: an indented '!=' or '%' continuation survives."""
+    from course_lib.grader.submission import extract_definitions
+
+    cell = ("def parity_differs(a, b):\n    if (\n        a\n        != b\n    ):\n        return (a\n"
+            "                % 2)\n    return 0\n")
+    for notebook in (True, False):
+        code, functions, notes = extract_definitions([cell], notebook=notebook)
+        namespace: dict = {}
+        exec(code, namespace)
+        assert functions == ["parity_differs"] and not notes and namespace["parity_differs"](3, 2) == 1
