@@ -42,6 +42,7 @@ __all__ = [
     "sensitivity_amounts", "per_layer_masks", "random_masks", "csr_bytes", "csr_break_even", "csr_with_index",
     "pruning_quantization_codes", "pruning_quantization_myth", "seed_study", "seed_difference", "correct",
     "accuracy_difference", "detectable_on_examples", "random_control_difference", "l1_seed_study", "lottery_ticket_starts", "lottery_ticket",
+    "augment_images", "fine_tune_augmented", "augmentation_study", "matched_sparsity_difference",
 ]
 
 
@@ -674,6 +675,99 @@ def seed_study(model: nn.Module, sparsities: float | Sequence[float], split, *, 
             if keep_models:
                 kept[target, method, seed] = tuned
     return (rows, kept) if keep_models else rows
+
+
+# =========================================================================== augmentation while fine-tuning
+def augment_images(x: Tensor, shift: int = 1, degrees: float = 15.0, generator: torch.Generator | None = None) -> Tensor:
+    """Each image of ``x`` (N, C, H, W) shifted by a random whole number of pixels in ``[-shift, shift]`` per axis
+    and rotated by a random angle in ``[-degrees, degrees]`` about its centre (bilinear, zeros outside).
+
+    One affine map per image, :math:`x'(p) = x(R_\\theta p + t)` in normalised coordinates
+    (``F.affine_grid`` then ``F.grid_sample``); the draws come from ``generator``.
+    """
+    check_tensor("x", x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+    shift, degrees = check_int("shift", shift, 0), check_float("degrees", degrees, 0.0, 180.0)
+    n, _, h, w = x.shape
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)             # (N,)
+    pixels = torch.randint(-shift, shift + 1, (n, 2), generator=generator).float()            # (N, 2): x, y
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, 2 * pixels[:, 0] / w], 1),
+                         torch.stack([sin, cos, 2 * pixels[:, 1] / h], 1)], 1)                # (N, 2, 3)
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class _Augmented(nn.Module):
+    """``model`` behind :func:`augment_images` in training mode only (evaluation sees the plain images)."""
+
+    def __init__(self, model: nn.Module, shift: int, degrees: float, seed: int) -> None:
+        super().__init__()
+        self.model, self.shift, self.degrees = model, shift, degrees
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            x = augment_images(x, self.shift, self.degrees, self.generator)
+        return self.model(x)
+
+
+def fine_tune_augmented(model: nn.Module, masks: dict[str, Tensor], X: Tensor, y: Tensor, *, epochs: int,
+                        lr: float = 1e-3, seed: int = 0, shift: int = 1, degrees: float = 15.0) -> nn.Module:
+    """:func:`fine_tune` with every training batch shifted and rotated (:func:`augment_images`).
+
+    Same masks, optimiser, batches and shuffle (``seed``) as :func:`fine_tune`; the augmentation draws
+    come from their own generator seeded with ``seed``, so seed ``s`` pairs this run with ``fine_tune``'s.
+    """
+    tuned = copy.deepcopy(model)
+    layers = dict(tuned.named_modules())
+    for name, mask in masks.items():
+        prune.custom_from_mask(layers[name], "weight", mask)
+    with timing.num_threads(1):
+        models.train(_Augmented(tuned, shift, degrees, seed), X, y, epochs=epochs, lr=lr, seed=seed, progress=False)
+    for name in masks:
+        prune.remove(layers[name], "weight")
+    return tuned.eval()
+
+
+def augmentation_study(model: nn.Module, target: float, split, *, seeds: Sequence[int] = (0, 1, 2, 3, 4),
+                       epochs: int = 10, lr: float = 3e-3, shift: int = 1, degrees: float = 15.0,
+                       progress: bool = False) -> list[dict]:
+    """One-shot layer-wise magnitude pruning to ``target``, fine-tuned with augmentation, one run per seed.
+
+    The arm without augmentation is :func:`seed_study`'s one-shot arm with the same ``target``,
+    ``epochs``, ``lr`` and seeds (the same masks and shuffles): compare per seed. Rows:
+    ``seed, measured sparsity, train acc, val acc, test acc`` (train accuracy on the plain images).
+    """
+    check_module("model", model)
+    target = check_float("target", target, 0.0, 1.0)
+    seeds = [check_int("seeds", s, 0) for s in seeds]
+    if len(seeds) < 2:
+        raise ValueError(f"seeds must hold at least 2 seeds for a spread, got {seeds}")
+    masks, rows = model_masks(model, target), []
+    for seed in tqdm(seeds, desc="augmented fine-tuning", disable=not check_bool("progress", progress), leave=False):
+        tuned = fine_tune_augmented(model, masks, split.X_train, split.y_train, epochs=check_int("epochs", epochs, 1),
+                                    lr=lr, seed=seed, shift=shift, degrees=degrees)
+        rows.append({"seed": seed, "measured sparsity": sparsity(tuned), **_scores(tuned, split)})
+    return rows
+
+
+def matched_sparsity_difference(a: Sequence[nn.Module], b: Sequence[nn.Module], X: Tensor, y: Tensor
+                                ) -> tuple[stats.PairedDifference, np.ndarray]:
+    """Model ``a[s]`` pruned (globally, by magnitude) to exactly the sparsity of ``b[s]``, minus ``b[s]``.
+
+    For each pair ``s`` the share of exact zeros of ``b[s]``'s prunable weights sets the sparsity; ``a[s]``
+    is projected onto it (no fine-tuning). Returns the paired difference of accuracy on ``(X, y)`` in
+    points (t interval over the pairs) and the matched sparsities.
+    """
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"a and b must hold the same number (>= 2) of models, got {len(a)} and {len(b)}")
+    levels = np.array([sparsity(m) for m in b])
+    acc_a = np.array([models.evaluate(apply_masks(m, model_masks(m, float(s), scope="global")), X, y)
+                      for m, s in zip(a, levels)])
+    acc_b = np.array([models.evaluate(m, X, y) for m in b])
+    return stats.paired_difference(acc_a, acc_b).scaled(100, " points"), levels
 
 
 def seed_difference(rows: Sequence[dict], a: tuple[float, str], b: tuple[float, str], *,

@@ -721,3 +721,50 @@ def test_fine_tune_seeds_is_fine_tune_once_per_seed_and_keeps_the_mask():
     assert not torch.equal(first[0], first[1])                                     # another shuffle, another model
     with pytest.raises(ValueError, match="seeds"):
         pruning.fine_tune_seeds(model, masks, split, seeds=(0,), epochs=1)
+
+
+# ----------------------------------------------------------------------------- augmentation, matched sparsity
+P = pruning
+def test_augment_images_one_pixel_shift_is_a_zero_filled_roll():
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(P.augment_images(x, shift=0, degrees=0.0), x, atol=1e-6)        # identity map
+    gen = torch.Generator().manual_seed(3)
+    out = P.augment_images(x, shift=1, degrees=0.0, generator=gen)
+    gen = torch.Generator().manual_seed(3)
+    torch.rand(6, generator=gen)                                                         # the angle draws
+    pixels = torch.randint(-1, 2, (6, 2), generator=gen)
+    for img, (dx, dy), got in zip(x, pixels.tolist(), out):
+        padded = torch.nn.functional.pad(img, (1, 1, 1, 1))                              # zeros outside
+        want = padded[:, 1 + dy:9 + dy, 1 + dx:9 + dx]                                   # x'(p) = x(p + t)
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_augment_images_rotation_keeps_a_centred_disc_symmetric_image():
+    yy, xx = torch.meshgrid(torch.arange(8) - 3.5, torch.arange(8) - 3.5, indexing="ij")
+    disc = ((yy ** 2 + xx ** 2) < 6.0).float().view(1, 1, 8, 8).repeat(4, 1, 1, 1)
+    out = P.augment_images(disc, shift=0, degrees=90.0, generator=torch.Generator().manual_seed(1))
+    assert (out - disc).abs().mean() < 0.15 and not torch.equal(out, disc)
+
+
+def test_fine_tune_augmented_without_augmentation_is_fine_tune():
+    torch.manual_seed(0)
+    model = models.SmallCNN(channels=(4, 8)).eval()
+    X, y = torch.rand(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    masks = P.model_masks(model, 0.5)
+    a = P.fine_tune(model, masks, X, y, epochs=2, lr=1e-2, seed=1)
+    b = P.fine_tune_augmented(model, masks, X, y, epochs=2, lr=1e-2, seed=1, shift=0, degrees=0.0)
+    for (na, pa), (nb_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb_ and torch.allclose(pa, pb, atol=1e-5)
+    c = P.fine_tune_augmented(model, masks, X, y, epochs=2, lr=1e-2, seed=1)
+    assert P.sparsity(c) == P.sparsity(masks) and not torch.allclose(c.classifier[1].weight, a.classifier[1].weight)
+
+
+def test_matched_sparsity_difference_of_a_model_with_itself_is_zero():
+    torch.manual_seed(0)
+    base = models.MLP(64, (32,), 10).eval()
+    X, y = torch.rand(50, 64), torch.randint(0, 10, (50,))
+    b = [P.apply_masks(base, P.model_masks(base, s, scope="global")) for s in (0.3, 0.6)]
+    diff, levels = P.matched_sparsity_difference(b, b, X, y)
+    assert np.allclose(levels, [0.3, 0.6], atol=1e-3) and diff.estimate == 0.0
+    with pytest.raises(ValueError, match="same number"):
+        P.matched_sparsity_difference(b, b[:1], X, y)
