@@ -25,6 +25,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import sys
 from collections.abc import Sequence
@@ -201,6 +202,8 @@ def grade_submissions(paths: Sequence[str | Path], *, only: Sequence[str] | None
         hidden = hidden_paths([*map(str, paths), *map(str, hide)])
         done: set[int] = set()
         preload = zygote.preload_for({code for _, code, _ in planned}, {ex.name for _, _, ex in planned})
+        if zygote.COMPILE_MODULES[-1] in preload and limits.file_size_mb < zygote.COMPILE_FILE_SIZE_MB:
+            limits = dataclasses.replace(limits, file_size_mb=zygote.COMPILE_FILE_SIZE_MB)   # g++ writes larger files
         with Pool(min(jobs, len(planned)), limits, hide=hidden, preload=preload) as pool:  # imports while we compute
             tasks = [(path, code, ex, *cases_for(ex.name)) for path, code, ex in planned]
             try:

@@ -69,6 +69,18 @@ _PRELOAD = ("numpy", "scipy", "scipy.stats", "torch", "torch.nn.functional", "to
             "course_lib.validation", "course_lib.timing")
 
 
+# A class with a torch.compile'd submission: its compiler, imported and keyed here, where torch's files are all
+# visible (inductor hashes torch's source once; in the child the forbidden modules' files are hidden).
+COMPILE_MODULES = ("torch._dynamo", "torch._inductor.codecache")
+COMPILE_FILE_SIZE_MB = 64        # g++ and inductor's cache need more than the default 4 MB files (16 MB tmp)
+
+
+def uses_compile(code: str) -> bool:
+    """Whether a submission's kept code calls ``torch.compile`` (by any name)."""
+    import re
+    return re.search(r"\bcompile\b", code) is not None and "torch" in code
+
+
 def imported_modules(code: str) -> set[str]:
     """The modules a submission's kept code imports at its top level, with their parent packages
     (``from scipy import stats`` gives ``scipy`` and ``scipy.stats``)."""
@@ -124,12 +136,14 @@ def preload_for(codes: Iterable[str], exercise_names: Iterable[str]) -> list[str
     needs = _spec_imports(topics)
     packages = {w for w in wanted if w != "course_lib"}          # a library imported whole may use any submodule
     chosen = [m for m in _PRELOAD if m in wanted or m in needs or any(m.startswith(w + ".") for w in packages)]
-    return chosen + sorted(n for n in needs if n not in chosen)
+    compiled = [m for m in COMPILE_MODULES if any(uses_compile(code) for code in codes)]
+    return chosen + sorted(n for n in needs if n not in chosen) + compiled
 
 
 def _allowed_preload() -> set[str]:
     from . import exercises
-    return set(_PRELOAD) | _spec_imports({ex.topic for ex in map(exercises.get, exercises.names())})
+    return set(_PRELOAD) | set(COMPILE_MODULES) | _spec_imports({ex.topic for ex in map(exercises.get,
+                                                                                       exercises.names())})
 
 
 def _project_root() -> str:
@@ -207,7 +221,8 @@ def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_na
         os.environ.update({"HOME": workdir, "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg", "TMPDIR": workdir,
                            # torch.compile: its cache in the private tmp, compiled here (no pool of workers)
                            "TORCHINDUCTOR_CACHE_DIR": os.path.join(workdir, "inductor"),
-                           "TORCHINDUCTOR_COMPILE_THREADS": "1", "USER": "grader", "LOGNAME": "grader"})
+                           "TORCHINDUCTOR_COMPILE_THREADS": "1", "TORCHINDUCTOR_CPP_CACHE_PRECOMPILE_HEADERS": "0",
+                           "USER": "grader", "LOGNAME": "grader"})
         import tempfile
         tempfile.tempdir = workdir
         if uid is not None:
@@ -646,6 +661,7 @@ def serve(jobs: int, preload: Iterable[str] | None = None) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
+    os.environ["TORCHINDUCTOR_CPP_CACHE_PRECOMPILE_HEADERS"] = "0"    # a header of ~100 MB per child: not here
     modules = _PRELOAD
     if preload is not None:
         importlib.import_module("course_lib.grader.exercises")
@@ -655,6 +671,11 @@ def serve(jobs: int, preload: Iterable[str] | None = None) -> None:
         try:
             importlib.import_module(module)
         except Exception:  # noqa: BLE001 - an optional library missing only costs speed
+            pass
+    if "torch._inductor.codecache" in sys.modules:
+        try:                                    # hash torch's source now, while every file is visible
+            sys.modules["torch._inductor.codecache"].torch_key()
+        except Exception:  # noqa: BLE001 - without it a compiled submission fails alone
             pass
     cf.not_dumpable()
     cf.become_subreaper()
