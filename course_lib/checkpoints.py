@@ -144,6 +144,19 @@ for _seed in range(1, 6):
     }
 del _seed, _data, _teacher, _arm
 
+# Chapter 01's Liu et al. control: the architecture that shrink_conv_pair leaves (8 of conv1's 16 filters),
+# SmallCNN (8, 32) on digits, trained from scratch with the pruned model's whole budget (30 epochs of the dense
+# digits_cnn + 10 of fine-tuning = 40 epochs), init and shuffle seed = 0..4.
+for _seed in range(5):
+    RECIPES[f"digits_cnn_8x32_seed{_seed}"] = {
+        "architecture": "SmallCNN",
+        "kwargs": {**RECIPES["digits_cnn"]["kwargs"], "channels": [8, 32]},
+        "dataset": RECIPES["digits_cnn"]["dataset"],
+        "init_seed": _seed,
+        "train": {**_TRAIN, "epochs": 40, "seed": _seed},
+    }
+del _seed
+
 
 class CheckpointError(ValueError):
     """A checkpoint file or its manifest entry is wrong (e.g. hash mismatch)."""
