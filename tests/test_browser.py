@@ -249,7 +249,8 @@ def served_site(website):
     server.server_close()
 
 
-@pytest.mark.parametrize("page_path", ["index.html", "chapters/05_local_explanation.html"])
+@pytest.mark.parametrize("page_path", ["index.html", "chapters/05_local_explanation.html",
+                                       "chapters/08_transformer.html"])
 def test_the_website_renders_offline_with_no_broken_local_links(served_site, browser, page_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     remote, failed = [], []
@@ -265,7 +266,7 @@ def test_the_website_renders_offline_with_no_broken_local_links(served_site, bro
         if page_path == "index.html":
             for command in ("make lab", "make test"):
                 assert page.locator("pre", has_text=command).count() >= 1, f"{command} is not on the landing page"
-            assert page.locator("article a[href*='chapters/']").count() >= 8, "the chapter table does not link 8 pages"
+            assert page.locator("article a[href*='chapters/']").count() >= 9, "the chapter table does not link 9 pages"
             figure = page.locator("img").first                              # the theme's logo or none
         else:
             staged = json.loads((ROOT / "_build" / "source" / page_path.replace(".html", ".ipynb")).read_text())

@@ -108,7 +108,7 @@ def case_rng(seed: int, name: str) -> np.random.Generator:
 
 # One spec module per chapter module, named like it; each defines EXERCISES. Listed in course order.
 _CHAPTER_SPECS = ("measurement", "pruning", "quantization", "lowrank", "distillation", "local_explanation",
-                  "global_explanation", "compression_explanation")
+                  "global_explanation", "compression_explanation", "transformer_compression")
 
 
 def keep_inputs(fn: Callable, args: tuple, kwargs: dict) -> dict:

@@ -1,0 +1,453 @@
+"""Compressing and explaining a small transformer: group-wise int-k weights, GPTQ, SmoothQuant, the KV cache,
+head pruning, and token attributions scored against a ground truth.
+
+The references of chapter 08's exercises (:func:`quantize_groupwise`, :func:`smoothquant_scales`,
+:func:`attention_rollout`) come first, then the lab helpers the notebook calls. Every quantized model here
+is *simulated*: weights are replaced by their dequantized values (``s * q``), so accuracy is exact while
+speed is not that of an integer kernel; stored bytes are counted from the codes and scales.
+
+Taught in: 08_transformer
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from . import stats
+from .transformer import TinyGPT
+from .validation import check_float, check_int
+
+__all__ = ["quantize_groupwise", "smoothquant_scales", "attention_rollout", "group_codes", "pack_int4", "unpack_int4",
+           "stored_bytes", "block_linears", "linear_inputs", "gptq_quantize", "quantize_weights", "answer_metrics",
+           "plant_outliers", "w8a8", "smooth", "kv_cache_bytes", "head_importance", "prune_heads",
+           "token_attributions", "hit_rate", "randomized", "weight_quantization_sweep", "head_pruning_study"]
+
+
+# ----------------------------------------------------------------------------- exercises (references)
+def quantize_groupwise(weight: Tensor, bits: int, group_size: int) -> Tensor:
+    """Symmetric round-to-nearest quantization with one scale per group of ``group_size`` input columns.
+
+    Row ``i``'s columns ``[g G, (g + 1) G)`` form group ``g``; with :math:`q_{max} = 2^{b-1} - 1`,
+
+    .. math:: s_{ig} = \\max_{j \\in g} |W_{ij}| / q_{max}, \\qquad
+              \\hat W_{ij} = s_{ig}\\,\\mathrm{clamp}(\\mathrm{round}(W_{ij} / s_{ig}), -q_{max}, q_{max})
+
+    (``torch.round``: halves to even); a group of zeros gets ``s = 1``. ``group_size = in_features``
+    is per-channel quantization. Returns the dequantized weight, same shape and dtype.
+
+    Raises ValueError if ``weight`` is not 2-D, ``bits`` not in [2, 8] or ``group_size`` does not
+    divide ``in_features``.
+
+    Examples
+    --------
+    >>> quantize_groupwise(torch.tensor([[1.0, -0.5, 0.2, 0.0]]), 2, 2)
+    tensor([[ 1., -0.,  0.,  0.]])
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
+    out_f, in_f = weight.shape
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 or in_f % group_size:
+        raise ValueError(f"group_size must be a positive int dividing in_features = {in_f}, got {group_size!r}")
+    qmax = 2 ** (bits - 1) - 1
+    w = weight.detach().reshape(out_f, in_f // group_size, group_size)          # (out, groups, G)
+    scale = w.abs().amax(dim=2, keepdim=True) / qmax
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (torch.round(w / scale).clamp(-qmax, qmax) * scale).reshape(out_f, in_f)
+
+
+def smoothquant_scales(act_absmax: Tensor, weight: Tensor, alpha: float = 0.5) -> Tensor:
+    """SmoothQuant's per-input-channel migration scales (Xiao et al., 2023).
+
+    .. math:: s_j = \\frac{\\max(|X_j|)^{\\alpha}}{\\max(|W_{:,j}|)^{1-\\alpha}}
+
+    with both maxima floored at ``1e-5``; ``act_absmax`` ``(in,)`` is the calibration max of ``|X_j|``,
+    ``weight`` ``(out, in)`` the next Linear's weight (its max runs over the output dim 0). Dividing
+    ``X_j`` by ``s_j`` and multiplying ``W_{:,j}`` by ``s_j`` leaves ``X W^T`` unchanged.
+
+    Raises ValueError if ``alpha`` is not in [0, 1] or the shapes do not match.
+
+    Examples
+    --------
+    >>> smoothquant_scales(torch.tensor([4.0, 1.0]), torch.tensor([[1.0, 1.0], [-4.0, 0.25]]), 0.5)
+    tensor([1.0000, 1.0000])
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
+    if act_absmax.dim() != 1 or weight.dim() != 2 or weight.shape[1] != act_absmax.shape[0]:
+        raise ValueError(f"act_absmax must be (in,) and weight (out, in), got {tuple(act_absmax.shape)} and "
+                         f"{tuple(weight.shape)}")
+    w_absmax = weight.detach().abs().amax(dim=0).clamp_min(1e-5)
+    return act_absmax.detach().clamp_min(1e-5).pow(alpha) / w_absmax.pow(1 - alpha)
+
+
+def attention_rollout(attentions: list[Tensor]) -> Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020): attention propagated through the residual stream.
+
+    Each layer's weights ``(B, H, T, T)`` are averaged over heads and mixed with the identity for the
+    residual connection, :math:`\\hat A_l = \\mathrm{rownorm}(\\tfrac12 \\bar A_l + \\tfrac12 I)`; the
+    rollout multiplies them from the first layer up, :math:`R = \\hat A_L \\cdots \\hat A_2 \\hat A_1`
+    ``(B, T, T)``: row ``i`` says how much each input token flows into position ``i``.
+
+    Raises ValueError on an empty list or shapes that are not ``(B, H, T, T)`` alike.
+    """
+    if not attentions or any(a.dim() != 4 or a.shape != attentions[0].shape or a.shape[-1] != a.shape[-2]
+                             for a in attentions):
+        raise ValueError("attentions must be a non-empty list of (B, H, T, T) tensors of one shape")
+    B, _, T, _ = attentions[0].shape
+    eye = torch.eye(T, dtype=attentions[0].dtype)
+    rollout = eye.expand(B, T, T)
+    for a in attentions:
+        a_hat = 0.5 * a.detach().mean(dim=1) + 0.5 * eye                        # (B, T, T)
+        a_hat = a_hat / a_hat.sum(dim=-1, keepdim=True)
+        rollout = a_hat @ rollout
+    return rollout
+
+
+# ----------------------------------------------------------------------------- bytes and packing
+def group_codes(weight: Tensor, bits: int, group_size: int) -> tuple[Tensor, Tensor]:
+    """The int8 codes ``(out, in)`` and float16 scales ``(out, in / G)`` behind :func:`quantize_groupwise`."""
+    qmax = 2 ** (bits - 1) - 1
+    out_f, in_f = weight.shape
+    w = weight.detach().reshape(out_f, in_f // group_size, group_size)
+    scale = w.abs().amax(dim=2, keepdim=True) / qmax
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    codes = torch.round(w / scale).clamp(-qmax, qmax).to(torch.int8).reshape(out_f, in_f)
+    return codes, scale.squeeze(2).half()
+
+
+def pack_int4(codes: Tensor) -> Tensor:
+    """Two signed 4-bit codes per byte: ``(c[2k] + 8) | (c[2k + 1] + 8) << 4``, uint8 of half the length."""
+    if codes.numel() % 2 or codes.min() < -8 or codes.max() > 7:
+        raise ValueError("codes must hold an even number of values in [-8, 7]")
+    u = (codes.flatten().to(torch.int16) + 8).to(torch.uint8)
+    return u[0::2] | (u[1::2] << 4)
+
+
+def unpack_int4(packed: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Inverse of :func:`pack_int4`: int8 codes of ``shape``."""
+    low, high = (packed & 0x0F).to(torch.int16) - 8, (packed >> 4).to(torch.int16) - 8
+    return torch.stack([low, high], dim=1).flatten().to(torch.int8).reshape(shape)
+
+
+def block_linears(model: TinyGPT) -> dict[str, nn.Linear]:
+    """The Linear layers inside the transformer blocks (what weight-only quantization replaces)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.startswith("h.")}
+
+
+def stored_bytes(model: TinyGPT, bits: int | None, group_size: int | None) -> int:
+    """Bytes to store ``model`` with its block Linears' weights as ``bits``-bit codes plus one float16 scale per group.
+
+    Codes are packed (``bits * numel / 8`` bytes); everything else (embeddings, LayerNorms, biases; the
+    tied head counted once) stays float16. ``bits=None``: all float16; ``group_size=None``: per channel.
+    """
+    seen, total = set(), 0
+    quantized = {id(m.weight) for m in block_linears(model).values()} if bits else set()
+    for p in model.parameters():                       # parameters() yields a tied tensor once
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if id(p) in quantized:
+            groups = p.shape[0] * (p.shape[1] // (group_size or p.shape[1]))
+            total += math.ceil(p.numel() * bits / 8) + 2 * groups
+        else:
+            total += 2 * p.numel()
+    return total
+
+
+# ----------------------------------------------------------------------------- calibration, GPTQ, RTN
+@torch.no_grad()
+def linear_inputs(model: nn.Module, X: Tensor, names: list[str]) -> dict[str, Tensor]:
+    """The inputs ``(N * T, in)`` each named Linear receives when ``model`` runs on ``X`` (forward hooks)."""
+    seen: dict[str, list[Tensor]] = {n: [] for n in names}
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen[n].append(i[0].reshape(-1, i[0].shape[-1])))
+             for n in names]
+    try:
+        model(X)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: torch.cat(v) for n, v in seen.items()}
+
+
+def gptq_quantize(weight: Tensor, H: Tensor, bits: int, group_size: int, damp: float = 0.01) -> Tensor:
+    """GPTQ (Frantar et al., 2023): quantize column by column, spreading each column's error onto the rest.
+
+    With :math:`H = 2 X^\\top X / N` from calibration inputs (plus ``damp * mean(diag H)`` on the
+    diagonal) and :math:`U` the upper Cholesky factor of :math:`H^{-1}`, column ``j`` is rounded
+    (group scales taken from the *updated* weights when a group starts) and the not-yet-quantized
+    columns absorb its error: :math:`W_{:,k} \\mathrel{-}= \\frac{W_{:,j} - \\hat W_{:,j}}{U_{jj}} U_{jk}`,
+    :math:`k > j`. This minimises :math:`\\lVert X W^\\top - X \\hat W^\\top \\rVert^2` greedily (OBQ).
+    Returns the dequantized weight.
+    """
+    W = weight.detach().double().clone()
+    out_f, in_f = W.shape
+    H = H.double().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * torch.diag(H).mean() * torch.eye(in_f, dtype=H.dtype)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q = torch.zeros_like(W)
+    qmax = 2 ** (bits - 1) - 1
+    for j in range(in_f):
+        if j % group_size == 0:
+            scale = W[:, j:j + group_size].abs().amax(dim=1) / qmax
+            scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        Q[:, j] = torch.round(W[:, j] / scale).clamp(-qmax, qmax) * scale
+        err = (W[:, j] - Q[:, j]) / U[j, j]
+        W[:, j + 1:] -= err[:, None] * U[j, j + 1:][None, :]
+    return Q.to(weight.dtype)
+
+
+@torch.no_grad()
+def quantize_weights(model: TinyGPT, bits: int, group_size: int | None = None, *, method: str = "rtn",
+                     calibration: Tensor | None = None) -> TinyGPT:
+    """A copy of ``model`` whose block Linears hold ``bits``-bit group-wise weights (dequantized).
+
+    ``method``: ``"rtn"`` (round to nearest, :func:`quantize_groupwise`) or ``"gptq"`` (:func:`gptq_quantize`,
+    Hessians from the float model's inputs on ``calibration``). ``group_size=None``: per channel.
+    """
+    if method not in ("rtn", "gptq"):
+        raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
+    if method == "gptq" and calibration is None:
+        raise ValueError("calibration must be given for method='gptq', got None")
+    out = copy.deepcopy(model).eval()
+    layers = block_linears(out)
+    inputs = linear_inputs(model, calibration, list(layers)) if method == "gptq" else {}
+    for name, layer in layers.items():
+        g = group_size or layer.in_features
+        if method == "rtn":
+            layer.weight.copy_(quantize_groupwise(layer.weight, bits, g))
+        else:
+            x = inputs[name].double()
+            layer.weight.copy_(gptq_quantize(layer.weight, 2 * x.T @ x / len(x), bits, g))
+    return out
+
+
+@torch.no_grad()
+def answer_metrics(model: nn.Module, X: Tensor, y: Tensor) -> dict:
+    """Exact match and perplexity of the answer token: per-example ``correct`` (0/1) and ``nll``, and intervals.
+
+    Perplexity is :math:`\\exp(\\frac1N \\sum_i -\\log p(y_i \\mid x_i))`; its interval is the
+    percentile bootstrap of the mean NLL over examples, exponentiated.
+    """
+    logits = model(X)
+    correct = (logits.argmax(1) == y).numpy().astype(int)
+    nll = F.cross_entropy(logits, y, reduction="none").double().numpy()
+    iv = stats.bootstrap_interval(nll)
+    return {"correct": correct, "nll": nll, "accuracy": stats.accuracy_interval(correct),
+            "perplexity": (math.exp(iv.estimate), math.exp(iv.low), math.exp(iv.high))}
+
+
+# ----------------------------------------------------------------------------- SmoothQuant
+@torch.no_grad()
+def plant_outliers(model: TinyGPT, channels: list[int], factor: float, layer: int = 0) -> TinyGPT:
+    """Function-preserving outliers: scale ``ln_1``'s gain and bias of ``channels`` by ``factor`` in block
+    ``layer`` and divide the same input columns of ``attn.c_attn`` by ``factor``. The LayerNorm's output
+    (the Linear's input) gets outlier channels; the Linear's output is unchanged (up to rounding)."""
+    factor = check_float("factor", factor, 0.0, low_inclusive=False)
+    out = copy.deepcopy(model).eval()
+    block = out.h[layer]
+    block.ln_1.weight[channels] *= factor
+    block.ln_1.bias[channels] *= factor
+    block.attn.c_attn.weight[:, channels] /= factor
+    return out
+
+
+def _fake_quant_tensor(x: Tensor, bits: int = 8) -> Tensor:
+    """Dynamic symmetric per-tensor quantization of an activation: one scale ``max|x| / 127`` for the call."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = x.detach().abs().amax().clamp_min(1e-8) / qmax
+    return torch.round(x / scale).clamp(-qmax, qmax) * scale
+
+
+class _W8A8Linear(nn.Module):
+    """A Linear whose input is quantized per tensor (dynamic) and whose weight is int8 per output channel."""
+
+    def __init__(self, linear: nn.Linear, bits: int):
+        super().__init__()
+        self.bits = bits
+        self.weight = nn.Parameter(quantize_groupwise(linear.weight, bits, linear.in_features), requires_grad=False)
+        self.bias = linear.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(_fake_quant_tensor(x, self.bits), self.weight, self.bias)
+
+
+@torch.no_grad()
+def w8a8(model: TinyGPT, bits: int = 8) -> TinyGPT:
+    """A copy of ``model`` with every block Linear simulated as W8A8 (per-tensor activations, per-channel weights)."""
+    out = copy.deepcopy(model).eval()
+    for name, layer in list(block_linears(out).items()):
+        parent, _, child = name.rpartition(".")
+        setattr(out.get_submodule(parent), child, _W8A8Linear(layer, bits))
+    return out
+
+
+@torch.no_grad()
+def smooth(model: TinyGPT, calibration: Tensor, alpha: float, scales_fn=smoothquant_scales) -> TinyGPT:
+    """SmoothQuant applied to every LayerNorm -> Linear pair (``ln_1 -> attn.c_attn``, ``ln_2 -> mlp.c_fc``).
+
+    The calibration max of each input channel and the Linear's weight give ``s`` (``scales_fn``); the
+    LayerNorm's gain and bias are divided by ``s`` and the Linear's input columns multiplied by it: the
+    float function is unchanged, the activations lose their outliers.
+    """
+    out = copy.deepcopy(model).eval()
+    pairs = [(f"h.{i}.ln_1", f"h.{i}.attn.c_attn") for i in range(out.n_layer)] + \
+            [(f"h.{i}.ln_2", f"h.{i}.mlp.c_fc") for i in range(out.n_layer)]
+    inputs = linear_inputs(out, calibration, [lin for _, lin in pairs])
+    for ln_name, lin_name in pairs:
+        ln, lin = out.get_submodule(ln_name), out.get_submodule(lin_name)
+        s = scales_fn(inputs[lin_name].abs().amax(dim=0), lin.weight, alpha)
+        ln.weight /= s
+        ln.bias /= s
+        lin.weight *= s
+    return out
+
+
+# ----------------------------------------------------------------------------- KV cache, heads
+def kv_cache_bytes(n_layer: int, n_head: int, head_dim: int, seq_len: int, batch: int = 1,
+                   bytes_per_element: int = 4) -> int:
+    """Bytes of a KV cache: keys and values (2) for every layer, head, position and sequence.
+
+    .. math:: 2 \\cdot L \\cdot n_h \\cdot d_h \\cdot T \\cdot B \\cdot \\text{bytes per element}
+    """
+    return 2 * n_layer * n_head * head_dim * seq_len * batch * bytes_per_element
+
+
+def head_importance(model: TinyGPT, X: Tensor, y: Tensor) -> Tensor:
+    """Michel et al. (2019): :math:`I_h = |\\partial L / \\partial \\xi_h|` at ``head_mask`` ``xi = 1``,
+    the first-order loss change of removing head ``h``; ``(n_layer, n_head)``."""
+    xi = torch.ones(model.n_layer, model.n_head, requires_grad=True)
+    loss = F.cross_entropy(model(X, head_mask=xi), y)
+    return torch.autograd.grad(loss, xi)[0].abs()
+
+
+@torch.no_grad()
+def prune_heads(model: TinyGPT, X: Tensor, y: Tensor, order: Tensor) -> list[float]:
+    """Accuracy on ``(X, y)`` with the first ``k`` heads of ``order`` (flat indices) masked, ``k = 0 .. n_heads``."""
+    mask, accs = torch.ones(model.n_layer * model.n_head), []
+    for k in range(len(order) + 1):
+        if k:
+            mask[order[k - 1]] = 0.0
+        accs.append(float((model(X, head_mask=mask.view(model.n_layer, model.n_head)).argmax(1) == y).double().mean()))
+    return accs
+
+
+# ----------------------------------------------------------------------------- token attributions
+def _target_logit(model: TinyGPT, tok: Tensor, y: Tensor, head_mask: Tensor | None = None) -> Tensor:
+    return model.forward_embeddings(tok, head_mask)[:, -1].gather(1, y[:, None]).squeeze(1)       # (N,)
+
+
+def token_attributions(model: TinyGPT, X: Tensor, y: Tensor, method: str, *, steps: int = 16,
+                       head_mask: Tensor | None = None) -> Tensor:
+    """One score per input token for the answer logit ``y``, ``(N, T)``.
+
+    ``method``:
+
+    - ``"attention"``: last layer's attention from the last position, mean over heads;
+    - ``"rollout"``: last row of :func:`attention_rollout`;
+    - ``"attention x gradient"``: :math:`\\sum_{l,h} |A \\odot \\partial y / \\partial A|` of the last row;
+    - ``"IG"``: Integrated Gradients on the token embeddings with a zero-embedding baseline (positions
+      kept), ``steps`` midpoints, summed over the embedding dim;
+    - ``"occlusion"``: drop of the answer logit when one token's embedding is set to zero
+      (``head_mask``, ``(n_layer, n_head)``, masks heads of the model explained; occlusion only).
+    """
+    model.eval()
+    if method in ("attention", "rollout"):
+        att = model.attentions(X)
+        return att[-1].mean(1)[:, -1] if method == "attention" else attention_rollout(att)[:, -1]
+    if method == "attention x gradient":
+        for block in model.h:
+            block.attn.keep_attention = True
+        try:
+            logit = _target_logit(model, model.embed(X), y)
+            atts = [block.attn.att for block in model.h]
+            grads = torch.autograd.grad(logit.sum(), atts)
+        finally:
+            for block in model.h:
+                block.attn.keep_attention, block.attn.att = False, None
+        return sum((a * g).detach()[:, :, -1].abs().sum(1) for a, g in zip(atts, grads))
+    tok = model.embed(X).detach()                                                    # (N, T, C)
+    if method == "IG":
+        total = torch.zeros_like(tok)
+        for k in range(steps):
+            point = ((k + 0.5) / steps * tok).requires_grad_(True)
+            total += torch.autograd.grad(_target_logit(model, point, y).sum(), point)[0]
+        return (tok * total / steps).sum(-1)
+    if method == "occlusion":
+        with torch.no_grad():
+            base = _target_logit(model, tok, y, head_mask)
+            out = torch.zeros(X.shape)
+            for t in range(X.shape[1]):
+                hidden = tok.clone()
+                hidden[:, t] = 0.0
+                out[:, t] = base - _target_logit(model, hidden, y, head_mask)
+        return out
+    raise ValueError(f"method must be one of 'attention', 'rollout', 'attention x gradient', 'IG', 'occlusion', "
+                     f"got {method!r}")
+
+
+def hit_rate(attributions: Tensor, masks: Tensor, n_pairs: int) -> np.ndarray:
+    """Per example, 1 if the highest-scored **pair** position (``0 .. n_pairs - 1``) is the ground-truth one.
+
+    A random ranking scores ``1 / n_pairs`` on average; the marker and query positions are not candidates.
+    """
+    pick = attributions[:, :n_pairs].argmax(dim=1)
+    return masks[torch.arange(len(masks)), pick].numpy().astype(int)
+
+
+@torch.no_grad()
+def randomized(model: TinyGPT, seed: int = 0) -> TinyGPT:
+    """A copy with every weight re-initialised (the randomised-model control of Adebayo et al., 2018)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        out = TinyGPT(model.vocab_size, model.block_size, model.n_layer, model.n_head, model.n_embd,
+                      model.h[0].mlp.c_fc.out_features // model.n_embd)
+    return out.eval()
+
+
+# ----------------------------------------------------------------------------- studies the notebook runs
+def weight_quantization_sweep(model: TinyGPT, X: Tensor, y: Tensor, calibration: Tensor,
+                              settings: list[tuple[int, int | None, str]], *, progress: bool = True) -> list[dict]:
+    """Quantize ``model`` for each ``(bits, group_size, method)`` and score it on ``(X, y)``.
+
+    Each row holds the setting, the stored bytes (:func:`stored_bytes`), the :func:`answer_metrics` and the
+    per-example ``correct`` (for paired comparisons with :func:`course_lib.stats.paired_bootstrap`).
+    """
+    from tqdm.auto import tqdm
+
+    rows = []
+    for bits, group, method in tqdm(settings, desc="quantize", disable=not progress, leave=False):
+        q = quantize_weights(model, bits, group, method=method, calibration=calibration)
+        m = answer_metrics(q, X, y)
+        rows.append({"bits": bits, "group": group or "per channel", "method": method,
+                     "bytes": stored_bytes(model, bits, group), **m})
+    return rows
+
+
+def head_pruning_study(models: list[TinyGPT], X: Tensor, y: Tensor, X_val: Tensor, y_val: Tensor, *,
+                       n_random: int = 5) -> dict:
+    """Accuracy curves when heads are masked one by one, by importance (least important first) or at random.
+
+    Importance (:func:`head_importance`) is measured on the validation split, accuracy on ``(X, y)``.
+    For model ``i``, ``n_random`` random orders are drawn from ``torch.Generator`` seeds
+    ``100 i + r``. Returns ``{"importance": (n_models, H + 1), "random": (n_models, n_random, H + 1)}``
+    arrays of accuracy after ``k = 0 .. H`` heads masked.
+    """
+    check_int("n_random", n_random, 1)
+    by_importance, at_random = [], []
+    for i, model in enumerate(models):
+        order = head_importance(model, X_val, y_val).flatten().argsort()
+        by_importance.append(prune_heads(model, X, y, order))
+        n_heads = order.numel()
+        at_random.append([prune_heads(model, X, y, torch.randperm(n_heads, generator=torch.Generator().manual_seed(100 * i + r)))
+                          for r in range(n_random)])
+    return {"importance": np.array(by_importance), "random": np.array(at_random)}

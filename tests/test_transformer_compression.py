@@ -1,0 +1,196 @@
+"""Chapter 08: the transformer, its data and the compression / attribution references, against oracles."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib import transformer as TR, transformer_compression as TC
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return TR.TinyGPT(**kw).eval()
+
+
+def _data(n=200):
+    return TR.recall(n=n, seed=3)
+
+
+# ----------------------------------------------------------------------------- model and data
+def test_recall_answer_is_the_value_of_the_queried_key():
+    s, vocab = _data(), TR.recall_vocab(8, 8)
+    for X, y, m in ((s.X_train, s.y_train, s.masks_train), (s.X_test, s.y_test, s.masks_test)):
+        assert (m.sum(1) == 1).all()
+        for seq, ans, mask in zip(X.tolist(), y.tolist(), m):
+            pairs, query = seq[:6], seq[-1] - vocab["queries"][0]
+            assert seq[-2] == vocab["marker"] and len({p // 8 for p in pairs}) == 6      # distinct keys
+            hit = [i for i, p in enumerate(pairs) if p // 8 == query]
+            assert hit == [int(mask.nonzero())] and ans == vocab["values"][0] + pairs[hit[0]] % 8
+
+
+def test_recall_is_deterministic_by_seed_and_validates():
+    a, b, c = TR.recall(n=50, seed=1), TR.recall(n=50, seed=1), TR.recall(n=50, seed=2)
+    assert torch.equal(a.X_train, b.X_train) and not torch.equal(a.X_train, c.X_train)
+    with pytest.raises(ValueError, match="n_keys must be an int >= n_pairs"):
+        TR.recall(n=50, n_pairs=9, n_keys=8)
+
+
+def test_causal_mask_future_tokens_do_not_change_earlier_logits():
+    model, s = _model(), _data()
+    X = s.X_train[:16]
+    changed = X.clone()
+    changed[:, 5:] = s.X_train[16:32, 5:]
+    with torch.no_grad():
+        a, b = model.sequence_logits(X), model.sequence_logits(changed)
+    assert torch.equal(a[:, :5], b[:, :5]) and not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+def test_shapes_tied_head_and_attention_rows():
+    model = _model()
+    X = _data().X_train[:4]
+    assert model(X).shape == (4, 81) and model.sequence_logits(X).shape == (4, 8, 81)
+    assert model.lm_head.weight is model.wte.weight
+    for a in model.attentions(X):
+        assert a.shape == (4, 4, 8, 8)
+        torch.testing.assert_close(a.sum(-1), torch.ones(4, 4, 8))
+        assert (a.triu(1) == 0).all()
+    with pytest.raises(ValueError, match="idx must be an int64 tensor"):
+        model(torch.zeros(2, 8))
+
+
+def test_kv_cache_gives_the_same_logits_and_the_formula_bytes():
+    model, X = _model(), _data().X_train[:5]
+    with torch.no_grad():
+        full = model.sequence_logits(X)[:, -1]
+    torch.testing.assert_close(TR.generate_logits(model, X, use_cache=True), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(TR.generate_logits(model, X, use_cache=False), full, rtol=1e-5, atol=1e-5)
+    cache = TR.KVCache(2)
+    with torch.no_grad():
+        model.sequence_logits(X, cache=cache)
+    assert cache.nbytes() == 2 * 2 * 64 * 8 * 5 * 4 == TC.kv_cache_bytes(2, 4, 16, 8, batch=5, bytes_per_element=4)
+
+
+# ----------------------------------------------------------------------------- quantization
+def test_quantize_groupwise_matches_torch_fake_quantize_per_channel():
+    w = torch.randn(8, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for bits, G in ((4, 8), (3, 32), (8, 16)):
+        rows = w.reshape(-1, G)
+        qmax = 2 ** (bits - 1) - 1
+        scale = rows.abs().amax(1) / qmax
+        ref = torch.fake_quantize_per_channel_affine(rows.float(), scale.float(), torch.zeros(len(rows), dtype=torch.int32),
+                                                     0, -qmax, qmax).reshape(w.shape).double()
+        mine = TC.quantize_groupwise(w, bits, G)
+        step = scale.repeat_interleave(G).reshape(w.shape)
+        assert mine.dtype == torch.float64
+        assert ((mine - ref).abs() <= 1e-5 * step.max() + (mine - ref).abs().gt(1e-5) * step).all()
+        assert ((mine - w).abs() <= step / 2 + 1e-12).all()                    # error at most half a step
+
+
+def test_quantize_groupwise_hand_case_and_errors():
+    w = torch.tensor([[1.0, -0.5, 0.2, 0.0], [0.3, 0.6, -0.9, 0.45], [0.0, 0.0, 0.0, 0.0]])
+    expected = torch.tensor([[1.0, 0.0, 0.2, 0.0], [0.0, 0.6, -0.9, 0.0], [0.0, 0.0, 0.0, 0.0]])   # halves to even
+    torch.testing.assert_close(TC.quantize_groupwise(w, 2, 2), expected)
+    for args, match in (((w, 4, 3), "group_size must be"), ((w, 1, 2), "bits must be"), ((w[0], 4, 2), "weight must be 2-D")):
+        with pytest.raises(ValueError, match=match):
+            TC.quantize_groupwise(*args)
+
+
+def test_pack_int4_round_trip_and_half_the_bytes():
+    codes = torch.randint(-8, 8, (6, 10), generator=torch.Generator().manual_seed(1)).to(torch.int8)
+    packed = TC.pack_int4(codes)
+    assert packed.dtype == torch.uint8 and packed.nbytes == codes.nbytes // 2
+    assert torch.equal(TC.unpack_int4(packed, codes.shape), codes)
+
+
+def test_stored_bytes_counts_codes_scales_and_float16_rest():
+    model = _model()
+    linears = TC.block_linears(model)
+    n_lin = sum(l.weight.numel() for l in linears.values())
+    n_all = sum(p.numel() for p in model.parameters())
+    assert TC.stored_bytes(model, None, None) == 2 * n_all
+    groups = sum(l.weight.shape[0] * l.weight.shape[1] // 32 for l in linears.values())
+    assert TC.stored_bytes(model, 4, 32) == 2 * (n_all - n_lin) + n_lin // 2 + 2 * groups
+
+
+def test_gptq_lowers_the_layer_output_error_below_rtn():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(512, 32, generator=g, dtype=torch.float64) @ torch.randn(32, 32, generator=g, dtype=torch.float64)
+    W = torch.randn(16, 32, generator=g, dtype=torch.float64)
+    H = 2 * X.T @ X / len(X)
+    for bits, G in ((3, 32), (2, 8)):
+        rtn, gptq = TC.quantize_groupwise(W, bits, G), TC.gptq_quantize(W, H, bits, G)
+        err = lambda Q: float(((X @ W.T - X @ Q.T) ** 2).sum())          # noqa: E731
+        assert err(gptq) < err(rtn)
+        scales = gptq.reshape(16, -1, G).abs().amax(2, keepdim=True)          # every value on its group's grid
+        qmax = 2 ** (bits - 1) - 1
+        codes = gptq.reshape(16, -1, G) / (scales / qmax).clamp_min(1e-12)
+        assert torch.allclose(codes, codes.round(), atol=1e-6) and codes.abs().max() <= qmax + 1e-9
+
+
+# ----------------------------------------------------------------------------- SmoothQuant
+def test_smoothquant_scales_closed_form_and_function_preserved():
+    s = TC.smoothquant_scales(torch.tensor([16.0, 1.0, 0.0]), torch.tensor([[1.0, -4.0, 0.0], [0.5, 1.0, 0.0]]), 0.5)
+    torch.testing.assert_close(s, torch.tensor([4.0, 0.5, 1.0]))        # sqrt(16)/1, 1/sqrt(4), floors: 1e-5^.5/1e-5^.5
+    model, X = _model(), _data().X_train[:32]
+    planted = TC.plant_outliers(model, [1, 5], 80.0)
+    smoothed = TC.smooth(planted, X, 0.5)
+    with torch.no_grad():
+        ref = model.sequence_logits(X)
+        torch.testing.assert_close(planted.sequence_logits(X), ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(smoothed.sequence_logits(X), ref, rtol=1e-4, atol=1e-5)
+    acts = TC.linear_inputs(planted, X, ["h.0.attn.c_attn"])["h.0.attn.c_attn"].abs().amax(0)
+    assert acts[[1, 5]].min() > 10 * acts.median()
+    with pytest.raises(ValueError, match="alpha must be"):
+        TC.smoothquant_scales(torch.ones(3), torch.ones(2, 3), 1.5)
+
+
+# ----------------------------------------------------------------------------- heads and attributions
+def test_attention_rollout_hand_cases():
+    eye = torch.eye(3).expand(1, 2, 3, 3)
+    torch.testing.assert_close(TC.attention_rollout([eye, eye]), torch.eye(3).expand(1, 3, 3))
+    a1 = torch.tensor([[1.0, 0, 0], [1, 0, 0], [1, 0, 0]]).expand(1, 1, 3, 3)
+    a2 = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 1, 0]]).expand(1, 1, 3, 3)
+    h = lambda a: 0.5 * a[0, 0] + 0.5 * torch.eye(3)                     # noqa: E731
+    torch.testing.assert_close(TC.attention_rollout([a1, a2])[0], h(a2) @ h(a1))
+    with pytest.raises(ValueError):
+        TC.attention_rollout([])
+
+
+def test_head_importance_is_the_gradient_of_the_gate():
+    model, s = _model(), _data()
+    X, y = s.X_train[:64], s.y_train[:64]
+    imp = TC.head_importance(model, X, y)
+    eps = 1e-3
+    for l, h in ((0, 1), (1, 2)):
+        mask = torch.ones(2, 4)
+        mask[l, h] += eps
+        up = F.cross_entropy(model(X, head_mask=mask), y)
+        mask[l, h] -= 2 * eps
+        down = F.cross_entropy(model(X, head_mask=mask), y)
+        assert abs(abs(float((up - down).detach())) / (2 * eps) - float(imp[l, h])) < 1e-3
+
+
+def test_integrated_gradients_completeness_and_hit_rate_chance():
+    model, s = _model(), _data()
+    X, y = s.X_train[:16], s.y_train[:16]
+    ig = TC.token_attributions(model, X, y, "IG", steps=64)
+    tok = model.embed(X).detach()
+    with torch.no_grad():
+        gap = TC._target_logit(model, tok, y) - TC._target_logit(model, torch.zeros_like(tok), y)
+    torch.testing.assert_close(ig.sum(1), gap, rtol=1e-2, atol=1e-3)
+    rng = torch.Generator().manual_seed(0)
+    masks = TR.recall(n=20000, seed=0).masks_train
+    rate = TC.hit_rate(torch.rand(masks.shape, generator=rng), masks, 6).mean()
+    assert abs(rate - 1 / 6) < 0.015
+    with pytest.raises(ValueError, match="method must be one of"):
+        TC.token_attributions(model, X, y, "saliency")
