@@ -125,7 +125,7 @@ def test_a_grader_busy_with_one_answer_never_stalls_the_jobs_in_flight():
     tasks = [(large, "count_parameters", cases), (large, "count_parameters", cases),
              (honest, "count_parameters", cases)]
     results = {}
-    with Pool(2, SandboxLimits(timeout_s=4.0)) as pool:
+    with Pool(2, SandboxLimits(timeout_s=4.0), preload=[]) as pool:      # torch only: a quick start
         for index, result in pool.run(tasks):
             if not results:
                 time.sleep(6)                      # the grader comparing the first answer, slowly
