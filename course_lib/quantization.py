@@ -45,7 +45,7 @@ __all__ = ["EPS", "minmax_qparams", "quantize_affine", "dequantize_affine", "per
            "plot_round_trip_error", "int8_linear", "symmetric_scale", "fold_batchnorm", "quantize_multiplier",
            "requantize_fixed_point", "static_int8", "static_int8_vs_fp32", "packed_state_dict", "tensor_bytes", "saved_bytes",
            "group_quantize", "kmeans_quantize", "quantize_weights_scheme", "scheme_size_bytes", "scheme_sweep",
-           "simulate_dynamic_int8", "activation_observer"]
+           "simulate_dynamic_int8", "activation_observer", "equalize_pair"]
 
 EPS = 2.0 ** -23          # torch.finfo(torch.float32).eps: the observers' smallest scale
 
@@ -1101,6 +1101,27 @@ def activation_observer(backend: str = "x86") -> nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore")
         return get_default_qconfig_mapping(backend).global_qconfig.activation()
+
+
+def equalize_pair(model: nn.Module) -> nn.Module:
+    """Cross-layer equalization (Nagel et al., 2019) of a ``SmallCNN``'s conv1 -> ReLU -> conv2: an equivalent copy.
+
+    With :math:`r_1^{(i)} = \\max|W_1[i]|` (conv1's output channel ``i``) and :math:`r_2^{(i)} = \\max|W_2[:, i]|`
+    (conv2's input channel ``i``), dividing conv1's channel (weight and bias) by
+    :math:`s_i = \\sqrt{r_1^{(i)} / r_2^{(i)}}` and multiplying conv2's input channel by it leaves the function
+    unchanged (ReLU is positively homogeneous) and gives both ranges the value :math:`\\sqrt{r_1^{(i)} r_2^{(i)}}`.
+    It undoes :func:`rescale_channel` exactly: that rescaling multiplies :math:`s_i` by the factor.
+    """
+    out = copy.deepcopy(model)
+    conv1, conv2 = out.features[0], out.features[2]
+    with torch.no_grad():
+        r1 = conv1.weight.abs().amax(dim=(1, 2, 3))                               # (C,)
+        r2 = conv2.weight.abs().amax(dim=(0, 2, 3))                               # (C,)
+        s = torch.sqrt(r1 / r2.clamp(min=EPS)).clamp(min=EPS)
+        conv1.weight /= s.view(-1, 1, 1, 1)
+        conv1.bias /= s
+        conv2.weight *= s.view(1, -1, 1, 1)
+    return out
 
 
 # --------------------------------------------------------------------------- plots

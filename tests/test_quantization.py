@@ -650,3 +650,16 @@ def test_x86_static_activation_observer_is_a_7_bit_histogram():
     observer = Q.activation_observer("x86")
     assert type(observer).__name__ == "HistogramObserver" and observer.reduce_range
     assert (observer.quant_min, observer.quant_max) == (0, 127)
+
+
+def test_equalize_pair_keeps_the_function_and_undoes_rescale_channel():
+    torch.manual_seed(0)
+    model = models.SmallCNN().eval()
+    x = torch.rand(5, 1, 8, 8)
+    eq, eq_outlier = Q.equalize_pair(model), Q.equalize_pair(Q.rescale_channel(model, 3, 16.0))
+    torch.testing.assert_close(eq(x), model(x), rtol=1e-4, atol=1e-5)
+    for a, b in ((eq.features[0], eq_outlier.features[0]), (eq.features[2], eq_outlier.features[2])):
+        torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-7)
+    r1 = eq.features[0].weight.abs().amax(dim=(1, 2, 3))
+    r2 = eq.features[2].weight.abs().amax(dim=(0, 2, 3))
+    torch.testing.assert_close(r1, r2, rtol=1e-5, atol=1e-7)                 # both ranges equal per channel
