@@ -45,7 +45,8 @@ __all__ = ["EPS", "minmax_qparams", "quantize_affine", "dequantize_affine", "per
            "plot_round_trip_error", "int8_linear", "symmetric_scale", "fold_batchnorm", "quantize_multiplier",
            "requantize_fixed_point", "static_int8", "static_int8_vs_fp32", "packed_state_dict", "tensor_bytes", "saved_bytes",
            "group_quantize", "kmeans_quantize", "quantize_weights_scheme", "scheme_size_bytes", "scheme_sweep",
-           "simulate_dynamic_int8", "activation_observer", "equalize_pair"]
+           "simulate_dynamic_int8", "activation_observer", "equalize_pair",
+           "mse_clip_weight", "quantize_weights_mse"]
 
 EPS = 2.0 ** -23          # torch.finfo(torch.float32).eps: the observers' smallest scale
 
@@ -1122,6 +1123,34 @@ def equalize_pair(model: nn.Module) -> nn.Module:
         conv1.bias /= s
         conv2.weight *= s.view(1, -1, 1, 1)
     return out
+
+
+def mse_clip_weight(w: torch.Tensor, bits: int, steps: int = 100) -> torch.Tensor:
+    """Symmetric per-output-channel quantization of ``w`` with each channel's range chosen to minimise the MSE.
+
+    For channel ``c`` the range is :math:`t\\,\\max|w_c|` with :math:`t \\in \\{1/\\text{steps}, \\dots, 1\\}`; the scale
+    is :func:`minmax_qparams`' symmetric rule on that range and the weights beyond it are clipped. Returns the
+    quantized weight (float, ``w``'s shape): clipping error traded against rounding error, as the MSE
+    calibration of activations does.
+    """
+    bits, steps = check_int("bits", bits, 2), check_int("steps", steps, 1)
+    qmin, qmax = code_range(bits, signed=True)
+    rows = w.detach().reshape(w.shape[0], -1).double()                          # (C, n)
+    t = torch.arange(1, steps + 1, dtype=torch.float64) / steps                  # (T,)
+    scales = (rows.abs().amax(1, keepdim=True) * t / ((qmax - qmin) / 2)).clamp(min=EPS)   # (C, T)
+    q = torch.round(rows[:, None, :] / scales[:, :, None]).clamp(qmin, qmax) * scales[:, :, None]   # (C, T, n)
+    best = (q - rows[:, None, :]).pow(2).mean(-1).argmin(1)                     # (C,)
+    return q[torch.arange(len(rows)), best].reshape(w.shape).to(w.dtype)
+
+
+def quantize_weights_mse(model: nn.Module, bits: int) -> nn.Module:
+    """A copy of ``model`` whose Conv2d/Linear weights are replaced by :func:`mse_clip_weight` (weight-only PTQ)."""
+    qmodel = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in qmodel.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.copy_(mse_clip_weight(m.weight, bits))
+    return qmodel.eval()
 
 
 # --------------------------------------------------------------------------- plots

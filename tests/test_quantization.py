@@ -663,3 +663,15 @@ def test_equalize_pair_keeps_the_function_and_undoes_rescale_channel():
     r1 = eq.features[0].weight.abs().amax(dim=(1, 2, 3))
     r2 = eq.features[2].weight.abs().amax(dim=(0, 2, 3))
     torch.testing.assert_close(r1, r2, rtol=1e-5, atol=1e-7)                 # both ranges equal per channel
+
+
+def test_mse_clip_weight_is_never_worse_than_min_max_and_clips_gaussian_tails():
+    w = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    w[0, 0] = 40.0                                                           # one outlier in channel 0
+    s, _ = Q.per_channel_qparams(w, 0, 3)
+    plain = torch.round(w / s.view(-1, 1)).clamp(-4, 3) * s.view(-1, 1)
+    mse = Q.mse_clip_weight(w, 3)
+    err = lambda a: (a - w).pow(2).mean(1)                                    # noqa: E731
+    assert (err(mse) <= err(plain) + 1e-12).all()                            # t = 1 is min-max: never worse
+    assert err(mse)[1:].sum() < 0.9 * err(plain)[1:].sum()                  # Gaussian rows: clipping the tails pays
+    torch.testing.assert_close(Q.mse_clip_weight(w, 3, steps=1), plain.to(w.dtype))   # steps=1: per-channel min-max
