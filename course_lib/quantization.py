@@ -46,7 +46,8 @@ __all__ = ["EPS", "minmax_qparams", "quantize_affine", "dequantize_affine", "per
            "requantize_fixed_point", "static_int8", "static_int8_vs_fp32", "packed_state_dict", "tensor_bytes", "saved_bytes",
            "group_quantize", "kmeans_quantize", "quantize_weights_scheme", "scheme_size_bytes", "scheme_sweep",
            "simulate_dynamic_int8", "activation_observer", "equalize_pair",
-           "mse_clip_weight", "quantize_weights_mse"]
+           "mse_clip_weight", "quantize_weights_mse",
+           "SharedWeightLayer", "kmeans_finetune"]
 
 EPS = 2.0 ** -23          # torch.finfo(torch.float32).eps: the observers' smallest scale
 
@@ -1151,6 +1152,47 @@ def quantize_weights_mse(model: nn.Module, bits: int) -> nn.Module:
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.weight.copy_(mse_clip_weight(m.weight, bits))
     return qmodel.eval()
+
+
+class SharedWeightLayer(nn.Module):
+    """A Conv2d or Linear whose weight is ``codebook[index]``: k-means weight sharing with a trainable codebook.
+
+    Autograd's backward of the lookup sums the weight gradients of every entry that shares a value,
+    :math:`\\partial L / \\partial c_k = \\sum_{i:\\,\\text{index}_i = k} \\partial L / \\partial w_i` — Deep Compression's
+    codebook fine-tuning. The indices stay fixed; the bias trains as usual.
+    """
+
+    def __init__(self, layer: nn.Module, bits: int, iters: int = 20) -> None:
+        super().__init__()
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise TypeError(f"layer must be an nn.Conv2d or nn.Linear, got {type(layer).__name__}")
+        index, codebook = kmeans_quantize(layer.weight, bits, iters)
+        self.layer = layer
+        self.layer.weight.requires_grad_(False)
+        self.register_buffer("index", index)
+        self.codebook = nn.Parameter(codebook)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.codebook[self.index]                                            # weight's shape
+        if isinstance(self.layer, nn.Linear):
+            return F.linear(x, w, self.layer.bias)
+        return self.layer._conv_forward(x, w, self.layer.bias)
+
+
+def kmeans_finetune(model: nn.Module, bits: int, split, *, epochs: int, lr: float = 1e-3, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with every Conv2d/Linear weight shared by k-means (:class:`SharedWeightLayer`), then
+    ``epochs`` of :func:`models.train` on ``split``'s training part that update only the codebooks and biases."""
+    shared = copy.deepcopy(model)
+    for parent in list(shared.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, (nn.Conv2d, nn.Linear)):
+                setattr(parent, name, SharedWeightLayer(child, bits))
+    if epochs > 0:
+        models.set_seed(seed)
+        with timing.num_threads(1):
+            models.train(shared, split.X_train, split.y_train, epochs=check_int("epochs", epochs, 0), lr=lr, seed=seed,
+                         progress=False)
+    return shared.eval()
 
 
 # --------------------------------------------------------------------------- plots

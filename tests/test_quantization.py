@@ -675,3 +675,16 @@ def test_mse_clip_weight_is_never_worse_than_min_max_and_clips_gaussian_tails():
     assert (err(mse) <= err(plain) + 1e-12).all()                            # t = 1 is min-max: never worse
     assert err(mse)[1:].sum() < 0.9 * err(plain)[1:].sum()                  # Gaussian rows: clipping the tails pays
     torch.testing.assert_close(Q.mse_clip_weight(w, 3, steps=1), plain.to(w.dtype))   # steps=1: per-channel min-max
+
+
+def test_shared_weight_layer_gradient_is_the_sum_over_each_cluster():
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 3)
+    shared = Q.SharedWeightLayer(copy.deepcopy(layer), bits=1)
+    x = torch.randn(5, 8)
+    shared(x).pow(2).sum().backward()
+    w = shared.codebook.detach()[shared.index].clone().requires_grad_(True)     # the same forward, weight as a leaf
+    torch.nn.functional.linear(x, w, shared.layer.bias.detach()).pow(2).sum().backward()
+    sums = torch.zeros(2).index_add_(0, shared.index.flatten(), w.grad.flatten())
+    torch.testing.assert_close(shared.codebook.grad, sums)
+    assert shared.layer.weight.grad is None                                       # the float weight does not train
