@@ -34,7 +34,8 @@ __all__ = ["ForbiddenError", "refuse", "classify", "install", "files_to_hide", "
 # Every chapter module holds references; none may run while a submission is graded.
 REFERENCE_MODULES = tuple(f"course_lib.{m}" for m in (
     "measurement", "pruning", "quantization", "lowrank", "distillation", "local_explanation",
-    "global_explanation", "compression_explanation", "stats", "grader.grading"))
+    "global_explanation", "compression_explanation", "compression_studies", "transformer_compression", "stats",
+    "grader.grading"))
 
 _KERNEL_KEYS = ("CPU", "QuantizedCPU", "AutogradCPU", "CompositeImplicitAutograd", "CompositeExplicitAutograd")
 
