@@ -407,15 +407,7 @@ def roofline_rows(layers: dict[str, tuple[nn.Module, Sequence[int]]], peak: floa
     with torch.no_grad():
         runs = timing.compare({name: (lambda m=m, x=inputs[name]: m(x)) for name, (m, _) in layers.items()},
                               repeats=3, rounds=rounds, threads=threads)
-    rows = []
-    for name, (layer, shape) in layers.items():
-        cost = layer_cost(layer, shape)
-        bound_s = roofline_time(cost["FLOPs"], cost["bytes"], peak, bandwidth)
-        rows.append({"name": name, **cost, "bound": "memory" if cost["intensity (FLOP/B)"] < peak / bandwidth
-                     else "compute", "roofline (ms)": bound_s * 1e3, "measured (ms)": runs[name].median,
-                     "attained GFLOP/s": cost["FLOPs"] / runs[name].median / 1e6,
-                     "fraction of roofline": bound_s * 1e3 / runs[name].median})
-    return rows
+    return _roofline_rows(layers, runs, peak, bandwidth)
 
 
 def roofline_study(layers: dict[str, tuple[nn.Module, Sequence[int]]], *, gemm_n: int = 1024,
@@ -468,14 +460,7 @@ def roofline_study(layers: dict[str, tuple[nn.Module, Sequence[int]]], *, gemm_n
         runs = timing.compare(fns, repeats=repeats, rounds=rounds, threads=threads)
     peak = 2 * gemm_n ** 3 / (runs["GEMM (peak P)"].min / 1e3)
     bandwidth = 8 * stream_numel / (runs["stream copy (bandwidth B)"].min / 1e3)
-    rows = []
-    for name, (layer, shape) in layers.items():
-        cost = layer_cost(layer, shape)
-        bound_s = roofline_time(cost["FLOPs"], cost["bytes"], peak, bandwidth)
-        rows.append({"name": name, **cost, "bound": "memory" if cost["intensity (FLOP/B)"] < peak / bandwidth
-                     else "compute", "roofline (ms)": bound_s * 1e3, "measured (ms)": runs[name].median,
-                     "attained GFLOP/s": cost["FLOPs"] / runs[name].median / 1e6,
-                     "fraction of roofline": bound_s * 1e3 / runs[name].median})
+    rows = _roofline_rows(layers, runs, peak, bandwidth)
     return {"peak": peak, "bandwidth": bandwidth, "rows": rows, "runs": runs}
 
 
@@ -597,3 +582,17 @@ def peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
         for h in handles:
             h.remove()
     return int(peak[0])
+
+
+def _roofline_rows(layers: dict, runs: dict, peak: float, bandwidth: float) -> list[dict]:
+    """One row per layer: its FLOPs and bytes, the roofline bound max(F/P, Q/B), the measured median and the
+    fraction of the roofline it reaches (bound / measured)."""
+    rows = []
+    for name, (layer, shape) in layers.items():
+        cost = layer_cost(layer, shape)
+        bound_s = roofline_time(cost["FLOPs"], cost["bytes"], peak, bandwidth)
+        rows.append({"name": name, **cost, "bound": "memory" if cost["intensity (FLOP/B)"] < peak / bandwidth
+                     else "compute", "roofline (ms)": bound_s * 1e3, "measured (ms)": runs[name].median,
+                     "attained GFLOP/s": cost["FLOPs"] / runs[name].median / 1e6,
+                     "fraction of roofline": bound_s * 1e3 / runs[name].median})
+    return rows
