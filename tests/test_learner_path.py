@@ -230,3 +230,19 @@ def test_nothing_a_learner_reads_names_a_source_document():
             if banned.search(doc):
                 found.append(f"{info.name}.{name}: {banned.search(doc).group(0)!r}")
     assert not found, found
+
+
+def test_no_notebook_code_line_is_wider_than_100_characters():
+    """Code cells, and code fenced in markdown, of chapters/ and solutions/ keep every line within 100 characters,
+    so JupyterLab and the website show them without a horizontal scroll bar."""
+    import re
+
+    too_wide = []
+    for folder in ("chapters", "solutions"):
+        for path in sorted((ROOT / folder).glob("*.ipynb")):
+            for number, cell in enumerate(nbformat.read(path, as_version=4).cells, start=1):
+                code = cell.source if cell.cell_type == "code" else "\n".join(
+                    re.findall(r"```.*?```", cell.source, flags=re.S))
+                too_wide += [f"{folder}/{path.name}, cell {number}: {len(line)} characters: {line[:60]}..."
+                             for line in code.splitlines() if len(line) > 100]
+    assert not too_wide, "\n".join(too_wide[:20])
