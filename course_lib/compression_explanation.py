@@ -47,11 +47,10 @@ from .validation import check_bool, check_float, check_int, check_module, check_
 
 __all__ = ["attribution_agreement", "explanation_kd_loss", "taylor_channel_importance",
            "COSINE_EPS", "gradcam_layer", "differentiable_grad_cam", "explanation_maps", "agreement_rows",
-           "localisation_rows", "train_explained_student", "kd_lambda_sweep", "logits_of",
+           "localisation_rows", "train_explained_student", "logits_of",
            "activations_and_gradients", "channel_pruning_rows", "channel_keep",
-           "prune_channels", "corner_mask", "attribution_share", "summarize", "plot_agreement",
-           "plot_maps", "fine_tune_only", "agreement_per_image", "group_agreement", "agreement_difference",
-           "band_rows"]
+           "prune_channels", "corner_mask", "attribution_share", "summarize", "plot_maps", "fine_tune_only",
+           "agreement_per_image", "group_agreement", "agreement_difference", "band_rows"]
 
 COSINE_EPS = 1e-8
 
@@ -545,42 +544,6 @@ def train_explained_student(student: nn.Module, X: Tensor, y: Tensor, teacher_lo
     return student.eval()
 
 
-def kd_lambda_sweep(teacher: nn.Module, make_student: Callable[[], nn.Module], split, *, lams: Sequence[float],
-                    seeds: Sequence[int], explainers: dict[str, Callable], score: Callable, n_explain: int = 96,
-                    epochs: int = 20, loss: Callable = explanation_kd_loss, progress: bool = True) -> list[dict]:
-    """Train one student per (lam, seed) on the train split; score it on validation and on test.
-
-    ``lam = 0`` is plain KD with the same data, seeds and budget. Each row: ``lam, seed``, then for
-    ``part`` in val and test: ``"<part> accuracy"`` (whole split), and on its first ``n_explain``
-    examples, for each explainer ``e``: ``"<part> <e> agreement"`` (mean Spearman with the teacher's
-    maps, :func:`attribution_agreement`) and ``"<part> <e> localisation"`` (mean ``score(map, masks)``).
-    Choose ``lam`` from the val columns only (if at all); the test columns are read once, afterwards.
-    """
-    from tqdm.auto import tqdm
-
-    z_t = logits_of(teacher, split.X_train)
-    cam_t = differentiable_grad_cam(teacher, split.X_train, split.y_train)[0].detach()     # (N, 1, h, w)
-    parts = {p: (getattr(split, f"X_{p}")[:n_explain], getattr(split, f"y_{p}")[:n_explain],
-                 getattr(split, f"masks_{p}")[:n_explain]) for p in ("val", "test")}
-    teacher_maps = {p: explanation_maps({"t": teacher}, explainers, X, y) for p, (X, y, _) in parts.items()}
-    rows = []
-    for lam, seed in tqdm([(lam, s) for lam in lams for s in seeds], desc="students", disable=not progress,
-                          leave=False):
-        models.set_seed(seed)
-        student = train_explained_student(make_student(), split.X_train, split.y_train, z_t, cam_t, lam=lam,
-                                          loss=loss, epochs=epochs, seed=seed)
-        row = {"lam": float(lam), "seed": seed}
-        for p, (X, y, masks) in parts.items():
-            row[f"{p} accuracy"] = models.evaluate(student, getattr(split, f"X_{p}"), getattr(split, f"y_{p}"))
-            maps = explanation_maps({"s": student}, explainers, X, y)
-            for e in explainers:
-                pair = {e: {"t": teacher_maps[p][e]["t"], "s": maps[e]["s"]}}
-                row[f"{p} {e} agreement"] = agreement_rows(pair, "t")[1]["spearman"]
-                row[f"{p} {e} localisation"] = float(score(maps[e]["s"], masks).mean())
-        rows.append(row)
-    return rows
-
-
 @torch.no_grad()
 def logits_of(model: nn.Module, X: Tensor) -> Tensor:
     """The model's logits on ``X`` in eval mode, without gradient."""
@@ -685,28 +648,6 @@ def summarize(rows: Sequence[dict], by: str | Sequence[str], columns: Sequence[s
     grouped = frame.groupby(by, sort=False)[list(columns)]
     return pd.concat({"mean": grouped.mean(), "std": grouped.std(ddof=1)}, axis=1).swaplevel(axis=1)[
         [(c, s) for c in columns for s in ("mean", "std")]]
-
-
-def plot_agreement(rows: Sequence[dict], metric: str = "spearman", floor: dict[str, float] | None = None):
-    """Agreement with the original model (x: accuracy, y: ``metric``), one panel per explainer.
-
-    ``floor[explainer]`` (a randomised model's agreement) is drawn as a dashed line.
-    """
-    import matplotlib.pyplot as plt
-
-    explainers = list(dict.fromkeys(r["explainer"] for r in rows))
-    fig, axes = plt.subplots(1, len(explainers), figsize=(5 * len(explainers), 3.6), squeeze=False)
-    for ax, e in zip(axes[0], explainers):
-        for r in (r for r in rows if r["explainer"] == e):
-            ax.scatter(100 * r["accuracy"], r[metric], s=25)
-            ax.annotate(r["model"], (100 * r["accuracy"], r[metric]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-        if floor and e in floor:
-            ax.axhline(floor[e], color="gray", linestyle="--", label="randomised model (floor)")
-            ax.legend(fontsize=7, loc="lower left")
-        ax.set(xlabel="test accuracy (%)", ylabel=f"{metric} with the original's maps", title=e)
-    fig.tight_layout()
-    return fig, axes[0]
 
 
 def plot_maps(image: Tensor, maps: dict[str, Tensor], mask: Tensor | None = None, title: str = ""):
