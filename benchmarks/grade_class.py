@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CORRECT = (ROOT / "tests" / "fixtures" / "submissions" / "correct.py").read_text()
 WRONG = CORRECT.replace("if p.requires_grad or not trainable_only", "").replace(
-    "np.percentile(s, [25, 50, 75])", "np.percentile(s, [25, 50, 75], method='nearest')")
+    "flops = 2 * outputs * per_output", "flops = outputs * per_output")
 STUB = "\n\n".join(f"def {name}(*args, **kwargs):\n    raise NotImplementedError" for name in
-                   ("count_parameters", "conv2d_macs", "roofline_time", "summarize_timings"))
+                   ("count_parameters", "conv2d_macs", "arithmetic_intensity", "roofline_time"))
 LOOP = CORRECT.replace("def count_parameters(model, trainable_only=False):\n",
                        "def count_parameters(model, trainable_only=False):\n    while True:\n        pass\n")
 
@@ -45,7 +45,7 @@ def main() -> None:
         from course_lib.grader import zygote
         from course_lib.grader.submission import load_submission
         preload = zygote.preload_for({load_submission(p).code for p in paths},
-                                     {"count_parameters", "conv2d_macs", "roofline_time", "summarize_timings"})
+                                     {"count_parameters", "conv2d_macs", "arithmetic_intensity", "roofline_time"})
         with Pool(1, preload=preload) as pool:  # what grade_submissions imports for this class
             pool.isolation                      # waits for the zygote's imports
         startup = time.perf_counter() - start

@@ -1,9 +1,10 @@
 """Chapter 00 -- measurement: the yardsticks every later claim in the course uses.
 
-Parameter counts, bytes in memory, multiply-accumulates of a convolution, and a robust
-summary of repeated timings. These are the reference implementations of chapter 00's
-exercises (the grader compares learners' functions against them), so each one is short
-and states its rule: what is counted, what is counted once, what is rejected.
+Parameter counts, bytes in memory, multiply-accumulates of a convolution, a layer's FLOPs,
+bytes moved and arithmetic intensity, the roofline bound, and a robust summary of repeated
+timings. Most are the reference implementations of chapter 00's exercises (the grader compares
+learners' functions against them), so each one is short and states its rule: what is counted,
+what is counted once, what is rejected.
 
 This module is the one topic module other modules may import: every later chapter
 reports sizes and timings with these yardsticks (``timing.benchmark`` summarizes with
@@ -24,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .validation import check_float, check_int, check_module
 
 __all__ = ["count_parameters", "model_size_bytes", "conv2d_macs", "summarize_timings", "tail_latency",
-           "linear_macs", "attention_macs", "attention_flop_count", "layer_cost", "largest_cache_bytes", "roofline_time", "peak_flops", "peak_bandwidth",
+           "linear_macs", "attention_macs", "attention_flop_count", "arithmetic_intensity", "layer_cost", "largest_cache_bytes", "roofline_time", "peak_flops", "peak_bandwidth",
            "roofline_rows", "roofline_study", "plot_roofline", "first_and_second_call", "profile_ops", "peak_activation_bytes"]
 
 
@@ -297,32 +298,123 @@ def largest_cache_bytes(cache_dir: str | Path = "/sys/devices/system/cpu/cpu0/ca
     return max(sizes) if sizes else None
 
 
+def _conv_out_side(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """PyTorch's output length of a convolution along one axis (floor division)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def arithmetic_intensity(layer: nn.Module, input_shape: Sequence[int]) -> dict:
+    r"""FLOPs, bytes moved and arithmetic intensity of one forward pass of ``layer`` on an input of ``input_shape``.
+
+    .. math::  I = \frac{F}{Q}, \qquad Q = s\,\big(|x| + |W| + |b| + |y|\big)
+
+    counted by hand, without running the layer.
+
+    **FLOPs** ``F`` are 2 per multiply-accumulate, bias additions not counted (the convention of
+    ``torch.utils.flop_counter``):
+
+    - ``nn.Linear(d_in, d_out)`` on ``(..., d_in)``: ``F = 2 R d_in d_out`` with ``R`` the product of the
+      leading sizes (the rows; 1 for a 1-D input);
+    - ``nn.Conv2d`` on ``(N, C_in, H, W)``: ``F = 2 N C_out H_out W_out (C_in / g) k_h k_w`` with
+      ``H_out = floor((H + 2 p_h - d_h (k_h - 1) - 1) / s_h) + 1`` (likewise ``W_out``): stride ``s``,
+      zero padding ``p``, dilation ``d``, ``g`` groups;
+    - ``nn.ReLU``: 1 FLOP per element.
+
+    **Bytes** ``Q``: the input ``x``, the weight ``W``, the bias ``b`` (if the layer has one) and the output
+    ``y``, each read or written exactly once (perfect caches: the least any implementation moves), at
+    ``s`` bytes per element, the element size of the layer's weight dtype (float32: 4, float16: 2,
+    float64: 8; float32 for a layer without parameters). The intensity says on which side of a roofline's
+    ridge point ``P / B`` the layer lies.
+
+    Parameters
+    ----------
+    layer : nn.Linear, nn.Conv2d or nn.ReLU
+    input_shape : sequence of int
+        Each size >= 1. ``(..., in_features)`` for a Linear (at least 1-D), ``(N, C_in, H, W)`` for a Conv2d.
+
+    Returns
+    -------
+    dict
+        ``{"flops": int, "bytes": int, "intensity": float}`` (FLOP per byte).
+
+    Raises
+    ------
+    TypeError
+        ``layer`` is not one of the three layer types, or ``input_shape`` holds a non-int.
+    ValueError
+        A size below 1, an input whose feature/channel size does not match the layer, a Conv2d input
+        that is not 4-D, or an empty output (kernel larger than the padded input).
+
+    Examples
+    --------
+    >>> arithmetic_intensity(nn.Linear(3, 2), (4, 3))   # 48 FLOPs; 4 * (12 + 6 + 2 + 8) bytes
+    {'flops': 48, 'bytes': 112, 'intensity': 0.42857142857142855}
+
+    Taught in: 00_measurement, section 3b.
+    """
+    if not isinstance(layer, (nn.Linear, nn.Conv2d, nn.ReLU)):
+        raise TypeError(f"layer must be an nn.Linear, nn.Conv2d or nn.ReLU, got {type(layer).__name__}")
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+        raise TypeError(f"input_shape must be a sequence of ints, got {input_shape!r}")
+    shape = [check_int(f"input_shape[{i}]", v, 1) for i, v in enumerate(input_shape)]
+    if not shape:
+        raise ValueError("input_shape must have at least one dimension")
+    numel_in = int(np.prod(shape))
+    if isinstance(layer, nn.ReLU):
+        flops, numel_out, element = numel_in, numel_in, 4
+    elif isinstance(layer, nn.Linear):
+        if shape[-1] != layer.in_features:
+            raise ValueError(f"input_shape must end with in_features={layer.in_features}, got {tuple(shape)}")
+        rows = numel_in // layer.in_features
+        flops, numel_out = 2 * rows * layer.in_features * layer.out_features, rows * layer.out_features
+        element = layer.weight.element_size()
+    else:
+        if len(shape) != 4 or shape[1] != layer.in_channels:
+            raise ValueError(f"input_shape must be (N, {layer.in_channels}, H, W) for this Conv2d, got {tuple(shape)}")
+        n, _, h, w = shape
+        if isinstance(layer.padding, str):                     # "valid": none; "same": output = input (stride 1)
+            out_h, out_w = (h, w) if layer.padding == "same" else (
+                _conv_out_side(h, layer.kernel_size[0], layer.stride[0], 0, layer.dilation[0]),
+                _conv_out_side(w, layer.kernel_size[1], layer.stride[1], 0, layer.dilation[1]))
+        else:
+            out_h, out_w = (_conv_out_side(size, *params) for size, params in
+                            zip((h, w), zip(layer.kernel_size, layer.stride, layer.padding, layer.dilation)))
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"the kernel {layer.kernel_size} (dilation {layer.dilation}) does not fit the padded "
+                             f"input {h}x{w}: output {out_h}x{out_w}")
+        flops = 2 * n * conv2d_macs(layer.in_channels, layer.out_channels, layer.kernel_size, out_h, out_w,
+                                    layer.groups)
+        numel_out, element = n * layer.out_channels * out_h * out_w, layer.weight.element_size()
+    params = sum(p.numel() for p in (getattr(layer, "weight", None), getattr(layer, "bias", None))
+                 if p is not None)
+    moved = element * (numel_in + params + numel_out)
+    return {"flops": int(flops), "bytes": int(moved), "intensity": flops / moved}
+
+
 def layer_cost(layer: nn.Module, input_shape: Sequence[int]) -> dict:
-    """FLOPs, bytes moved and arithmetic intensity of one forward pass of ``layer``.
+    """FLOPs, bytes moved and arithmetic intensity of one forward pass of ``layer``, as a table row.
 
     .. math::  I = \\frac{\\text{FLOPs}}{\\text{bytes moved}}, \\qquad
                \\text{bytes} = (|x| + |y| + |W|) \\cdot \\text{element size}
 
-    Bytes count the input, the output and the parameters once each (the minimum any
-    implementation must read or write, as if the caches were perfect). FLOPs count 2 per MAC for
-    ``Linear``/``Conv2d`` and 1 per output element for element-wise layers (ReLU, GELU, ...).
+    ``Linear``, ``Conv2d`` and ``ReLU`` are counted by :func:`arithmetic_intensity` (2 FLOPs per MAC, the
+    input, the output and the parameters moved once each, as if the caches were perfect); any other layer
+    as element-wise: 1 FLOP per output element (GELU, ...), its output found by running it once.
 
     Taught in: 00_measurement, section 3b.
     """
     check_module("layer", layer)
-    dtype = next(layer.parameters(), torch.empty(0)).dtype
-    x = torch.zeros(tuple(input_shape), dtype=dtype)
-    with torch.no_grad():
-        y = layer(x)
-    params = sum(p.numel() for p in layer.parameters())
-    if isinstance(layer, nn.Linear):
-        flops = 2 * x.numel() // layer.in_features * layer.in_features * layer.out_features
-    elif isinstance(layer, nn.Conv2d):
-        flops = 2 * y.shape[0] * conv2d_macs(layer.in_channels, layer.out_channels, layer.kernel_size,
-                                             y.shape[-2], y.shape[-1], layer.groups)
+    if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ReLU)):
+        cost = arithmetic_intensity(layer, input_shape)
+        flops, moved = cost["flops"], cost["bytes"]
     else:
+        dtype = next(layer.parameters(), torch.empty(0)).dtype
+        x = torch.zeros(tuple(input_shape), dtype=dtype)
+        with torch.no_grad():
+            y = layer(x)
+        params = sum(p.numel() for p in layer.parameters())
         flops = y.numel()
-    moved = (x.numel() + y.numel() + params) * x.element_size()
+        moved = (x.numel() + y.numel() + params) * x.element_size()
     return {"layer": type(layer).__name__, "FLOPs": int(flops), "bytes": int(moved),
             "intensity (FLOP/B)": flops / moved}
 

@@ -12,7 +12,7 @@ from course_lib.grader.submission import extract_definitions, load_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "fixtures" / "submissions"
-CHAPTER00 = ["count_parameters", "conv2d_macs", "roofline_time", "mcnemar_exact", "summarize_timings"]
+CHAPTER00 = ["count_parameters", "conv2d_macs", "arithmetic_intensity", "roofline_time", "mcnemar_exact"]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_generated_chapter_scores_zero(graded):
     ("count_parameters", "time limit of"),
     ("roofline_time", "out of memory"),
     ("conv2d_macs", "sys.exit"),
-    ("summarize_timings", "printed more than"),
+    ("arithmetic_intensity", "printed more than"),
 ])
 def test_hostile_a_fails_each_exercise_alone(graded, exercise, message):
     r = row(graded, "submissions/hostile_a.py", exercise)
@@ -64,7 +64,7 @@ def test_hostile_a_fails_each_exercise_alone(graded, exercise, message):
     ("count_parameters", "os._exit"),
     ("roofline_time", "expected"),          # patching torch in the child changes nothing: compared in the grader
     ("conv2d_macs", "FlopCounterMode.__init__ is not available while grading"),
-    ("summarize_timings", "course_lib.measurement.summarize_timings is not available while grading"),
+    ("arithmetic_intensity", "course_lib.measurement.arithmetic_intensity is not available while grading"),
     ("mcnemar_exact", "scipy.stats._binomtest.binomtest is not available while grading"),
 ])
 def test_hostile_b_cheats_get_no_points(graded, exercise, message):
@@ -111,21 +111,24 @@ def test_helpers_a_learner_writes_are_graded_with_the_answer(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in [
         "import numpy as np\nMS_PER_S = 1000.0\n\ndef to_ms(s, factor=MS_PER_S):\n    return s * factor\n",
-        "class Summary:\n    'the five numbers'\n    KEYS = ('median', 'iqr', 'min', 'max', 'n')\n",
+        "class Cost:\n    'what arithmetic_intensity returns'\n    KEYS = ('flops', 'bytes', 'intensity')\n",
         "def count_parameters(model, trainable_only=False):\n    total = 0\n    for p in model.parameters():\n"
         "        if (p.requires_grad\n            != False) or not trainable_only:\n            total += p.numel()\n"
         "    return int(to_ms(total, 1))\n",
-        "def summarize_timings(samples_ms):\n    s = np.asarray(samples_ms, dtype=float)\n"
-        "    if s.size == 0 or not np.all(np.isfinite(s)) or (s < 0).any():\n        raise ValueError('samples_ms')\n"
-        "    q1, m, q3 = np.percentile(s, [25, 50, 75])\n"
-        "    return dict(zip(Summary.KEYS, (float(m), float(q3 - q1), float(s.min()), float(s.max()), len(s))))\n",
+        "def arithmetic_intensity(layer, input_shape):\n    import torch\n"
+        "    x = torch.zeros(input_shape, dtype=getattr(layer, 'weight', torch.zeros(0)).dtype)\n"
+        "    y = layer(x)\n"
+        "    per_output = layer.weight[0].numel() if hasattr(layer, 'weight') else 0.5\n"
+        "    flops = int(2 * y.numel() * per_output)\n"
+        "    moved = x.nbytes + y.nbytes + sum(p.nbytes for p in layer.parameters())\n"
+        "    return dict(zip(Cost.KEYS, (flops, moved, flops / moved)))\n",
         "PEAK = measured_peak()\n\ndef roofline_time(flops, bytes_moved, peak_flops, bandwidth):\n"
         "    return max(flops / peak_flops, bytes_moved / bandwidth) + 0 * PEAK\n"]]
     path = tmp_path / "helpers.ipynb"
     nbformat.write(nb, path)
     rows = {r.exercise: r for r in grade.grade_submissions([path], limits=SandboxLimits(timeout_s=10))}
     assert rows["count_parameters"].passed, rows["count_parameters"].message       # constant, default value, !=
-    assert rows["summarize_timings"].passed, rows["summarize_timings"].message     # a helper class
+    assert rows["arithmetic_intensity"].passed, rows["arithmetic_intensity"].message  # a helper class
     roof = rows["roofline_time"]                                   # a constant that needs a call is not kept
     assert not roof.passed and "NameError" in roof.message and "constants that call nothing" in roof.message
 

@@ -197,7 +197,7 @@ def test_sample_class_gradebook(tmp_path):
     assert code == 0
     rows = {r["student_id"]: r for r in csv.DictReader(book.open())}
     assert list(next(iter(rows.values()))) == ["student_id", "file", "count_parameters", "conv2d_macs",
-                                               "roofline_time", "mcnemar_exact", "summarize_timings", "total",
+                                               "arithmetic_intensity", "roofline_time", "mcnemar_exact", "total",
                                                "max_total", "percent", "late", "note", "seed", "grader_version",
                                                "graded_at"]
     assert rows["s1001"]["total"] == "5" and rows["s1001"]["max_total"] == "5"        # alice: all correct

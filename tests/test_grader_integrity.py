@@ -232,7 +232,7 @@ def row(graded, file, exercise):
 
 
 def test_honest_submission_keeps_full_marks_next_to_attacks(graded):
-    for exercise in ("count_parameters", "conv2d_macs", "roofline_time", "summarize_timings"):
+    for exercise in ("count_parameters", "conv2d_macs", "arithmetic_intensity", "roofline_time"):
         assert row(graded, "honest.py", exercise)["passed"] == "True", row(graded, "honest.py", exercise)["message"]
 
 

@@ -112,46 +112,93 @@ def macs_no_validation(in_channels, out_channels, kernel_size, out_h, out_w, gro
     return out_channels * out_h * out_w * (in_channels // groups) * kh * kw
 
 
-# ----------------------------------------------------------------------------- summarize_timings
-def _checked(samples_ms):
-    s = np.asarray(samples_ms, dtype=float)
-    if s.size == 0 or not np.isfinite(s).all() or (s < 0).any():
-        raise ValueError("samples_ms must be non-empty, finite, non-negative")
-    return s
+# ----------------------------------------------------------------------------- arithmetic_intensity
+def _side(size, k, s, p, d, dilation=True, stride_padding=True):
+    if not stride_padding:                                 # "valid, stride 1": H - k + 1
+        return size - k + 1
+    return (size + 2 * p - (d if dilation else 1) * (k - 1) - 1) // s + 1
 
 
-def summary_with_mean(samples_ms):
-    s = _checked(samples_ms)
-    q1, q3 = np.percentile(s, [25, 75])
-    return {"median": float(s.mean()), "iqr": float(q3 - q1), "min": float(s.min()), "max": float(s.max()), "n": s.size}
+def _ai(layer, input_shape, *, groups=True, per_mac=2, dilation=True, stride_padding=True, bias_bytes=True,
+        output_bytes=True, element=None, whole_batch=True, relu_flops=1, inverted=False):
+    """A hand count with one learner's mistake switched on by a keyword (all off: right)."""
+    shape = list(input_shape)
+    if isinstance(layer, nn.ReLU):
+        n = math.prod(shape)
+        flops, n_in, n_out, params, size = relu_flops * n, n, n, 0, 4
+    elif isinstance(layer, nn.Linear):
+        if shape[-1] != layer.in_features:
+            raise ValueError("input_shape must end with in_features")
+        rows = math.prod(shape[:-1]) if whole_batch else 1
+        flops = per_mac * rows * layer.in_features * layer.out_features
+        n_in, n_out = rows * layer.in_features, rows * layer.out_features
+        params, size = layer.weight.numel(), layer.weight.element_size()
+    elif isinstance(layer, nn.Conv2d):
+        n, c, h, w = shape
+        if c != layer.in_channels:
+            raise ValueError("channels")
+        sides = [_side(v, k, st, pd, dl, dilation, stride_padding) for v, k, st, pd, dl in
+                 zip((h, w), layer.kernel_size, layer.stride, layer.padding, layer.dilation)]
+        if min(sides) < 1:
+            raise ValueError("empty output")
+        n = n if whole_batch else 1
+        per_output = (layer.in_channels // layer.groups if groups else layer.in_channels) * math.prod(layer.kernel_size)
+        n_out = n * layer.out_channels * sides[0] * sides[1]
+        flops, n_in = per_mac * n_out * per_output, n * c * h * w
+        params, size = layer.weight.numel(), layer.weight.element_size()
+    else:
+        raise TypeError("layer")
+    if bias_bytes and getattr(layer, "bias", None) is not None:
+        params += layer.bias.numel()
+    moved = (element or size) * (n_in + params + (n_out if output_bytes else 0))
+    return {"flops": flops, "bytes": moved, "intensity": moved / flops if inverted else flops / moved}
 
 
-def summary_upper_middle(samples_ms):                     # median = sorted[n // 2], wrong for even n
-    s = np.sort(_checked(samples_ms))
-    q1, q3 = np.percentile(s, [25, 75])
-    return {"median": float(s[len(s) // 2]), "iqr": float(q3 - q1), "min": float(s[0]), "max": float(s[-1]), "n": len(s)}
+def ai_ignores_groups(layer, input_shape):                 # every filter sees all C_in channels
+    return _ai(layer, input_shape, groups=False)
 
 
-def summary_exclusive_quartiles(samples_ms):              # statistics.quantiles' default method
-    import statistics
-    s = _checked(samples_ms)
-    if s.size < 2:
-        return {"median": float(s[0]), "iqr": 0.0, "min": float(s[0]), "max": float(s[0]), "n": 1}
-    q1, _, q3 = statistics.quantiles(s.tolist(), n=4)
-    return {"median": float(np.median(s)), "iqr": q3 - q1, "min": float(s.min()), "max": float(s.max()), "n": s.size}
+def ai_macs_as_flops(layer, input_shape):                  # 1 FLOP per multiply-accumulate
+    return _ai(layer, input_shape, per_mac=1)
 
 
-def summary_std(samples_ms):
-    s = _checked(samples_ms)
-    return {"median": float(np.median(s)), "iqr": float(s.std()), "min": float(s.min()), "max": float(s.max()), "n": s.size}
+def ai_output_without_stride_padding(layer, input_shape):  # H_out = H - k + 1 whatever the stride and padding
+    return _ai(layer, input_shape, stride_padding=False)
 
 
-def summary_no_validation(samples_ms):
-    s = np.asarray(samples_ms, dtype=float)
-    if s.size == 0:
-        raise ValueError("empty")
-    q1, m, q3 = np.percentile(s, [25, 50, 75])
-    return {"median": float(m), "iqr": float(q3 - q1), "min": float(s.min()), "max": float(s.max()), "n": s.size}
+def ai_output_without_dilation(layer, input_shape):        # the kernel's footprint taken as k, not d (k - 1) + 1
+    return _ai(layer, input_shape, dilation=False)
+
+
+def ai_forgets_bias_bytes(layer, input_shape):             # only the weight counted among the parameters
+    return _ai(layer, input_shape, bias_bytes=False)
+
+
+def ai_forgets_output_bytes(layer, input_shape):           # reads counted, the output's write not
+    return _ai(layer, input_shape, output_bytes=False)
+
+
+def ai_always_float32(layer, input_shape):                 # 4 bytes per element whatever the dtype
+    return _ai(layer, input_shape, element=4)
+
+
+def ai_one_sample(layer, input_shape):                     # one image / one row, not the whole batch
+    return _ai(layer, input_shape, whole_batch=False)
+
+
+def ai_relu_is_free(layer, input_shape):                   # an activation "costs no FLOPs"
+    return _ai(layer, input_shape, relu_flops=0)
+
+
+def ai_bytes_per_flop(layer, input_shape):                 # the ratio upside down
+    return _ai(layer, input_shape, inverted=True)
+
+
+def ai_no_validation(layer, input_shape):                  # right on valid inputs, never raises
+    try:
+        return _ai(layer, input_shape)
+    except (ValueError, TypeError):
+        return {"flops": 0, "bytes": 1, "intensity": 0.0}
 
 
 # ----------------------------------------------------------------------------- mcnemar_exact
@@ -219,9 +266,11 @@ WRONG = {
     "count_parameters": [count_tensors, count_ignoring_trainable, count_state_dict, count_named_with_duplicates,
                          count_weights_only, count_as_float],
     "conv2d_macs": [macs_ignoring_groups, macs_as_flops, macs_square_kernel_only, macs_groups_twice],
+    "arithmetic_intensity": [ai_ignores_groups, ai_macs_as_flops, ai_output_without_stride_padding,
+                             ai_output_without_dilation, ai_forgets_bias_bytes, ai_forgets_output_bytes,
+                             ai_always_float32, ai_one_sample, ai_relu_is_free, ai_bytes_per_flop],
     "roofline_time": [roof_sum, roof_min, roof_compute_only, roof_swapped, roof_intensity, roof_milliseconds,
                       roof_floor_division],
-    "summarize_timings": [summary_with_mean, summary_upper_middle, summary_exclusive_quartiles, summary_std],
     "mcnemar_exact": [mcn_counts_disagreements, mcn_one_sided, mcn_strict_tail, mcn_not_capped, mcn_chi2_corrected,
                       mcn_mid_p, mcn_accuracy_gap],
 }
@@ -249,13 +298,52 @@ def macs_by_formula(in_channels, out_channels, kernel_size, out_h, out_w, groups
     return np.int64(out_channels) * out_h * out_w * (in_channels // groups) * kh * kw
 
 
-def summary_by_statistics(samples_ms):
-    import statistics
-    s = sorted(float(v) for v in samples_ms)
-    if not s or any(not math.isfinite(v) or v < 0 for v in s):
-        raise ValueError("samples_ms must be non-empty, finite and non-negative")
-    q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0]] * 3
-    return {"median": statistics.median(s), "iqr": q[2] - q[0], "min": s[0], "max": s[-1], "n": len(s)}
+def ai_by_running_the_layer(layer, input_shape):  # output shape from a forward pass, bytes from nbytes
+    if not isinstance(layer, (nn.Linear, nn.Conv2d, nn.ReLU)):
+        raise TypeError("only Linear, Conv2d and ReLU are counted")
+    dtype = layer.weight.dtype if hasattr(layer, "weight") else torch.float32
+    x = torch.zeros(tuple(input_shape), dtype=dtype)
+    if isinstance(layer, nn.Conv2d) and x.dim() != 4:
+        raise ValueError("a Conv2d input must be (N, C, H, W)")
+    try:
+        with torch.no_grad():
+            y = layer(x)
+    except RuntimeError as error:
+        raise ValueError(str(error)) from None
+    if isinstance(layer, nn.ReLU):
+        flops = y.numel()
+    else:                                   # each output value: one dot product as long as one filter
+        flops = 2 * y.numel() * (layer.weight.numel() // layer.weight.shape[0])
+    moved = x.nbytes + y.nbytes + sum(p.nbytes for p in layer.parameters())
+    return {"flops": flops, "bytes": moved, "intensity": flops / moved}
+
+
+def ai_numpy_formula(layer, input_shape):  # sizes as numpy ints, numpy int64 counts back
+    shape = np.array(input_shape, dtype=np.int64)
+    element = np.int64(layer.weight.element_size()) if hasattr(layer, "weight") else np.int64(4)
+    if type(layer) is nn.ReLU:
+        n = shape.prod()
+        return {"flops": n, "bytes": 2 * n * element, "intensity": float(n / (2 * n * element))}
+    if type(layer) is nn.Linear:
+        if shape[-1] != layer.in_features:
+            raise ValueError("wrong feature size")
+        rows = shape[:-1].prod()
+        outputs, per_output = rows * layer.out_features, np.int64(layer.in_features)
+    elif type(layer) is nn.Conv2d:
+        if shape.size != 4 or shape[1] != layer.in_channels:
+            raise ValueError("wrong input shape")
+        k, st, pd, dl = (np.array(v) for v in (layer.kernel_size, layer.stride, layer.padding, layer.dilation))
+        out = np.floor_divide(shape[2:] + 2 * pd - dl * (k - 1) - 1, st) + 1
+        if (out < 1).any():
+            raise ValueError("empty output")
+        outputs = shape[0] * layer.out_channels * out.prod()
+        per_output = np.int64(layer.in_channels // layer.groups) * k.prod()
+    else:
+        raise TypeError("unsupported layer")
+    weights = sum(np.int64(p.numel()) for p in layer.parameters())
+    flops = 2 * outputs * per_output
+    moved = element * (shape.prod() + weights + outputs)
+    return {"flops": flops, "bytes": moved, "intensity": float(flops) / float(moved)}
 
 
 def roofline_float64(flops, bytes_moved, peak_flops, bandwidth):
@@ -294,7 +382,8 @@ def mcnemar_exact_fraction(pred_a, pred_b, y):  # exact rational arithmetic, a F
 
 
 INDEPENDENT = {"count_parameters": count_by_identity, "conv2d_macs": macs_by_formula, "roofline_time": roofline_float64,
-               "summarize_timings": summary_by_statistics, "mcnemar_exact": [mcnemar_lgamma_torch, mcnemar_exact_fraction]}
+               "arithmetic_intensity": [ai_by_running_the_layer, ai_numpy_formula],
+               "mcnemar_exact": [mcnemar_lgamma_torch, mcnemar_exact_fraction]}
 
 (test_grader_accepts_reference, test_grader_accepts_independent_correct_versions,
  test_grader_rejects_stub, test_grader_rejects_wrong_answer) = contract_tests(WRONG, INDEPENDENT, independent_seeds=[7, 8])
@@ -318,7 +407,7 @@ def test_check_reports_stub_as_not_implemented(capsys):
 
 def test_check_draws_fresh_inputs_each_call():
     import json
-    cases = lambda seed: json.dumps(grading.make_cases("summarize_timings", seed))  # noqa: E731 (nan-safe)
+    cases = lambda seed: json.dumps(grading.make_cases("arithmetic_intensity", seed))  # noqa: E731
     assert cases(1) != cases(2)
     assert cases(1) == cases(1)
 
@@ -330,7 +419,7 @@ def test_check_unknown_exercise_lists_names():
 
 # Grade the idea: these are right but skip the input checks; they pass, with notes.
 test_grader_grades_the_idea = grades_the_idea({"conv2d_macs": [macs_no_validation], "roofline_time": [roof_no_validation],
-                                              "summarize_timings": [summary_no_validation],
+                                              "arithmetic_intensity": [ai_no_validation],
                                               "mcnemar_exact": [mcn_no_validation]})
 
 

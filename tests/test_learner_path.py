@@ -156,8 +156,8 @@ def test_release_never_reads_or_writes_work(tmp_path):
 def test_progress_grades_a_folder_of_chapter_notebooks(tmp_path):
     shutil.copy2(ROOT / "chapters" / "00_measurement.ipynb", tmp_path / "00_measurement.ipynb")
     rows = progress.grade(tmp_path, seed=0, jobs=2)
-    assert [r.exercise for r in rows] == ["count_parameters", "conv2d_macs", "roofline_time", "mcnemar_exact",
-                                          "summarize_timings"]
+    assert [r.exercise for r in rows] == ["count_parameters", "conv2d_macs", "arithmetic_intensity",
+                                          "roofline_time", "mcnemar_exact"]
     assert all(r.status == "not started" for r in rows), [(r.exercise, r.status, r.message[:80]) for r in rows]
     solved = (ROOT / "solutions" / "00_measurement.ipynb").read_text()
     wrong = "return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)"
@@ -165,8 +165,8 @@ def test_progress_grades_a_folder_of_chapter_notebooks(tmp_path):
     (tmp_path / "00_measurement.ipynb").write_text(solved.replace(wrong, "return 0"))   # one wrong answer
     rows = progress.grade(tmp_path, seed=0, jobs=2)
     status = {r.exercise: r.status for r in rows}
-    assert status == {"count_parameters": "fail", "conv2d_macs": "pass", "roofline_time": "pass",
-                      "mcnemar_exact": "pass", "summarize_timings": "pass"}, \
+    assert status == {"count_parameters": "fail", "conv2d_macs": "pass", "arithmetic_intensity": "pass",
+                      "roofline_time": "pass", "mcnemar_exact": "pass"}, \
         [(r.exercise, r.status, r.message[:80]) for r in rows]
     table = progress.format_table(rows)
     assert "00_measurement: 4/5 exercises pass" in table and "FAIL    count_parameters" in table

@@ -136,6 +136,63 @@ def test_layer_cost_linear_and_depthwise_by_hand():
     assert relu["FLOPs"] == 10 and relu["intensity (FLOP/B)"] == pytest.approx(10 / 80)
 
 
+def _random_layer(rng):
+    """A Linear, ReLU or Conv2d (stride, padding, dilation, groups, bias, dtype drawn) and an input shape."""
+    dtype = [torch.float32, torch.float32, torch.float64, torch.float16][rng.integers(4)]
+    kind = rng.integers(3)
+    if kind == 0:
+        n_in = int(rng.integers(1, 64))
+        lead = [int(v) for v in rng.integers(1, 9, rng.integers(0, 3))]
+        return nn.Linear(n_in, int(rng.integers(1, 64)), bias=bool(rng.integers(2))).to(dtype), (*lead, n_in)
+    if kind == 1:
+        return nn.ReLU(), tuple(int(v) for v in rng.integers(1, 9, rng.integers(1, 5)))
+    g = int(rng.choice([1, 2, 3]))
+    k, d = tuple(int(v) for v in rng.integers(1, 5, 2)), int(rng.integers(1, 3))
+    conv = nn.Conv2d(g * int(rng.integers(1, 5)), g * int(rng.integers(1, 5)), k, groups=g, dilation=d,
+                     stride=tuple(int(v) for v in rng.integers(1, 4, 2)), padding=int(rng.integers(0, 3)),
+                     bias=bool(rng.integers(2))).to(dtype)
+    side = [max(int(rng.integers(3, 20)), d * (kk - 1) + 1) for kk in k]
+    return conv, (int(rng.integers(1, 4)), conv.in_channels, *side)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_arithmetic_intensity_matches_flop_counter_and_tensor_nbytes(seed):
+    """Independent counts: FLOPs from torch's FlopCounterMode on a real forward pass (2 per MAC, no bias,
+    nothing for ReLU, whose 1 FLOP per element is added), bytes from the nbytes of the tensors that pass run."""
+    from course_lib.measurement import arithmetic_intensity
+
+    layer, shape = _random_layer(np.random.default_rng(seed))
+    dtype = layer.weight.dtype if hasattr(layer, "weight") else torch.float32
+    x = torch.randn(shape, dtype=dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        y = layer(x)
+    flops = counter.get_total_flops() + (y.numel() if isinstance(layer, nn.ReLU) else 0)
+    moved = x.nbytes + y.nbytes + sum(p.nbytes for p in layer.parameters())
+    got = arithmetic_intensity(layer, shape)
+    assert got == {"flops": flops, "bytes": moved, "intensity": pytest.approx(flops / moved, rel=1e-12)}
+    assert type(got["flops"]) is int and type(got["bytes"]) is int and type(got["intensity"]) is float
+
+
+def test_arithmetic_intensity_by_hand_and_errors():
+    from course_lib.measurement import arithmetic_intensity
+
+    assert arithmetic_intensity(nn.Linear(3, 2), (4, 3)) == {"flops": 48, "bytes": 112, "intensity": 48 / 112}
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1)          # 9x9 -> 5x5: (9 + 2 - 3) // 2 + 1
+    assert arithmetic_intensity(conv, (1, 4, 9, 9))["flops"] == 2 * 6 * 5 * 5 * 4 * 9
+    dw = nn.Conv2d(64, 64, 3, padding=1, groups=64).double()
+    assert arithmetic_intensity(dw, (1, 64, 8, 8))["bytes"] == 8 * (2 * 64 * 64 + 64 * 9 + 64)
+    with pytest.raises(ValueError, match="in_features=4"):
+        arithmetic_intensity(nn.Linear(4, 3), (2, 5))
+    with pytest.raises(ValueError, match="does not fit"):
+        arithmetic_intensity(nn.Conv2d(3, 4, 5), (1, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        arithmetic_intensity(nn.Conv2d(3, 4, 3), (3, 8, 8))
+    with pytest.raises(TypeError, match="nn.Linear, nn.Conv2d or nn.ReLU"):
+        arithmetic_intensity(nn.BatchNorm2d(4), (1, 4, 5, 5))
+    with pytest.raises(TypeError, match="input_shape"):
+        arithmetic_intensity(nn.ReLU(), 5)
+
+
 def test_peak_activation_bytes_by_hand():
     model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
     assert peak_activation_bytes(model, torch.zeros(2, 10)) == 4 * (2 * 20 + 2 * 20)   # the ReLU: in + out

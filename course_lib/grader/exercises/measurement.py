@@ -3,7 +3,9 @@
 The hidden inputs are chosen to separate a right answer from the wrong ones learners write:
 shared (tied) weights and a module used twice (counted once), frozen layers (``trainable_only``),
 buffers of other dtypes (BatchNorm's int64 counter, a non-persistent buffer), float16/float64
-layers, grouped and depthwise convolutions, non-square kernels, even-length timing lists, and for the
+layers, grouped and depthwise convolutions, non-square kernels; for arithmetic intensity a Linear on
+several leading sizes and without bias, a ReLU, convolutions with stride, padding, dilation and groups
+(depthwise), float16/float64 layers (2 and 8 bytes per element) and the chapter's 1024x1024 Linear; for the
 roofline a compute-bound, a memory-bound and an exactly-at-the-ridge kernel (the max of the two times,
 not their sum); for McNemar's test examples both models get wrong with different labels (not
 discordant), balanced counts (p capped at 1), no discordant example, and few discordant examples
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._compare import close_float, exact_int, is_int_like, show_tensor, type_name
+from ._compare import close_float, exact_int, show_tensor, type_name
 
 CHAPTER = "00_measurement"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64,
@@ -286,40 +288,107 @@ def _mcn_compare(expected: float, got) -> str | None:
     return close_float(expected, got, rtol=1e-6, atol=1e-12, what="p-value")
 
 
-# --------------------------------------------------------------------------- summarize_timings
-def _timing_cases(rng: np.random.Generator) -> list[dict]:
-    cases = [{"samples": s, "as": "list"} for s in (
-        [1.0, 2.0, 3.0, 10.0], [5.0], [2.0, 1.0], [3.0, 1.0, 2.0, 100.0, 4.0], [0.0, 0.0, 7.5],
-        [], [1.0, -0.5, 2.0], [1.0, float("nan")], [float("inf"), 1.0])]
-    for _ in range(8):
-        n = int(rng.integers(2, 40))
-        samples = np.round(rng.lognormal(mean=0.0, sigma=0.6, size=n) * 3, 4).tolist()
-        cases.append({"samples": samples, "as": str(rng.choice(["list", "numpy"]))})
-    return cases
+# --------------------------------------------------------------------------- arithmetic_intensity
+def _ai_layer(spec: dict) -> nn.Module:
+    """The layer a case describes (weights from a fixed seed; their values do not enter the answer)."""
+    torch.manual_seed(0)
+    kind = spec["kind"]
+    if kind == "linear":
+        layer = nn.Linear(spec["in"], spec["out"], bias=spec["bias"])
+    elif kind == "conv":
+        layer = nn.Conv2d(spec["in"], spec["out"], tuple(spec["k"]), stride=tuple(spec["stride"]),
+                          padding=tuple(spec["padding"]), dilation=tuple(spec["dilation"]), groups=spec["groups"],
+                          bias=spec["bias"])
+    elif kind == "relu":
+        layer = nn.ReLU()
+    elif kind == "batchnorm":
+        layer = nn.BatchNorm2d(spec["in"])
+    else:
+        raise ValueError(f"unknown layer kind {kind!r}")
+    return layer.to(_DTYPES[spec.get("dtype", "float32")])
 
 
-def _timing_build(case: dict) -> tuple[tuple, dict]:
-    samples = case["samples"]
-    return ((np.array(samples, dtype=np.float64) if case["as"] == "numpy" else list(samples)),), {}
+def _linear(n_in: int, n_out: int, shape: list, bias: bool = True, dtype: str = "float32") -> dict:
+    return {"layer": {"kind": "linear", "in": n_in, "out": n_out, "bias": bias, "dtype": dtype}, "input_shape": shape}
 
 
-def _timing_describe(case: dict) -> str:
-    (samples,), _ = _timing_build(case)
-    return f"samples_ms = {samples!r}"
+def _conv(n_in: int, n_out: int, k, shape: list, stride=1, padding=0, dilation=1, groups: int = 1,
+          bias: bool = True, dtype: str = "float32") -> dict:
+    pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
+    return {"layer": {"kind": "conv", "in": n_in, "out": n_out, "k": pair(k), "stride": pair(stride),
+                      "padding": pair(padding), "dilation": pair(dilation), "groups": groups, "bias": bias,
+                      "dtype": dtype}, "input_shape": shape}
 
 
-def _timing_compare(expected: dict, got) -> str | None:
+_AI_FIXED: list[dict] = [
+    _linear(3, 2, [4, 3]),                                      # 48 FLOPs; 4 (12 + 6 + 2 + 8) bytes
+    _linear(5, 4, [2, 3, 5], bias=False),                       # 6 rows (leading sizes multiply); no bias to move
+    {"layer": {"kind": "relu"}, "input_shape": [6, 10]},        # 1 FLOP per element, read + write
+    _conv(3, 8, 3, [2, 3, 10, 10]),                             # dense, no padding: 8x8 output, batch of 2
+    _conv(4, 6, 3, [1, 4, 9, 9], stride=2, padding=1),          # stride 2, padding 1: 5x5 output (not 7x7)
+    _conv(8, 8, 3, [2, 8, 7, 7], padding=1, groups=8),          # depthwise: 9 MACs per output value, not 72
+    _conv(6, 4, (1, 5), [3, 6, 5, 8], stride=(2, 1), padding=(0, 2), groups=2, bias=False),
+    _conv(2, 4, 3, [1, 2, 8, 8], padding=2, dilation=2),        # dilation 2: a 5x5 footprint, 8x8 output
+    _linear(6, 3, [5, 6], dtype="float64"),                     # 8 bytes per element
+    _conv(4, 4, 3, [1, 4, 6, 6], padding=1, dtype="float16"),   # 2 bytes per element
+    _linear(1024, 1024, [256, 1024]),                           # the chapter's Linear: about 85 FLOP/byte
+    _linear(4, 3, [2, 5]),                                      # last size is not in_features -> ValueError
+    _conv(3, 4, 5, [1, 3, 3, 3]),                               # kernel larger than the input -> ValueError
+    _conv(3, 4, 3, [1, 4, 8, 8]),                               # 4 channels into a 3-channel conv -> ValueError
+    {"layer": {"kind": "batchnorm", "in": 4}, "input_shape": [1, 4, 5, 5]},   # not a counted layer -> TypeError
+]
+
+
+def _ai_random_case(rng: np.random.Generator) -> dict:
+    dtype = str(rng.choice(["float32"] * 6 + ["float64", "float16"]))
+    kind = str(rng.choice(["conv"] * 6 + ["linear"] * 3 + ["relu"]))
+    if kind == "relu":
+        return {"layer": {"kind": "relu"}, "input_shape": [int(v) for v in rng.integers(1, 33, rng.integers(1, 5))]}
+    if kind == "linear":
+        lead = [int(v) for v in rng.integers(1, 17, rng.integers(0, 3))]
+        n_in, n_out = (int(v) for v in rng.integers(1, 257, 2))
+        return _linear(n_in, n_out, lead + [n_in], bias=bool(rng.integers(0, 2)), dtype=dtype)
+    style = str(rng.choice(["dense", "dense", "grouped", "depthwise"]))
+    if style == "depthwise":
+        g = int(rng.integers(2, 17))
+        n_in = n_out = g
+    else:
+        g = 1 if style == "dense" else int(rng.choice([2, 4]))
+        n_in, n_out = g * int(rng.integers(1, 9)), g * int(rng.integers(1, 9))
+    k = [int(v) for v in rng.integers(1, 6, 2)] if rng.random() < 0.4 else [int(rng.integers(1, 6))] * 2
+    stride = [int(v) for v in rng.integers(1, 4, 2)] if rng.random() < 0.3 else [int(rng.integers(1, 4))] * 2
+    padding = [int(rng.integers(0, 3))] * 2
+    dilation = [int(rng.choice([1, 1, 1, 2]))] * 2
+    side = [max(int(rng.integers(4, 33)), d * (kk - 1) + 1) for d, kk in zip(dilation, k)]
+    return _conv(n_in, n_out, k, [int(rng.integers(1, 9)), n_in, *side], stride=stride, padding=padding,
+                 dilation=dilation, groups=g, bias=bool(rng.integers(0, 2)), dtype=dtype)
+
+
+def _ai_cases(rng: np.random.Generator) -> list[dict]:
+    return [dict(c) for c in _AI_FIXED] + [_ai_random_case(rng) for _ in range(10)]
+
+
+def _ai_build(case: dict) -> tuple[tuple, dict]:
+    return (_ai_layer(case["layer"]), tuple(case["input_shape"])), {}
+
+
+def _ai_describe(case: dict) -> str:
+    (layer, shape), _ = _ai_build(case)
+    dtype = case["layer"].get("dtype", "float32")
+    return f"layer = nn.{layer!r}" + (f".to(torch.{dtype})" if dtype != "float32" else "") + \
+        f"\ninput_shape = {shape}"
+
+
+def _ai_compare(expected: dict, got) -> str | None:
     if not isinstance(got, dict):
-        return f"expected a dict, got a {type_name(got)}"
+        return f"expected a dict with the keys 'flops', 'bytes', 'intensity', got a {type_name(got)}"
     if set(got) != set(expected):
         return f"expected the keys {sorted(expected)}, got {sorted(map(str, got))}"
-    if not is_int_like(got["n"]) or int(got["n"]) != expected["n"]:
-        return f"n: expected the int {expected['n']}, got {got['n']!r}"
-    for key in ("median", "iqr", "min", "max"):
-        reason = close_float(expected[key], got[key], what=key)
+    for key in ("flops", "bytes"):
+        reason = exact_int(expected[key], got[key])
         if reason:
-            return reason
-    return None
+            return f"{key}: {reason}"
+    return close_float(expected["intensity"], got["intensity"], rtol=1e-9, atol=0.0, what="intensity")
 
 
 # --------------------------------------------------------------------------- the exercises
@@ -333,9 +402,9 @@ EXERCISES = [
     _exercise("count_parameters", _count_cases, _count_build, _count_describe, exact_int),
     _exercise("conv2d_macs", _macs_cases, _macs_build, _macs_describe, exact_int,
               forbidden=["torch.utils.flop_counter"]),
+    _exercise("arithmetic_intensity", _ai_cases, _ai_build, _ai_describe, _ai_compare,
+              forbidden=["torch.utils.flop_counter"]),
     _exercise("roofline_time", _roof_cases, _roof_build, _roof_describe, _roof_compare),
     _exercise("mcnemar_exact", _mcn_cases, _mcn_build, _mcn_describe, _mcn_compare, topic="stats",
               runner=_mcn_runner, forbidden=["scipy.stats"]),
-    _exercise("summarize_timings", _timing_cases, _timing_build, _timing_describe, _timing_compare,
-              forbidden=["course_lib.timing._summary"]),
 ]
