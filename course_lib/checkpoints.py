@@ -144,6 +144,30 @@ for _seed in range(1, 6):
         "train": {**_TRAIN, "epochs": 10, "seed": _seed},
     }
 del _seed, _data, _teacher, _arm
+# Chapter 04's controls, SmallCNN (4, 8) students of digits_cnn (1,626 parameters), init and shuffle seed = 1..5,
+# batch 128 like the chapter's students (so each is paired by seed with the students the chapter trains):
+# ``ls``: from scratch on labels smoothed with eps = 0.1, 30 epochs (the label-smoothing control);
+# ``lowlabel_labels``: cross-entropy on the stratified 10 % of the training labels alone (109 images, one batch per
+# epoch), 270 epochs = 270 Adam steps; ``lowlabel_kd``: all 1077 training images, T^2 KL to digits_cnn's soft
+# targets (T = 4, alpha = 0.9) on every image and the cross-entropy on the labelled ones only, 30 epochs = 270 steps.
+_SMALL = {"in_channels": 1, "n_classes": 10, "channels": [4, 8], "image_size": 8}
+_LOW_LABEL = {"fraction": 0.1, "subset_seed": 0}
+for _seed in range(1, 6):
+    _budget = {**_TRAIN, "batch_size": 128, "seed": _seed}
+    RECIPES[f"digits_student_ls_seed{_seed}"] = {
+        "architecture": "SmallCNN", "kwargs": dict(_SMALL), "dataset": RECIPES["digits_cnn"]["dataset"],
+        "init_seed": _seed, "train": {**_budget, "epochs": 30}, "label_smoothing": 0.1,
+    }
+    RECIPES[f"digits_student_lowlabel_labels_seed{_seed}"] = {
+        "architecture": "SmallCNN", "kwargs": dict(_SMALL), "dataset": RECIPES["digits_cnn"]["dataset"],
+        "init_seed": _seed, "train": {**_budget, "epochs": 270}, "low_label": dict(_LOW_LABEL),
+    }
+    RECIPES[f"digits_student_lowlabel_kd_seed{_seed}"] = {
+        "architecture": "SmallCNN", "kwargs": dict(_SMALL), "dataset": RECIPES["digits_cnn"]["dataset"],
+        "init_seed": _seed, "train": {**_budget, "epochs": 30}, "low_label": dict(_LOW_LABEL),
+        "distill": {"teacher": "digits_cnn", "temperature": 4.0, "alpha": 0.9},
+    }
+del _seed, _budget
 
 # Chapter 01's Liu et al. control: the architecture that shrink_conv_pair leaves (8 of conv1's 16 filters),
 # SmallCNN (8, 32) on digits, trained from scratch with the pruned model's whole budget (30 epochs of the dense
@@ -372,26 +396,67 @@ def _distillation_loss(teacher_logits: torch.Tensor, y: torch.Tensor, temperatur
     return loss
 
 
+def _labelled_subset(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Chapter 04's ``distillation.labelled_subset``, written out here: a stratified random ``fraction`` per class."""
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.zeros(len(y), dtype=torch.bool)
+    for c in torch.unique(y):
+        rows = torch.nonzero(y == c).flatten()
+        keep[rows[torch.randperm(len(rows), generator=generator)[:max(1, round(fraction * len(rows)))]]] = True
+    return keep
+
+
+def _partly_labelled_loss(teacher_logits: torch.Tensor, y: torch.Tensor, labelled: torch.Tensor,
+                          temperature: float, alpha: float):
+    """Chapter 04's low-label loss: ``alpha T^2 KL`` on every row, ``(1 - alpha) CE`` on the labelled rows only."""
+    import torch.nn.functional as F
+
+    def loss(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        p_t = F.softmax(teacher_logits[rows] / temperature, dim=1)
+        soft = F.kl_div(F.log_softmax(out / temperature, dim=1), p_t, reduction="batchmean")
+        mine = labelled[rows]
+        hard = F.cross_entropy(out[mine], y[rows][mine]) if mine.any() else out.sum() * 0.0
+        return alpha * temperature ** 2 * soft + (1 - alpha) * hard
+    return loss
+
+
 def _train_one(name: str, progress: bool, root: Path | None = None) -> tuple[bytes, dict]:
     """Train checkpoint ``name`` from its recipe; return file bytes and entry.
 
     A recipe with ``distill`` trains on the distillation loss of its teacher (a checkpoint loaded from
-    ``root``) instead of the cross-entropy.
+    ``root``) instead of the cross-entropy; ``label_smoothing`` trains on smoothed labels; ``low_label``
+    keeps the labels of a stratified fraction of the training split only (chapter 04's low-label regime:
+    without ``distill`` the student sees only those images; with it, every image through the teacher).
     """
+    import torch.nn.functional as F
+
     recipe = RECIPES[name]
     split = _DATASETS[recipe["dataset"]["name"]](**recipe["dataset"]["kwargs"])
     with _deterministic_torch():
-        targets, extra = split.y_train, {}
+        X_fit, targets, extra = split.X_train, split.y_train, {}
+        labelled = None
+        if "low_label" in recipe:
+            labelled = _labelled_subset(split.y_train, recipe["low_label"]["fraction"],
+                                        recipe["low_label"]["subset_seed"])
         if "distill" in recipe:
             spec = recipe["distill"]
             with torch.no_grad():
                 z_t = load(spec["teacher"], root)(split.X_train)
             targets = torch.arange(len(split.y_train))
-            extra["loss_fn"] = _distillation_loss(z_t, split.y_train, spec["temperature"], spec["alpha"])
+            if labelled is None:
+                extra["loss_fn"] = _distillation_loss(z_t, split.y_train, spec["temperature"], spec["alpha"])
+            else:
+                extra["loss_fn"] = _partly_labelled_loss(z_t, split.y_train, labelled, spec["temperature"],
+                                                         spec["alpha"])
+        elif labelled is not None:
+            X_fit, targets = split.X_train[labelled], split.y_train[labelled]
+        if "label_smoothing" in recipe:
+            eps = recipe["label_smoothing"]
+            extra["loss_fn"] = lambda out, target: F.cross_entropy(out, target, label_smoothing=eps)
         torch.manual_seed(recipe["init_seed"])
         model = _build(recipe)
         start = time.perf_counter()
-        models.train(model, split.X_train, targets, progress=progress,
+        models.train(model, X_fit, targets, progress=progress,
                      **recipe["train"], **extra)
         seconds = time.perf_counter() - start
         state = model.state_dict()
