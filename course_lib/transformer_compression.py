@@ -19,13 +19,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import stats
-from .transformer import TinyGPT
+from .transformer import KVCache, TinyGPT
 from .validation import check_float, check_int
 
 __all__ = ["quantize_groupwise", "smoothquant_scales", "attention_rollout", "group_codes", "pack_int4", "unpack_int4",
            "stored_bytes", "block_linears", "linear_inputs", "gptq_quantize", "quantize_weights", "answer_metrics",
            "plant_outliers", "w8a8", "smooth", "kv_cache_bytes", "head_importance", "prune_heads",
-           "token_attributions", "hit_rate", "randomized", "weight_quantization_sweep", "head_pruning_study"]
+           "token_attributions", "hit_rate", "randomized", "weight_quantization_sweep", "head_pruning_study",
+           "QuantizedKVCache", "cached_decode", "kv_cache_study", "DequantLinear", "dequantizing_model",
+           "dequant_latency", "awq_scales", "awq_search", "awq"]
 
 
 # ----------------------------------------------------------------------------- exercises (references)
@@ -314,12 +316,102 @@ def smooth(model: TinyGPT, calibration: Tensor, alpha: float, scales_fn=smoothqu
 
 # ----------------------------------------------------------------------------- KV cache, heads
 def kv_cache_bytes(n_layer: int, n_head: int, head_dim: int, seq_len: int, batch: int = 1,
-                   bytes_per_element: int = 4) -> int:
+                   bytes_per_element: int = 4, scale_bytes: int = 0) -> int:
     """Bytes of a KV cache: keys and values (2) for every layer, head, position and sequence.
 
-    .. math:: 2 \\cdot L \\cdot n_h \\cdot d_h \\cdot T \\cdot B \\cdot \\text{bytes per element}
+    .. math:: 2 \\cdot L \\cdot n_h \\cdot T \\cdot B \\cdot (d_h \\cdot \\text{bytes per element}
+              + \\text{scale bytes})
+
+    ``scale_bytes``: the bytes of one scale per (layer, K or V, head, position, sequence), as a
+    quantized cache with per-token, per-head scales stores (:class:`QuantizedKVCache`; 0 for a float cache).
     """
-    return 2 * n_layer * n_head * head_dim * seq_len * batch * bytes_per_element
+    for name, value in (("n_layer", n_layer), ("n_head", n_head), ("head_dim", head_dim), ("seq_len", seq_len),
+                        ("batch", batch), ("bytes_per_element", bytes_per_element)):
+        check_int(name, value, 1)
+    check_int("scale_bytes", scale_bytes, 0)
+    return 2 * n_layer * n_head * seq_len * batch * (head_dim * bytes_per_element + scale_bytes)
+
+
+def _quantize_per_token(x: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """Symmetric int codes of ``x`` ``(B, nh, T, hs)`` with one float16 scale per (sequence, head, position)."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = (x.abs().amax(dim=-1, keepdim=True) / qmax).half()                     # (B, nh, T, 1)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    codes = torch.round(x / scale.float()).clamp(-qmax, qmax).to(torch.int8)
+    return codes, scale
+
+
+class QuantizedKVCache(KVCache):
+    """A KV cache that stores int-``bits`` codes (int8 tensors) and one float16 scale per token and head.
+
+    Each appended key (and value) vector of one head at one position, :math:`k \\in \\mathbb R^{d_h}`, is
+    stored as :math:`s = \\max_i |k_i| / q_{max}` (float16) and codes :math:`\\mathrm{round}(k / s)` in
+    :math:`[-q_{max}, q_{max}]`, :math:`q_{max} = 2^{b-1} - 1`; attention reads :math:`s \\cdot` codes.
+    Per-token scales are what a cache needs: a new token's scale is fixed when it arrives, and no
+    later token can change it. Every cached position is quantized, the current one included (the
+    strictest variant; some implementations keep the most recent tokens in float). Codes of fewer than 8
+    bits are still held one per int8 byte here (:meth:`nbytes` counts the tensors as they are).
+    """
+
+    def __init__(self, n_layer: int, bits: int = 8):
+        super().__init__(n_layer)
+        self.bits = check_int("bits", bits, 2)
+        if bits > 8:
+            raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
+        self.codes: dict[str, list[Tensor | None]] = {"k": [None] * n_layer, "v": [None] * n_layer}
+        self.scales: dict[str, list[Tensor | None]] = {"k": [None] * n_layer, "v": [None] * n_layer}
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        out = []
+        for name, x in (("k", k), ("v", v)):
+            codes, scale = _quantize_per_token(x.detach(), self.bits)
+            if self.codes[name][layer] is not None:
+                codes = torch.cat([self.codes[name][layer], codes], dim=2)
+                scale = torch.cat([self.scales[name][layer], scale], dim=2)
+            self.codes[name][layer], self.scales[name][layer] = codes, scale
+            out.append(codes.float() * scale.float())                                # (B, nh, t, hs)
+        return out[0], out[1]
+
+    @property
+    def length(self) -> int:
+        first = self.codes["k"][0]
+        return 0 if first is None else first.shape[2]
+
+    def nbytes(self) -> int:
+        """Bytes held by the codes and scales (measured: ``numel * element_size``)."""
+        return sum(t.numel() * t.element_size() for d in (self.codes, self.scales) for ts in d.values()
+                   for t in ts if t is not None)
+
+
+@torch.no_grad()
+def cached_decode(model: TinyGPT, idx: Tensor, cache: KVCache) -> Tensor:
+    """Feed ``idx`` ``(B, T)`` one token at a time through ``cache`` (empty) and return the last step's logits."""
+    model._check(idx)
+    if cache.length:
+        raise ValueError(f"cache must be empty, got one holding {cache.length} positions")
+    for t in range(idx.shape[1]):
+        logits = model.sequence_logits(idx[:, t:t + 1], cache=cache)[:, -1]
+    return logits
+
+
+@torch.no_grad()
+def kv_cache_study(model: TinyGPT, X: Tensor, y: Tensor, bits: tuple[int, ...] = (8, 4)) -> dict:
+    """Token-by-token decoding of ``X`` with a float32 cache and with :class:`QuantizedKVCache` of each ``bits``.
+
+    Returns, per cache (``"float32"``, ``"int8"``, ...): ``correct`` (0/1 per sequence), ``logits``,
+    ``bytes_per_token`` (measured ``nbytes`` / (sequences x positions)) and ``vs_float``
+    (:func:`course_lib.stats.paired_bootstrap` of exact match against the float cache, per sequence).
+    """
+    rows = {}
+    for b in (None, *bits):
+        cache = KVCache(model.n_layer) if b is None else QuantizedKVCache(model.n_layer, b)
+        logits = cached_decode(model, X, cache)
+        rows["float32" if b is None else f"int{b}"] = {
+            "logits": logits, "correct": (logits.argmax(1) == y).numpy().astype(int),
+            "bytes_per_token": cache.nbytes() / X.numel(), "nbytes": cache.nbytes()}
+    for r in rows.values():
+        r["vs_float"] = stats.paired_bootstrap(r["correct"], rows["float32"]["correct"])
+    return rows
 
 
 def head_importance(model: TinyGPT, X: Tensor, y: Tensor) -> Tensor:
@@ -451,3 +543,134 @@ def head_pruning_study(models: list[TinyGPT], X: Tensor, y: Tensor, X_val: Tenso
         at_random.append([prune_heads(model, X, y, torch.randperm(n_heads, generator=torch.Generator().manual_seed(100 * i + r)))
                           for r in range(n_random)])
     return {"importance": np.array(by_importance), "random": np.array(at_random)}
+
+
+# ----------------------------------------------------------------------------- latency of stored low-bit weights
+class DequantLinear(nn.Module):
+    """A Linear that **stores** ``bits``-bit codes and float16 group scales and dequantizes them at every call.
+
+    int4 codes are packed two per byte (:func:`pack_int4`); other widths are held one per int8 byte.
+    ``forward`` unpacks (int4), casts the codes to float32, multiplies each group by its scale and calls
+    ``F.linear``: the weight-only path available in plain PyTorch on a CPU, without an int4 kernel. Its
+    output equals the Linear with :func:`quantize_groupwise` weights (up to float16 scale rounding).
+    """
+
+    def __init__(self, linear: nn.Linear, bits: int, group_size: int):
+        super().__init__()
+        codes, scales = group_codes(linear.weight, bits, group_size)
+        self.bits, self.group_size, self.shape = bits, group_size, tuple(codes.shape)
+        self.register_buffer("codes", pack_int4(codes) if bits == 4 else codes)
+        self.register_buffer("scales", scales)                                       # (out, in / G) float16
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def weight_now(self) -> Tensor:
+        codes = unpack_int4(self.codes, self.shape) if self.bits == 4 else self.codes
+        out_f, in_f = self.shape
+        w = codes.float().view(out_f, in_f // self.group_size, self.group_size) * self.scales.float()[:, :, None]
+        return w.view(out_f, in_f)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_now(), self.bias)
+
+
+@torch.no_grad()
+def dequantizing_model(model: TinyGPT, bits: int, group_size: int | None = None) -> TinyGPT:
+    """A copy of ``model`` whose block Linears are :class:`DequantLinear` (``group_size=None``: per channel)."""
+    check_int("bits", bits, 2)
+    out = copy.deepcopy(model).eval()
+    for name, layer in list(block_linears(out).items()):
+        parent, _, child = name.rpartition(".")
+        g = group_size or layer.in_features
+        if layer.in_features % g:
+            raise ValueError(f"group_size must divide in_features = {layer.in_features}, got {group_size!r}")
+        setattr(out.get_submodule(parent), child, DequantLinear(layer, bits, g))
+    return out
+
+
+def dequant_latency(model: TinyGPT, X: Tensor, settings: list[tuple[int, int | None]], *, rounds: int = 5,
+                    repeats: int = 3) -> dict:
+    """CPU latency of ``model(X)`` in float32 and with each ``(bits, group_size)`` stored and dequantized per call.
+
+    All models are timed in one :func:`course_lib.timing.compare` (interleaved rounds, one thread).
+    Returns ``{"float32": Timing, (bits, group): Timing, ...}`` and, under ``"slowdown"``, each setting's
+    :func:`course_lib.timing.speedup` of float32 over it (above 1: the dequantizing model is slower).
+    """
+    from . import timing
+
+    fns = {"float32": lambda: model(X)}
+    for bits, group in settings:
+        q = dequantizing_model(model, bits, group)
+        fns[(bits, group)] = (lambda q=q: q(X))
+    names = list(fns)
+    runs = timing.compare({str(k): f for k, f in fns.items()}, rounds=rounds, repeats=repeats)
+    out = {k: runs[str(k)] for k in names}
+    out["slowdown"] = {k: timing.speedup(out[k], out["float32"]) for k in names if k != "float32"}
+    return out
+
+
+# ----------------------------------------------------------------------------- AWQ
+def awq_scales(act_mean_abs: Tensor, alpha: float) -> Tensor:
+    """AWQ's per-input-channel scales (Lin et al., 2024): :math:`s_j = \\overline{|X_j|}^{\\,\\alpha}`, normalised
+    by :math:`\\sqrt{\\max_j s_j \\min_j s_j}` (so the scales straddle 1); ``act_mean_abs`` floored at ``1e-5``.
+
+    ``alpha = 0`` gives all ones (plain round-to-nearest); larger ``alpha`` scales up the weight columns
+    of channels with large activations before quantizing, so that their relative rounding error shrinks.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
+    if act_mean_abs.dim() != 1:
+        raise ValueError(f"act_mean_abs must be 1-D (in,), got shape {tuple(act_mean_abs.shape)}")
+    s = act_mean_abs.detach().clamp_min(1e-5).pow(alpha)
+    return s / (s.max() * s.min()).sqrt()
+
+
+@torch.no_grad()
+def awq_search(weight: Tensor, x: Tensor, bits: int, group_size: int, alphas: tuple[float, ...]) -> dict:
+    """Grid search of AWQ's ``alpha`` for one Linear on calibration inputs ``x`` ``(N, in)``.
+
+    For each ``alpha`` the weight is quantized as :math:`Q(W\\,\\mathrm{diag}(s))\\,\\mathrm{diag}(s)^{-1}`
+    (:func:`quantize_groupwise`, :func:`awq_scales`) and scored by the output error
+    :math:`\\frac1N \\lVert x W^\\top - x \\hat W^\\top \\rVert^2`; the least error wins (ties: the smallest
+    ``alpha``). Returns ``{"alpha", "scales", "errors"}`` (``errors``: one per ``alpha``).
+    """
+    if not alphas:
+        raise ValueError("alphas must be a non-empty tuple of floats in [0, 1], got ()")
+    x = x.detach().float()
+    mean_abs, ref = x.abs().mean(dim=0), x @ weight.detach().T
+    errors, scales = [], []
+    for a in alphas:
+        s = awq_scales(mean_abs, a)
+        w_hat = quantize_groupwise(weight.detach() * s, bits, group_size) / s
+        errors.append(float(((x @ w_hat.T - ref) ** 2).sum(1).mean()))
+        scales.append(s)
+    best = int(np.argmin(errors))
+    return {"alpha": alphas[best], "scales": scales[best], "errors": errors}
+
+
+@torch.no_grad()
+def awq(model: TinyGPT, calibration: Tensor, bits: int, group_size: int | None = None,
+        alphas: tuple[float, ...] = tuple(a / 10 for a in range(11))) -> tuple[TinyGPT, dict]:
+    """AWQ-then-RTN copy of ``model``: scales searched for every LayerNorm -> Linear pair, then all block Linears
+    quantized group-wise by round to nearest.
+
+    For ``ln_1 -> attn.c_attn`` and ``ln_2 -> mlp.c_fc`` of each block, :func:`awq_search` picks ``alpha``
+    on the inputs the Linear receives on ``calibration`` (from the float model); ``1 / s`` is folded into
+    the LayerNorm's gain and bias and ``s`` into the Linear's input columns (the float function is
+    unchanged), and the scaled weight is what gets quantized. ``attn.c_proj`` and ``mlp.c_proj`` have no
+    foldable operation before them here and get plain RTN. Returns the model and ``{linear name: alpha}``.
+    """
+    check_int("bits", bits, 2)
+    out = copy.deepcopy(model).eval()
+    pairs = [(f"h.{i}.ln_1", f"h.{i}.attn.c_attn") for i in range(out.n_layer)] + \
+            [(f"h.{i}.ln_2", f"h.{i}.mlp.c_fc") for i in range(out.n_layer)]
+    inputs = linear_inputs(model, calibration, [lin for _, lin in pairs])
+    chosen = {}
+    for ln_name, lin_name in pairs:
+        ln, lin = out.get_submodule(ln_name), out.get_submodule(lin_name)
+        found = awq_search(lin.weight, inputs[lin_name], bits, group_size or lin.in_features, alphas)
+        s = found["scales"]
+        ln.weight /= s
+        ln.bias /= s
+        lin.weight *= s
+        chosen[lin_name] = found["alpha"]
+    return quantize_weights(out, bits, group_size), chosen

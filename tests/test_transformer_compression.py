@@ -194,3 +194,72 @@ def test_integrated_gradients_completeness_and_hit_rate_chance():
     assert abs(rate - 1 / 6) < 0.015
     with pytest.raises(ValueError, match="method must be one of"):
         TC.token_attributions(model, X, y, "saliency")
+
+
+# ----------------------------------------------------------------------------- quantized KV cache
+def test_quantized_kv_cache_bytes_error_bound_and_decoding():
+    model, X = _model(), _data().X_train[:5]
+    cache = TC.QuantizedKVCache(2, bits=8)
+    with torch.no_grad():
+        model.sequence_logits(X, cache=cache)
+    # int8 codes (1 byte per element) + one float16 scale per (layer, K/V, sequence, head, position)
+    assert cache.nbytes() == 2 * 2 * 4 * 8 * 5 * (16 * 1 + 2) == TC.kv_cache_bytes(2, 4, 16, 8, 5, 1, scale_bytes=2)
+    assert cache.codes["k"][0].dtype == torch.int8 and cache.scales["v"][1].dtype == torch.float16
+    # layer 0's cached vectors (same inputs as a float cache's, the oracle) are within half a step of it
+    ref = TR.KVCache(2)
+    with torch.no_grad():
+        model.sequence_logits(X, cache=ref)
+    for name, floats in (("k", ref.k), ("v", ref.v)):
+        scale = cache.scales[name][0].float()
+        deq = cache.codes[name][0].float() * scale
+        assert ((deq - floats[0]).abs() <= scale / 2 + 1e-6).all()
+        assert (cache.codes[name][0].abs().amax(-1) == 127).all()                # the max sets the scale
+    float_logits = TC.cached_decode(model, X, TR.KVCache(2))
+    torch.testing.assert_close(float_logits, TR.generate_logits(model, X, use_cache=True))
+    int8_logits = TC.cached_decode(model, X, TC.QuantizedKVCache(2, 8))
+    int3_logits = TC.cached_decode(model, X, TC.QuantizedKVCache(2, 3))
+    err8, err3 = (float((z - float_logits).abs().max()) for z in (int8_logits, int3_logits))
+    assert 0 < err8 < err3                                                      # fewer bits, larger error
+    with pytest.raises(ValueError, match="cache must be empty"):
+        TC.cached_decode(model, X, cache)
+    with pytest.raises(ValueError, match="bits must be"):
+        TC.QuantizedKVCache(2, 9)
+
+
+# ----------------------------------------------------------------------------- dequantize-then-matmul
+def test_dequant_linear_stores_packed_codes_and_matches_rtn():
+    model, X = _model(), _data().X_train[:8]
+    for bits, G in ((4, 32), (8, None), (3, 16)):
+        q = TC.dequantizing_model(model, bits, G)
+        with torch.no_grad():
+            torch.testing.assert_close(q(X), TC.quantize_weights(model, bits, G)(X), rtol=1e-2, atol=2e-3)
+        layer = q.h[0].mlp.c_fc
+        assert isinstance(layer, TC.DequantLinear)
+        n = layer.shape[0] * layer.shape[1]
+        assert layer.codes.nbytes == (n // 2 if bits == 4 else n)                 # int4 two per byte
+        assert layer.scales.shape == (layer.shape[0], layer.shape[1] // (G or layer.shape[1]))
+    out = TC.dequant_latency(model, X[:1], [(4, 32)], rounds=2, repeats=1)
+    assert out["float32"].n == 2 and out[(4, 32)].n == 2 and out["slowdown"][(4, 32)].ratio > 0
+
+
+# ----------------------------------------------------------------------------- AWQ
+def test_awq_scales_and_search_undo_a_planted_outlier():
+    torch.testing.assert_close(TC.awq_scales(torch.tensor([4.0, 1.0, 0.25]), 0.0), torch.ones(3))
+    torch.testing.assert_close(TC.awq_scales(torch.tensor([4.0, 1.0, 0.25]), 0.5), torch.tensor([2.0, 1.0, 0.5]))
+    g = torch.Generator().manual_seed(0)
+    x, W = torch.randn(256, 32, generator=g), torch.randn(16, 32, generator=g)
+    x[:, 5] *= 100.0                                                             # a salient input channel ...
+    W[:, 5] /= 100.0                                                             # ... with a small weight column
+    found = TC.awq_search(W, x, 4, 32, (0.0, 0.5, 1.0))
+    assert found["errors"][0] == max(found["errors"]) and found["alpha"] > 0    # RTN (alpha 0) is the worst
+    assert found["errors"][(0.0, 0.5, 1.0).index(found["alpha"])] == min(found["errors"])
+    # folding keeps the float function of the model; quantizing at 8 bits stays close
+    model, X = _model(), _data().X_train[:32]
+    planted = TC.plant_outliers(model, [1, 5], 100.0)
+    q, chosen = TC.awq(planted, X, 8, 32)
+    assert set(chosen) == {"h.0.attn.c_attn", "h.1.attn.c_attn", "h.0.mlp.c_fc", "h.1.mlp.c_fc"}
+    assert chosen["h.0.attn.c_attn"] > 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(q.sequence_logits(X), model.sequence_logits(X), rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match="alpha must be"):
+        TC.awq_scales(torch.ones(3), -0.1)
