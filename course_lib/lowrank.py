@@ -27,7 +27,8 @@ from .validation import check_float, check_int, check_module, check_tensor
 __all__ = ["low_rank_factors", "rank_for_energy", "factorize_linear", "factorize_conv", "break_even_rank",
            "as_matrix", "spectrum", "frobenius_error", "factorizable_layers", "factorized_params",
            "dense_params", "factorize_model", "ranks_uniform", "ranks_uniform_keep_dense", "CSRLinear", "csr_model", "stored_formats", "layer_inputs", "data_aware_factors",
-           "factorize_model_data_aware", "ranks_by_energy", "fine_tune",
+           "factorize_model_data_aware", "ranks_by_energy", "tucker2_factors", "tucker2_conv",
+           "tucker2_params", "tucker2_ranks_for_budget", "conv_scheme_rows", "fine_tune",
            "runs_over_seeds", "fine_tune_seeds", "rank_sweep", "speed_rows", "plot_spectra", "plot_speed",
            "plot_reconstruction"]
 
@@ -525,6 +526,196 @@ def factorize_model_data_aware(model: nn.Module, ranks: dict[str, int | None], X
             pair[0].weight.copy_(B)
             pair[1].weight.copy_(A)
     return out
+
+
+def _check_bounded_int(name: str, value: object, full: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int in [1, {full}], got {value!r}")
+    if not 1 <= value <= full:
+        raise ValueError(f"{name} must be an int in [1, {full}], got {value!r}")
+    return int(value)
+
+
+def tucker2_factors(weight: Tensor, rank_in: int, rank_out: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Truncated HOSVD of a conv weight along its output and input modes (Tucker-2).
+
+    .. math::  W \in \mathbb{R}^{C_{out}\times C_{in}\times k_h\times k_w}, \qquad
+               W \approx \mathcal{G} \times_1 U_{out} \times_2 U_{in},
+               \qquad \mathcal{G} = W \times_1 U_{out}^\top \times_2 U_{in}^\top
+
+    :math:`U_{out}` (:math:`C_{out}\times R_{out}`) holds the leading left singular vectors of the mode-1
+    unfolding ``W.reshape(C_out, -1)``, :math:`U_{in}` (:math:`C_{in}\times R_{in}`) those of the mode-2
+    unfolding (``W`` with its first two axes swapped, reshaped to ``(C_in, -1)``); the core
+    :math:`\mathcal{G}` is ``(R_out, R_in, kh, kw)``. The spatial modes are kept whole. Because the
+    approximation is the orthogonal projection :math:`(P_{out}\otimes P_{in})W`, its error is exactly
+    :math:`\lVert W\rVert_F^2 - \lVert\mathcal{G}\rVert_F^2`, and it is at most the sum of the two unfoldings'
+    discarded squared singular values (De Lathauwer et al., 2000). With ``rank_in = C_in`` it is the
+    truncated SVD of the mode-1 unfolding, i.e. the weight of :func:`factorize_conv` at ``rank_out``.
+    Computed in float64, returned in ``weight``'s dtype.
+
+    Parameters
+    ----------
+    weight : Tensor (C_out, C_in, kh, kw)
+    rank_in : int in [1, min(C_in, C_out kh kw)]
+    rank_out : int in [1, min(C_out, C_in kh kw)]
+
+    Returns
+    -------
+    (U_in, core, U_out) : (C_in, R_in), (R_out, R_in, kh, kw), (C_out, R_out)
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``weight`` not a 4-D float tensor; a rank that is not an int or is out of range.
+
+    Taught in: 03_low_rank, section 4b.
+    """
+    check_tensor("weight", weight)
+    if weight.dim() != 4 or not weight.is_floating_point() or weight.numel() == 0:
+        raise ValueError(f"weight must be a non-empty 4-D floating-point tensor (C_out, C_in, kh, kw), got a "
+                         f"{weight.dtype} tensor of shape {tuple(weight.shape)}")
+    c_out, c_in, kh, kw = weight.shape
+    W = weight.detach().double()
+    mode_out, mode_in = W.reshape(c_out, -1), W.transpose(0, 1).reshape(c_in, -1)
+    r_out, r_in = (_check_bounded_int(n, v, min(m.shape)) for n, v, m in
+                   (("rank_out", rank_out, mode_out), ("rank_in", rank_in, mode_in)))
+    U_out = torch.linalg.svd(mode_out, full_matrices=False)[0][:, :r_out]            # (C_out, R_out)
+    U_in = torch.linalg.svd(mode_in, full_matrices=False)[0][:, :r_in]               # (C_in, R_in)
+    core = torch.einsum("oihw,or,is->rshw", W, U_out, U_in)                          # (R_out, R_in, kh, kw)
+    return U_in.to(weight.dtype), core.to(weight.dtype), U_out.to(weight.dtype)
+
+
+def tucker2_conv(conv: nn.Conv2d, rank_in: int, rank_out: int) -> nn.Sequential:
+    """Replace a k x k ``conv`` by 1 x 1 (C_in -> R_in), k x k core (R_in -> R_out), 1 x 1 (R_out -> C_out).
+
+    The three convs hold :func:`tucker2_factors`: ``U_in^T`` (no bias), the core with ``conv``'s stride,
+    padding, dilation and padding mode (no bias), and ``U_out`` carrying ``conv``'s bias. A 1 x 1 conv
+    without bias commutes with the padding (it maps a zero, or a copied, pixel to a zero, or the copied,
+    pixel), so the three compute exactly the convolution with the Tucker-2 weight. Weights:
+    ``C_in R_in + R_in R_out kh kw + R_out C_out``; multiply-adds per output position the same numbers
+    (stride 1). ``conv`` is left unchanged.
+
+    Raises
+    ------
+    TypeError
+        ``conv`` is not an ``nn.Conv2d``.
+    ValueError
+        ``conv.groups > 1``, or a rank out of range (:func:`tucker2_factors`).
+
+    Taught in: 03_low_rank, section 4b.
+    """
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+    if conv.groups != 1:
+        raise ValueError(f"conv.groups must be 1 (grouped convolutions are out of scope), got {conv.groups}")
+    U_in, core, U_out = tucker2_factors(conv.weight, rank_in, rank_out)
+    (c_in, r_in), (c_out, r_out) = U_in.shape, U_out.shape
+    like = {"dtype": conv.weight.dtype, "device": conv.weight.device}
+    first = skip_init(nn.Conv2d, c_in, r_in, 1, bias=False, **like)
+    middle = skip_init(nn.Conv2d, r_in, r_out, core.shape[2:], stride=conv.stride, padding=conv.padding,
+                       dilation=conv.dilation, padding_mode=conv.padding_mode, bias=False, **like)
+    last = skip_init(nn.Conv2d, r_out, c_out, 1, bias=conv.bias is not None, **like)
+    with torch.no_grad():
+        first.weight.copy_(U_in.T.reshape(r_in, c_in, 1, 1))
+        middle.weight.copy_(core)
+        last.weight.copy_(U_out.reshape(c_out, r_out, 1, 1))
+        if conv.bias is not None:
+            last.bias.copy_(conv.bias)
+    return nn.Sequential(first, middle, last)
+
+
+def tucker2_params(conv: nn.Conv2d, rank_in: int, rank_out: int) -> int:
+    """Weights of :func:`tucker2_conv` (biases not counted): ``C_in R_in + R_in R_out kh kw + R_out C_out``."""
+    c_out, c_in, kh, kw = conv.weight.shape
+    return c_in * rank_in + rank_in * rank_out * kh * kw + rank_out * c_out
+
+
+def tucker2_ranks_for_budget(conv: nn.Conv2d, budget: int) -> tuple[int, int]:
+    """The ``(rank_in, rank_out)`` whose Tucker-2 weights fit ``budget`` and keep the most of ``W``'s energy.
+
+    Scans every pair with :func:`tucker2_params` ``<= budget`` and keeps the one with the largest
+    :math:`\\lVert\\mathcal{G}\\rVert_F^2` (the smallest HOSVD error); a tie keeps the larger ``rank_in``.
+    The truncated core is a corner of the full-rank core (the HOSVD bases are nested), so one
+    decomposition serves every pair.
+    The rule reads only the weight, never data.
+
+    Raises
+    ------
+    ValueError
+        No pair fits ``budget``.
+
+    Taught in: 03_low_rank, section 4b.
+    """
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+    budget = check_int("budget", budget, 1)
+    c_out, c_in, kh, kw = conv.weight.shape
+    full_in, full_out = min(c_in, c_out * kh * kw), min(c_out, c_in * kh * kw)
+    core = tucker2_factors(conv.weight.detach().double(), full_in, full_out)[1].pow(2).sum((2, 3))
+    kept = core.cumsum(0).cumsum(1)            # kept[o - 1, i - 1]: energy of the (i, o) truncated core
+    best, best_energy = None, -1.0
+    for r_in in range(1, full_in + 1):
+        for r_out in range(1, full_out + 1):
+            if tucker2_params(conv, r_in, r_out) > budget:
+                break
+            energy = float(kept[r_out - 1, r_in - 1])
+            if energy >= best_energy - 1e-12 * max(best_energy, 1.0):
+                best, best_energy = (r_in, r_out), energy
+    if best is None:
+        raise ValueError(f"budget must allow at least rank (1, 1) ({tucker2_params(conv, 1, 1)} weights), "
+                         f"got {budget}")
+    return best
+
+
+def conv_scheme_rows(model: nn.Module, name: str, schemes: dict[str, nn.Module], X: Tensor, y: Tensor, *,
+                     n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """Each replacement of the conv ``name`` in ``model``: weights, MACs per image, error, test accuracy.
+
+    ``schemes`` maps a label to the module that replaces the layer (e.g. :func:`factorize_conv` and
+    :func:`tucker2_conv` results at equal weights). MACs are counted by ``timing.count_flops`` on one image
+    (multiply-adds = FLOPs / 2) of the replaced layer's input. Each row's ``correct`` is the per-image
+    correctness on ``(X, y)``, for :func:`course_lib.stats.paired_bootstrap` between two rows; ``weight error``
+    is the relative Frobenius error of the effective k x k weight (1 x 1 factors folded in).
+
+    Taught in: 03_low_rank, section 4b.
+    """
+    check_module("model", model)
+    layer = model.get_submodule(name)
+    x1 = layer_inputs(model, name, X[:1])
+    W = layer.weight.detach().double()
+    rows = []
+    for label, new in schemes.items():
+        check_module(f"schemes[{label!r}]", new)
+        m = copy.deepcopy(model)
+        parent_name, _, child = name.rpartition(".")
+        setattr(m.get_submodule(parent_name) if parent_name else m, child, new)
+        m.eval()
+        eff = _effective_weight(new, W.shape)
+        with torch.no_grad():
+            correct = (m(X).argmax(1) == y).numpy()
+        rows.append({"scheme": label, "weights": sum(p.numel() for n_, p in new.named_parameters()
+                                                     if n_.endswith("weight")),
+                     "MACs per image": timing.count_flops(new, x1) // 2,
+                     "relative weight error": float(torch.linalg.vector_norm(W - eff) / torch.linalg.vector_norm(W)),
+                     "test accuracy": float(correct.mean()), "correct": correct, "model": m})
+    return rows
+
+
+def _effective_weight(module: nn.Module, shape: torch.Size) -> Tensor:
+    """The k x k weight a chain of bias-free-until-last convs computes (1 x 1 convs folded in), float64."""
+    convs = [c for c in (module if isinstance(module, nn.Sequential) else [module])]
+    W = None
+    for c in convs:
+        w = c.weight.detach().double()
+        if W is None:
+            W = w
+        elif w.shape[2:] == (1, 1):
+            W = torch.einsum("oc,cihw->oihw", w[:, :, 0, 0], W)
+        elif W.shape[2:] == (1, 1):
+            W = torch.einsum("ochw,ci->oihw", w, W[:, :, 0, 0])
+        else:
+            raise ValueError("only one k x k conv in the chain is supported")
+    return W
 
 
 def fine_tune(model: nn.Module, split, *, epochs: int, lr: float = 1e-3, seed: int = 0) -> nn.Module:

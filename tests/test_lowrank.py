@@ -408,3 +408,82 @@ def test_speed_rows_give_the_ratio_of_medians_inside_its_interval():
     assert row["FLOP ratio"] == 16 * 16 / (4 * (16 + 16))
     assert row["speedup"] == pytest.approx(row["dense (ms)"] / row["factorized (ms)"])
     assert row["95% low"] <= row["speedup"] <= row["95% high"]
+
+
+# ----------------------------------------------------------------------------- Tucker-2
+def _numpy_unfold_basis(W, mode, rank):
+    """Leading left singular vectors of the mode-``mode`` unfolding, by numpy (the oracle)."""
+    M = np.moveaxis(W, mode, 0).reshape(W.shape[mode], -1)
+    return np.linalg.svd(M, full_matrices=False)[0][:, :rank]
+
+
+@pytest.mark.parametrize("stride,padding,dilation,mode", [(1, 1, 1, "zeros"), (2, 2, 2, "zeros"),
+                                                         (1, 1, 1, "reflect"), (1, (0, 1), 1, "circular")])
+def test_tucker2_at_full_ranks_is_the_conv_exactly(stride, padding, dilation, mode):
+    conv = nn.Conv2d(6, 10, (3, 2), stride=stride, padding=padding, dilation=dilation, padding_mode=mode).double()
+    x = _random(2, 6, 9, 9, seed=3, dtype=torch.float64)
+    three = lowrank.tucker2_conv(conv, 6, 10)
+    assert [tuple(c.weight.shape) for c in three] == [(6, 6, 1, 1), (10, 6, 3, 2), (10, 10, 1, 1)]
+    assert three[0].bias is None and three[1].bias is None and torch.equal(three[2].bias, conv.bias)
+    torch.testing.assert_close(three(x), conv(x), rtol=1e-10, atol=1e-10)
+
+
+def test_tucker2_factors_are_orthonormal_and_the_error_is_the_discarded_core_energy():
+    W = _random(12, 8, 3, 3, seed=1, dtype=torch.float64)
+    for r_in, r_out in [(1, 1), (3, 5), (8, 4), (6, 12)]:
+        U_in, core, U_out = lowrank.tucker2_factors(W, r_in, r_out)
+        torch.testing.assert_close(U_in.T @ U_in, torch.eye(r_in, dtype=torch.float64))
+        torch.testing.assert_close(U_out.T @ U_out, torch.eye(r_out, dtype=torch.float64))
+        approx = torch.einsum("rshw,or,is->oihw", core, U_out, U_in)
+        err2 = float((W - approx).pow(2).sum())
+        # an orthogonal projection: Pythagoras
+        assert err2 == pytest.approx(float(W.pow(2).sum() - core.pow(2).sum()), rel=1e-9)
+        # the HOSVD bound (De Lathauwer et al., 2000): at most the two unfoldings' discarded energies
+        tail = sum(float((torch.linalg.svdvals(torch.movedim(W, m, 0).reshape(W.shape[m], -1)) ** 2)[r:].sum())
+                   for m, r in ((0, r_out), (1, r_in)))
+        assert err2 <= tail + 1e-9
+        # the same subspaces as numpy's SVD of each unfolding (projectors do not depend on signs)
+        for U, mode, r in ((U_out, 0, r_out), (U_in, 1, r_in)):
+            V = _numpy_unfold_basis(W.numpy(), mode, r)
+            np.testing.assert_allclose((U @ U.T).numpy(), V @ V.T, atol=1e-9)
+
+
+def test_tucker2_with_all_input_channels_is_the_channel_decomposition():
+    conv = nn.Conv2d(5, 9, 3, padding=1).double()
+    x = _random(2, 5, 7, 7, seed=4, dtype=torch.float64)
+    for r in (1, 3, 7):
+        torch.testing.assert_close(lowrank.tucker2_conv(conv, 5, r)(x), lowrank.factorize_conv(conv, r)(x),
+                                   rtol=1e-9, atol=1e-9)
+
+
+def test_tucker2_params_macs_and_budget_rule():
+    conv = nn.Conv2d(16, 32, 3, padding=1)
+    three = lowrank.tucker2_conv(conv, 5, 8)
+    assert lowrank.tucker2_params(conv, 5, 8) == 16 * 5 + 5 * 8 * 9 + 8 * 32 == sum(c.weight.numel() for c in three)
+    rows = lowrank.conv_scheme_rows(nn.Sequential(conv, nn.Flatten()), "0", {"t": three, "dense": copy.deepcopy(conv)},
+                                    _random(4, 16, 8, 8), torch.zeros(4, dtype=torch.int64))
+    assert rows[0]["MACs per image"] == 64 * lowrank.tucker2_params(conv, 5, 8)     # stride 1: weights x positions
+    assert rows[1]["relative weight error"] == pytest.approx(0.0, abs=1e-12)
+    budget = 700
+    r_in, r_out = lowrank.tucker2_ranks_for_budget(conv, budget)
+    assert lowrank.tucker2_params(conv, r_in, r_out) <= budget
+    best = max(float(lowrank.tucker2_factors(conv.weight, a, b)[1].double().pow(2).sum())
+               for a in range(1, 17) for b in range(1, 33) if lowrank.tucker2_params(conv, a, b) <= budget)
+    got = float(lowrank.tucker2_factors(conv.weight, r_in, r_out)[1].double().pow(2).sum())
+    assert got == pytest.approx(best, rel=1e-5)
+    with pytest.raises(ValueError, match="budget"):
+        lowrank.tucker2_ranks_for_budget(conv, 10)
+
+
+def test_tucker2_rejects_bad_arguments():
+    conv = nn.Conv2d(4, 6, 3)
+    with pytest.raises(ValueError, match="rank_in"):
+        lowrank.tucker2_conv(conv, 5, 2)
+    with pytest.raises(TypeError, match="rank_out"):
+        lowrank.tucker2_conv(conv, 2, 2.0)
+    with pytest.raises(ValueError, match="groups"):
+        lowrank.tucker2_conv(nn.Conv2d(4, 6, 3, groups=2), 1, 1)
+    with pytest.raises(TypeError, match="conv"):
+        lowrank.tucker2_conv(nn.Linear(4, 6), 1, 1)
+    with pytest.raises(ValueError, match="weight"):
+        lowrank.tucker2_factors(torch.zeros(4, 6), 1, 1)
