@@ -11,7 +11,7 @@ from course_lib import checkpoints, models
 
 NAMES = [*(f"cancer_mlp_seed{s}" for s in range(5)), "digits_cnn", *(f"digits_cnn_8x32_seed{s}" for s in range(5)), "digits_mlp",
          *(f"digits_student_{arm}_seed{s}" for arm in ("lowlabel_kd", "lowlabel_labels", "ls") for s in range(1, 6)),
-         "recall_gpt", "recall_gpt_seed1", "recall_gpt_seed2", "shapes_cnn",
+         "recall_gpt", *(f"recall_gpt_seed{s}" for s in range(1, 5)), "shapes_cnn",
          *(f"shapes_cnn_seed{s}" for s in range(1, 6)),
          *(f"shapes_student_{arm}_seed{s}" for arm in ("kd", "scratch") for s in range(1, 6)), "shapes_watermark_cnn",
          *(f"shapes_watermark_cnn_seed{s}" for s in range(1, 6)),
