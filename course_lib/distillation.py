@@ -37,7 +37,7 @@ from .validation import check_float, check_module, check_tensor
 
 __all__ = ["soft_targets", "kd_loss", "attention_map", "attention_transfer_loss", "logits_of", "features_of",
            "soft_term_gradient_norms", "class_similarity", "train_student", "compare_students", "leaky_protocol",
-           "transfer_set_study", "fidelity", "logit_matching_ratio", "seed_values", "paired_vs", "choose_on_validation", "summarize", "teacher_minus_students",
+           "transfer_set_study", "labelled_subset", "low_label_study", "fidelity", "logit_matching_ratio", "seed_values", "paired_vs", "choose_on_validation", "summarize", "teacher_minus_students",
            "plot_gradient_norms", "plot_class_similarity", "plot_soft_targets", "plot_attention_maps"]
 
 
@@ -320,7 +320,8 @@ def train_student(student: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
                   teacher_features: torch.Tensor | None = None, beta: float = 0.0, layer: str = "features.3",
                   epochs: int = 30, lr: float = 3e-3, batch_size: int = 64, seed: int = 0,
                   X_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
-                  progress: bool = False, losses: dict[str, Callable] | None = None) -> dict[str, list[float]]:
+                  progress: bool = False, losses: dict[str, Callable] | None = None,
+                  label_smoothing: float = 0.0) -> dict[str, list[float]]:
     """Train ``student`` in place with :func:`course_lib.models.train` on the distillation loss.
 
     .. math::  L = \\mathrm{kd\\_loss}(z^s, z^t, y; T, \\alpha) + \\beta\\, L_{AT}(A^s, A^t)
@@ -331,13 +332,22 @@ def train_student(student: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
     up its rows: ``models.train`` is handed the row indices as its targets. The student's features come
     from a forward hook on ``layer``. ``losses`` may replace the two loss functions by your own
     (``{"kd_loss": ..., "attention_transfer_loss": ...}``, same signatures).
+
+    ``label_smoothing`` :math:`\\varepsilon > 0` (only without a teacher) trains on the smoothed labels
+    :math:`(1 - \\varepsilon)\\,\\mathrm{onehot}(y) + \\varepsilon / C` (Szegedy et al., 2016):
+    softer targets that carry no information about which wrong class is closer.
     """
     check_module("student", student)
+    check_float("label_smoothing", label_smoothing, 0.0, 1.0)
+    if label_smoothing > 0 and teacher_logits is not None:
+        raise ValueError(f"label_smoothing must be 0 when teacher_logits are given, got {label_smoothing!r}")
     kd = (losses or {}).get("kd_loss", kd_loss)
     at = (losses or {}).get("attention_transfer_loss", attention_transfer_loss)
     if teacher_logits is None:
+        smooth = None if label_smoothing == 0 else (
+            lambda out, target: F.cross_entropy(out, target, label_smoothing=label_smoothing))
         return models.train(student, X, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                            X_val=X_val, y_val=y_val, progress=progress)
+                            X_val=X_val, y_val=y_val, progress=progress, loss_fn=smooth)
     _check_positive("temperature", temperature)
     check_float("alpha", alpha, 0.0, 1.0)
     check_float("beta", beta, 0.0)
@@ -374,8 +384,8 @@ def compare_students(teacher: nn.Module, make_student: Callable[[], nn.Module], 
     """Train one student per (variant, seed) on the train split; validation and test accuracy of each.
 
     ``variants`` maps a name to its recipe: ``{}`` (from scratch, true labels), ``{"pseudo_labels": True}``
-    (cross-entropy on the teacher's argmax), or ``train_student`` keywords (``temperature``, ``alpha``,
-    ``beta``) for distillation. Every recipe was chosen beforehand on validation; this is the one final
+    (cross-entropy on the teacher's argmax), ``{"label_smoothing": eps}`` (from scratch on smoothed
+    labels), or ``train_student`` keywords (``temperature``, ``alpha``, ``beta``) for distillation. Every recipe was chosen beforehand on validation; this is the one final
     test evaluation.
     """
     from tqdm.auto import tqdm
@@ -391,8 +401,8 @@ def compare_students(teacher: nn.Module, make_student: Callable[[], nn.Module], 
             budget = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": s}
             if recipe.pop("pseudo_labels", False):
                 train_student(student, split.X_train, z_t.argmax(dim=1), **budget)
-            elif not recipe:
-                train_student(student, split.X_train, split.y_train, **budget)
+            elif not recipe or set(recipe) == {"label_smoothing"}:
+                train_student(student, split.X_train, split.y_train, **budget, **recipe)
             else:
                 train_student(student, split.X_train, split.y_train, teacher_logits=z_t, teacher_features=a_t,
                               layer=layer, losses=losses, **budget, **recipe)
@@ -496,6 +506,107 @@ def transfer_set_study(teacher: nn.Module, make_student: Callable[[], nn.Module]
             (recall, acc), (recall_s, acc_s) = (scores(student, split.X_test, split.y_test, d) for d in (0.0, shift))
             rows.append({"variant": name, "seed": int(s), "shift": shift, "omitted recall": recall,
                          "omitted recall, shifted": recall_s, "test accuracy": acc, "test accuracy, shifted": acc_s,
+                         "model": student})
+    return rows
+
+
+def labelled_subset(y: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """A boolean mask keeping ``round(fraction * n_c)`` (at least 1) random examples of each class ``c``.
+
+    Stratified, so that every class keeps its share of the few labels; drawn by a ``torch.Generator``
+    seeded by ``seed``, independent of the training seeds.
+
+    Raises
+    ------
+    ValueError
+        ``y`` not a 1-D int64 tensor, or ``fraction`` outside (0, 1].
+    """
+    check_tensor("y", y)
+    if y.dtype != torch.int64 or y.ndim != 1:
+        raise ValueError(f"y must be a 1-D int64 tensor, got {y.dtype} of shape {tuple(y.shape)}")
+    fraction = check_float("fraction", fraction, 0.0, 1.0, low_inclusive=False)
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.zeros(len(y), dtype=torch.bool)
+    for c in torch.unique(y):
+        rows = torch.nonzero(y == c).flatten()
+        take = max(1, round(fraction * len(rows)))
+        keep[rows[torch.randperm(len(rows), generator=generator)[:take]]] = True
+    return keep
+
+
+def _partly_labelled_kd_loss(teacher_logits: torch.Tensor, y: torch.Tensor, labelled: torch.Tensor,
+                             temperature: float, alpha: float) -> Callable:
+    """``alpha T^2 KL`` over every row of the batch + ``(1 - alpha) CE`` over its labelled rows only."""
+    def loss(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        p_t = F.softmax(teacher_logits[rows] / temperature, dim=1)
+        soft = F.kl_div(F.log_softmax(out / temperature, dim=1), p_t, reduction="batchmean")
+        mine = labelled[rows]
+        hard = F.cross_entropy(out[mine], y[rows][mine]) if mine.any() else out.sum() * 0.0
+        return alpha * temperature ** 2 * soft + (1 - alpha) * hard
+    return loss
+
+
+def low_label_study(teacher: nn.Module, make_student: Callable[[], nn.Module], split, *, fraction: float = 0.1,
+                    seeds: Sequence[int] = (1, 2, 3, 4, 5), temperature: float = 4.0, alpha: float = 0.9,
+                    epochs: int = 10, lr: float = 3e-3, batch_size: int = 128, subset_seed: int = 0,
+                    progress: bool = True) -> list[dict]:
+    r"""Few labels, many unlabelled images: the same student with and without the teacher's soft targets.
+
+    A stratified ``fraction`` of the training split keeps its labels (:func:`labelled_subset`); the rest is
+    unlabelled. Two arms, paired by seed (seed ``s``: the same initial weights and the same shuffling
+    generator):
+
+    * ``"labels only"``: cross-entropy on the labelled images alone;
+    * ``"labels + soft targets"``: every training image, with the loss
+      :math:`lpha T^2\,\mathrm{KL}(p^t_T \| p^s_T)` on all of them and :math:`(1-lpha)\,\mathrm{CE}` on the
+      labelled ones of each batch (the semi-supervised use of distillation; the teacher's logits are computed
+      once on the training images).
+
+    Both arms take the **same number of Adam steps**: ``epochs`` passes over the whole training split for the
+    distilled arm, and as many passes over the small labelled set as give the same step count (one batch per
+    pass when it is smaller than ``batch_size``). ``temperature`` and ``alpha`` are fixed beforehand (the
+    defaults of :func:`kd_loss`), so nothing is chosen; both arms are scored once on validation and test.
+
+    Returns
+    -------
+    list of dict
+        One row per (variant, seed): ``variant``, ``seed``, ``labelled``, ``steps``, ``val accuracy``,
+        ``test accuracy``, ``model``.
+
+    Raises
+    ------
+    ValueError
+        ``fraction`` outside (0, 1], ``temperature`` not > 0, ``alpha`` outside [0, 1].
+
+    Taught in: 04_distillation, section 5c.
+    """
+    from tqdm.auto import tqdm
+
+    check_module("teacher", teacher)
+    _check_positive("temperature", temperature)
+    check_float("alpha", alpha, 0.0, 1.0)
+    labelled = labelled_subset(split.y_train, fraction, subset_seed)
+    X_lab, y_lab = split.X_train[labelled], split.y_train[labelled]
+    z_t = logits_of(teacher, split.X_train)
+    steps = epochs * math.ceil(len(split.X_train) / batch_size)
+    small_epochs = max(1, round(steps / math.ceil(len(X_lab) / batch_size)))
+    kd = _partly_labelled_kd_loss(z_t, split.y_train, labelled, temperature, alpha)
+    rows = []
+    for name in tqdm(["labels only", "labels + soft targets"], desc="low-label", disable=not progress,
+                     leave=False):
+        for s in seeds:
+            student = _fresh(make_student, s)
+            if name == "labels only":
+                models.train(student, X_lab, y_lab, epochs=small_epochs, lr=lr, batch_size=batch_size, seed=s,
+                             progress=False)
+                n_steps = small_epochs * math.ceil(len(X_lab) / batch_size)
+            else:
+                models.train(student, split.X_train, torch.arange(len(split.X_train)), epochs=epochs, lr=lr,
+                             batch_size=batch_size, seed=s, progress=False, loss_fn=kd)
+                n_steps = steps
+            rows.append({"variant": name, "seed": int(s), "labelled": int(labelled.sum()), "steps": n_steps,
+                         "val accuracy": models.evaluate(student, split.X_val, split.y_val),
+                         "test accuracy": models.evaluate(student, split.X_test, split.y_test),
                          "model": student})
     return rows
 
@@ -712,14 +823,17 @@ def plot_class_similarity(matrix: torch.Tensor, classes: Sequence[str], temperat
     return fig, ax
 
 
-def plot_soft_targets(logits: torch.Tensor, temperature: float, classes: Sequence[str], image: torch.Tensor | None = None):
-    """Bar chart of one example's soft targets at ``temperature`` (and the image beside it)."""
+def plot_soft_targets(logits: torch.Tensor, temperature: float, classes: Sequence[str], image: torch.Tensor | None = None,
+                      caption: str | None = None):
+    """Bar chart of one example's soft targets at ``temperature`` (and the image beside it, titled ``caption``)."""
     import matplotlib.pyplot as plt
 
     p = soft_targets(logits.reshape(1, -1), temperature)[0]
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8), gridspec_kw={"width_ratios": [1, 3]})
     if image is not None:
         axes[0].imshow(image.squeeze().numpy(), cmap="gray_r")
+        if caption:
+            axes[0].set_title(caption, fontsize=9)
     axes[0].set_axis_off()
     axes[1].bar(range(len(classes)), p.numpy(), color="tab:blue")
     axes[1].set(xticks=range(len(classes)), xticklabels=classes, ylim=(0, 1), ylabel="probability",

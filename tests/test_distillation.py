@@ -350,3 +350,50 @@ def test_transfer_set_study_pairs_both_arms_by_seed_and_chooses_a_listed_shift()
         assert r["shift"] in (0.0, 1.0) and 0 <= r["omitted recall"] <= 1
     with pytest.raises(ValueError, match="omitted must be"):
         D.transfer_set_study(teacher, lambda: models.SmallCNN(channels=(2, 4)), small, omitted=10, progress=False)
+
+
+# ----------------------------------------------------------------------------- low-label regime, label smoothing
+def test_labelled_subset_is_stratified_and_seeded():
+    y = torch.tensor([0] * 50 + [1] * 20 + [2] * 3)
+    keep = D.labelled_subset(y, 0.1, seed=0)
+    assert [int(keep[y == c].sum()) for c in range(3)] == [5, 2, 1]        # round(0.1 n_c), at least 1
+    assert torch.equal(keep, D.labelled_subset(y, 0.1, seed=0))
+    assert not torch.equal(keep, D.labelled_subset(y, 0.1, seed=1))
+    assert D.labelled_subset(y, 1.0).all()
+    with pytest.raises(ValueError, match="fraction"):
+        D.labelled_subset(y, 0.0)
+    with pytest.raises(ValueError, match="y must"):
+        D.labelled_subset(y.float(), 0.1)
+
+
+def test_label_smoothing_trains_on_the_smoothed_cross_entropy():
+    X = torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(40) % 10
+    out = {}
+    for name, kwargs in (("smooth", {"label_smoothing": 0.2}), ("plain", {}), ("oracle", None)):
+        models.set_seed(3)
+        m = models.SmallCNN(channels=(4, 8))
+        if kwargs is None:            # the oracle: the smoothed target (1 - eps) onehot + eps / C written out
+            target = lambda z, t: -(((0.8 * F.one_hot(t, 10) + 0.02) * F.log_softmax(z, 1)).sum(1)).mean()  # noqa: E731
+            models.train(m, X, y, epochs=2, lr=3e-3, batch_size=16, seed=3, progress=False, loss_fn=target)
+        else:
+            D.train_student(m, X, y, epochs=2, lr=3e-3, batch_size=16, seed=3, **kwargs)
+        out[name] = m(X).detach()
+    torch.testing.assert_close(out["smooth"], out["oracle"], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(out["smooth"], out["plain"], atol=1e-4)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        D.train_student(models.SmallCNN(channels=(4, 8)), X, y, teacher_logits=torch.zeros(40, 10), label_smoothing=0.1)
+
+
+def test_low_label_study_gives_both_arms_the_same_steps_and_is_the_shipped_checkpoints():
+    from course_lib import checkpoints
+
+    split = checkpoints.dataset("digits_cnn")
+    rows = D.low_label_study(checkpoints.load("digits_cnn"), lambda: models.SmallCNN(channels=(4, 8)), split,
+                             seeds=[1], epochs=30, progress=False)
+    assert [r["variant"] for r in rows] == ["labels only", "labels + soft targets"]
+    assert rows[0]["steps"] == rows[1]["steps"] == 30 * math.ceil(1077 / 128)
+    assert rows[0]["labelled"] == int(D.labelled_subset(split.y_train, 0.1).sum()) == 109
+    for row, arm in zip(rows, ("lowlabel_labels", "lowlabel_kd")):
+        shipped = checkpoints.load(f"digits_student_{arm}_seed1")
+        torch.testing.assert_close(row["model"](split.X_test), shipped(split.X_test), rtol=1e-4, atol=1e-4)
