@@ -37,7 +37,7 @@ from .validation import check_int
 __all__ = ["impurity_importance", "permutation_importance", "drop_column_importance", "partial_dependence",
            "ice_curves", "accumulated_local_effects", "grouped_permutation_importance",
            "lasso_selection_bootstrap", "surrogate_fidelity", "neg_mse", "r2", "accuracy", "noise_columns", "forest_fit",
-           "surrogate_sweep", "importance_over_seeds", "per_row_permutation_importance", "row_bootstrap",
+           "surrogate_sweep", "queried_rows", "surrogate_over_seeds", "importance_over_seeds", "per_row_permutation_importance", "row_bootstrap",
            "rank_agreement_interval", "rank_stability", "rank_agreement", "ranks", "off_support_fraction", "plot_pdp_ice",
            "plot_importances", "plot_network"]
 
@@ -655,6 +655,75 @@ def surrogate_sweep(model_predict: Callable, X_fit: np.ndarray, X_eval: np.ndarr
                      "fidelity (held out)": surrogate_fidelity(model_predict, tree.predict, X_eval, task),
                      "tree": tree})
     return rows
+
+
+def queried_rows(X: np.ndarray, copies: int = 20, noise: float = 0.3, seed: int = 0) -> np.ndarray:
+    r"""TREPAN's queries in their simplest form: ``copies`` jittered copies of every row of ``X``.
+
+    .. math::  \tilde x_{ik} = x_i + \sigma\,\varepsilon_{ik},\quad \varepsilon_{ik} \sim \mathcal N(0, I),
+               \quad k = 1..\text{copies}
+
+    (``np.repeat`` order: the copies of row 0 first), with ``np.random.default_rng(seed)``. On standardised
+    columns ``noise`` is in standard deviations. The black box labels them; a surrogate fitted on them sees the
+    model's decisions around the data, not only at its few training rows (Craven & Shavlik, 1996).
+    """
+    X = _check_X("X", X)
+    copies = check_int("copies", copies, 1)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
+        raise ValueError(f"noise must be a float >= 0, got {noise!r}")
+    rng = np.random.default_rng(check_int("seed", seed, 0))
+    return np.repeat(X, copies, axis=0) + noise * rng.normal(size=(copies * len(X), X.shape[1]))
+
+
+def surrogate_over_seeds(predicts: Sequence[Callable], X_fit: np.ndarray, X_eval: np.ndarray,
+                         depths: Sequence[int], *, copies: int = 20, noise: float = 0.3,
+                         progress: bool = True) -> dict:
+    r"""Held-out fidelity of tree surrogates of several black boxes, fitted on training or on queried rows.
+
+    For every black box ``predicts[s]`` (e.g. one MLP per training seed) and every depth, two classification
+    trees are fitted to the box's labels: on the rows ``X_fit`` themselves, and on :func:`queried_rows`
+    ``(X_fit, copies, noise, seed=s)`` (the same queries for every depth). Each is scored by
+    :func:`surrogate_fidelity` on ``X_eval``. The boxes differ by their seed, so a difference between two
+    surrogate recipes is paired by seed (``stats.paired_difference`` over the rows of the result): the spread
+    over seeds is the black box's own refit noise, which one box hides.
+
+    Parameters
+    ----------
+    predicts : sequence of callables, at least 2
+        Each maps an ``(n, d)`` float64 array to n labels.
+    X_fit, X_eval : float arrays (n, d)
+    depths : sequence of int >= 1
+    copies : int >= 1, default=20
+    noise : float >= 0, default=0.3
+    progress : bool, default=True
+        A tqdm bar over the black boxes.
+
+    Returns
+    -------
+    dict
+        ``"depths"`` (list) and ``"training rows"``, ``"queried rows"``: arrays of shape
+        ``(len(predicts), len(depths))`` of held-out fidelities.
+    """
+    from sklearn.tree import DecisionTreeClassifier
+    from tqdm.auto import tqdm
+
+    predicts = list(predicts)
+    if len(predicts) < 2:
+        raise ValueError(f"predicts must hold at least 2 black boxes, got {len(predicts)}")
+    for i, p in enumerate(predicts):
+        _check_callable(f"predicts[{i}]", p)
+    X_fit, X_eval = _check_X("X_fit", X_fit), _check_X("X_eval", X_eval)
+    depths = [check_int("depth", d, 1) for d in depths]
+    if not depths:
+        raise ValueError("depths must hold at least one depth")
+    out = {"depths": depths, "training rows": [], "queried rows": []}
+    for s, predict in enumerate(tqdm(predicts, desc="black boxes", disable=not progress, leave=False)):
+        target = predict(X_eval)
+        for kind, rows in (("training rows", X_fit), ("queried rows", queried_rows(X_fit, copies, noise, s))):
+            labels = predict(rows)
+            out[kind].append([float(np.mean(DecisionTreeClassifier(max_depth=d, random_state=0)
+                                             .fit(rows, labels).predict(X_eval) == target)) for d in depths])
+    return {k: (np.array(v) if k != "depths" else v) for k, v in out.items()}
 
 
 def ranks(values: np.ndarray) -> np.ndarray:

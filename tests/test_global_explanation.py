@@ -349,3 +349,28 @@ def test_lasso_selection_bootstrap_counts_sum_and_pick_one_of_a_copy():
     assert sum(counts.values()) == 20 and counts["first only"] + counts["second only"] >= 15
     with pytest.raises(ValueError):
         G.lasso_selection_bootstrap(X, y, 0.0, [0, 1])
+
+
+def test_queried_rows_are_jittered_copies_in_repeat_order():
+    X = np.arange(6, dtype=float).reshape(3, 2)
+    q = G.queried_rows(X, copies=4, noise=0.0, seed=0)
+    assert q.shape == (12, 2) and np.array_equal(q, np.repeat(X, 4, axis=0))
+    jitter = G.queried_rows(X, copies=4000, noise=0.5, seed=1) - np.repeat(X, 4000, axis=0)
+    assert abs(jitter.std() - 0.5) < 0.01 and abs(jitter.mean()) < 0.01
+    with pytest.raises(ValueError, match="noise"):
+        G.queried_rows(X, noise=-1.0)
+
+
+def test_surrogate_over_seeds_on_boxes_a_tree_can_copy():
+    rng = np.random.default_rng(0)
+    X_fit, X_eval = rng.normal(size=(200, 3)), rng.normal(size=(300, 3))
+    axis = lambda X: (X[:, 0] > 0).astype(int)                    # noqa: E731  one split: depth 1 copies it
+    diagonal = lambda X: (X[:, 0] + X[:, 1] > 0).astype(int)     # noqa: E731  no finite tree copies it exactly
+    out = G.surrogate_over_seeds([axis, diagonal], X_fit, X_eval, depths=(1, 4), progress=False)
+    assert out["depths"] == [1, 4] and out["training rows"].shape == (2, 2) == out["queried rows"].shape
+    assert np.all(out["training rows"][0] == 1.0) and np.all(out["queried rows"][0] == 1.0)
+    assert 0.5 < out["training rows"][1, 0] < 1.0 and out["queried rows"][1, 1] > out["queried rows"][1, 0]
+    with pytest.raises(ValueError, match="at least 2"):
+        G.surrogate_over_seeds([axis], X_fit, X_eval, depths=(1,))
+    with pytest.raises(TypeError, match="predicts"):
+        G.surrogate_over_seeds([axis, 3], X_fit, X_eval, depths=(1,))
