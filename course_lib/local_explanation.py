@@ -38,6 +38,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,7 +54,9 @@ __all__ = ["saliency", "integrated_gradients", "occlusion", "grad_cam", "exact_s
            "randomization_per_image",
            "AttentionClassifier", "attention_data", "train_attention", "attention_vs_ig", "attention_intervention",
            "insertion_curve", "ordering_aucs", "blur", "ig_with_baselines", "cascading_randomization", "guided_backprop", "kernel_shap", "input_control",
-           "random_control", "on_randomized_model", "GapCNN", "train_gap_cnn"]
+           "random_control", "on_randomized_model", "GapCNN", "train_gap_cnn",
+           "ROAR_RESULTS", "ROAR_COMMAND", "ROAR_MAPS", "roar_remove", "roar_maps", "roar_split", "roar_study",
+           "load_roar"]
 
 MAX_SHAPLEY_FEATURES = 14
 CHUNK_ELEMENTS = 2 ** 15    # input elements per forward pass in IG and occlusion: cache-sized, fastest on CPU
@@ -976,3 +979,159 @@ def train_gap_cnn(X: Tensor, y: Tensor, n_classes: int = 3, seed: int = 0, epoch
     model = GapCNN(in_channels=X.shape[1], n_classes=n_classes)
     models.train(model, X, y, epochs=epochs, lr=1e-2, seed=seed, progress=False)
     return model.eval()
+
+
+# --------------------------------------------------------------------------- ROAR: remove and retrain
+ROAR_RESULTS = Path(__file__).resolve().parent.parent / "data" / "chapter05_roar.json"
+ROAR_COMMAND = "python -m course_lib.local_explanation --roar"
+ROAR_MAPS = ("integrated gradients", "|x|", "random")
+
+
+def roar_remove(x: Tensor, attribution: Tensor, fraction: float, value: Tensor | float) -> Tensor:
+    r"""A copy of ``x`` whose ``floor(fraction * n)`` top-ranked elements per row are set to ``value``.
+
+    Each row's ``n`` elements are ranked by ``attribution`` (largest first, a stable sort: ties keep their
+    raster order), as in ROAR (Hooker et al., 2019), which fills the removed pixels with the per-channel
+    training mean so that the filled value carries no class information by itself.
+
+    Parameters
+    ----------
+    x : Tensor (N, ...)
+    attribution : Tensor shaped like x
+        The ranking; pass ``a.abs()`` to rank by magnitude.
+    fraction : float in [0, 1]
+    value : float or Tensor broadcastable to x
+        The fill (e.g. ``X_train.mean((0, 2, 3), keepdim=True)``).
+    """
+    x = _check_x(x).detach()
+    attribution = check_tensor("attribution", attribution)
+    if attribution.shape != x.shape:
+        raise ValueError(f"attribution must be shaped like x {tuple(x.shape)}, got {tuple(attribution.shape)}")
+    fraction = check_float("fraction", fraction, 0.0, 1.0)
+    fill = torch.as_tensor(value, dtype=x.dtype).expand_as(x).reshape(len(x), -1)
+    flat, n = x.reshape(len(x), -1).clone(), x[0].numel()
+    top = torch.sort(attribution.reshape(len(x), -1), dim=1, descending=True, stable=True).indices
+    top = top[:, : int(math.floor(fraction * n + 1e-9))]
+    flat.scatter_(1, top, fill.gather(1, top))
+    return flat.view_as(x)
+
+
+def roar_maps(model: nn.Module, split, steps: int = 16, seed: int = 0,
+              names: Sequence[str] = ROAR_MAPS) -> dict[str, dict[str, Tensor]]:
+    """The three rankings ROAR compares, for the train, validation and test images of ``split``.
+
+    ``"integrated gradients"``: |IG| of the true class against a black baseline (``steps`` midpoints), the
+    ordering of the chapter's deletion table; ``"|x|"``: the input itself (the control that needs no model);
+    ``"random"``: uniform noise from ``torch.Generator().manual_seed(seed + k)`` for part k (the control
+    that knows nothing). ``names`` picks a subset of them. Returns
+    ``{map: {"train" | "val" | "test": Tensor shaped like that part's X}}``.
+    """
+    model = check_module("model", model).eval()
+    steps, seed = check_int("steps", steps, 1), check_int("seed", seed, 0)
+    names = list(names)
+    if not names or not set(names) <= set(ROAR_MAPS):
+        raise ValueError(f"names must be a non-empty subset of {list(ROAR_MAPS)}, got {names!r}")
+    out: dict[str, dict[str, Tensor]] = {name: {} for name in names}
+    for k, part in enumerate(("train", "val", "test")):
+        X, y = getattr(split, f"X_{part}"), getattr(split, f"y_{part}")
+        if "integrated gradients" in out:
+            out["integrated gradients"][part] = integrated_gradients(model, X, y, None, steps).abs()
+        if "|x|" in out:
+            out["|x|"][part] = X.detach().abs()
+        if "random" in out:
+            out["random"][part] = torch.rand(X.shape, generator=torch.Generator().manual_seed(seed + k))
+    return out
+
+
+def roar_split(split, maps: dict[str, Tensor], fraction: float):
+    """``split`` with every part's top ``fraction`` of pixels (by ``maps[part]``) set to the training mean.
+
+    The fill is the per-channel mean of ``split.X_train`` (ROAR's choice); labels and masks are kept.
+    """
+    from dataclasses import replace
+
+    fill = split.X_train.mean(dim=[d for d in range(split.X_train.dim()) if d != 1], keepdim=True)[0]
+    return replace(split, **{f"X_{p}": roar_remove(getattr(split, f"X_{p}"), maps[p], fraction, fill)
+                             for p in ("train", "val", "test")})
+
+
+def roar_study(model: nn.Module, split, fractions: Sequence[float] = (0.1, 0.5), seeds: Sequence[int] = range(5),
+               *, channels: Sequence[int] = (8, 16), epochs: int = 10, lr: float = 3e-3, steps: int = 16,
+               progress: bool = True) -> dict:
+    r"""ROAR (RemOve And Retrain; Hooker et al., 2019) with three rankings and a few removal fractions.
+
+    For each ranking m in :data:`ROAR_MAPS` (computed once on ``model``, :func:`roar_maps`) and each fraction
+    q, the top q of every train, validation and test image's pixels are replaced by the training mean
+    (:func:`roar_split`) and a fresh ``SmallCNN(C, n_classes, channels)`` is trained on the degraded training
+    images with ``models.train_seeds`` (seed s = the same initialisation and batch order in every arm, so arms
+    are paired by seed) and scored on the degraded test images. One more arm trains on the unmodified images
+    (``"none"``). A ranking whose removal lowers the *retrained* accuracy more than the random ranking's removes
+    information the task needs; because the model is retrained, the degraded images are no longer off its
+    training distribution (the objection to deletion curves). The shape of the removed set can still carry the
+    class (Rong et al., 2022).
+
+    Cost: ``(len(ROAR_MAPS) * len(fractions) + 1) * len(seeds)`` trainings.
+
+    Returns
+    -------
+    dict
+        ``{"seeds": [...], "fractions": [...], "epochs", "channels", "steps", "none": [acc per seed],
+        "accuracy": {map: {str(q): [acc per seed]}}, "val": {...same for validation...}}``
+    """
+    from . import models
+
+    model = check_module("model", model)
+    fractions = [check_float("fractions", q, 0.0, 1.0) for q in fractions]
+    seeds = [check_int("seeds", s, 0) for s in seeds]
+    if not fractions or len(seeds) < 2:
+        raise ValueError(f"roar_study needs at least one fraction and two seeds, got {fractions} and {seeds}")
+    channels = tuple(check_int("channels", c, 1) for c in channels)
+    epochs = check_int("epochs", epochs, 1)
+    n_classes, size = len(split.classes), split.X_train.shape[-1]
+    make = lambda: models.SmallCNN(split.X_train.shape[1], n_classes, channels, size)  # noqa: E731
+    train = lambda s: models.train_seeds(make, s, seeds, progress=False, epochs=epochs, lr=lr)  # noqa: E731
+    maps = roar_maps(model, split, steps=steps)
+    base = train(split)
+    out = {"seeds": seeds, "fractions": fractions, "epochs": epochs, "channels": list(channels), "steps": steps,
+           "lr": lr, "none": base["test"].tolist(), "none_val": base["val"].tolist(), "accuracy": {}, "val": {}}
+    arms = [(m, q) for m in ROAR_MAPS for q in fractions]
+    from tqdm.auto import tqdm
+    for m, q in tqdm(arms, desc="ROAR arms", disable=not progress, leave=False):
+        run = train(roar_split(split, maps[m], q))
+        out["accuracy"].setdefault(m, {})[str(q)] = run["test"].tolist()
+        out["val"].setdefault(m, {})[str(q)] = run["val"].tolist()
+    return out
+
+
+def load_roar(path: str | Path | None = None) -> dict:
+    """The cached :func:`roar_study` of chapter 05 (``data/chapter05_roar.json``; :data:`ROAR_COMMAND` rebuilds it)."""
+    import json
+
+    path = Path(path) if path is not None else ROAR_RESULTS
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; rebuild it with `{ROAR_COMMAND}`")
+    return json.loads(path.read_text())
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+    import json
+    import platform
+
+    parser = argparse.ArgumentParser(description="Regenerate chapter 05's cached ROAR study.")
+    parser.add_argument("--roar", action="store_true", required=True)
+    parser.add_argument("--out", default=str(ROAR_RESULTS))
+    args = parser.parse_args(argv)
+    from . import checkpoints
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    result = roar_study(checkpoints.load("shapes_cnn"), checkpoints.dataset("shapes_cnn"))
+    result.update(seconds=round(time.perf_counter() - start, 1), torch=torch.__version__,
+                  python=platform.python_version(), command=ROAR_COMMAND)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out} in {result['seconds']} s")
+
+
+if __name__ == "__main__":
+    _main()

@@ -553,3 +553,48 @@ def test_conditional_shapley_credits_a_correlated_unread_feature_as_in_closed_fo
     # independent features, additive f: every value function gives w_i (x_i - E x_i) = (2 * 0.5, -1 * -1)
     with pytest.raises(ValueError):
         L.conditional_shapley(f, np.array([9.0, 9.0]), indep, 0.01)
+
+
+def test_roar_remove_fills_the_top_ranked_elements():
+    x = torch.arange(8, dtype=torch.float32).view(1, 1, 2, 4)
+    a = torch.tensor([[[[5.0, 1.0, 7.0, 0.0], [2.0, 7.0, 3.0, 4.0]]]])
+    out = L.roar_remove(x, a, 0.25, -1.0)                # floor(0.25 * 8) = 2: the two 7s (ties in raster order)
+    assert out.flatten().tolist() == [0, 1, -1, 3, 4, -1, 6, 7] and x[0, 0, 0, 2] == 2   # x unchanged
+    assert torch.equal(L.roar_remove(x, a, 0.0, -1.0), x)
+    assert (L.roar_remove(x, a, 1.0, -1.0) == -1).all()
+    with pytest.raises(ValueError, match="fraction"):
+        L.roar_remove(x, a, 1.5, 0.0)
+    with pytest.raises(ValueError, match="attribution"):
+        L.roar_remove(x, a[..., :2], 0.5, 0.0)
+
+
+def test_roar_split_fills_with_the_training_mean_and_keeps_labels():
+    from course_lib import data
+    split = data.shapes(n=60, size=8, seed=0)
+    maps = {p: getattr(split, f"X_{p}").abs() for p in ("train", "val", "test")}
+    out = L.roar_split(split, maps, 0.5)
+    fill = float(split.X_train.mean())
+    removed = (out.X_test != split.X_test)
+    assert torch.allclose(out.X_test[removed], torch.tensor(fill)) and torch.equal(out.y_test, split.y_test)
+    assert int(removed.sum()) <= len(split.X_test) * 32
+
+
+def test_cached_roar_study_is_complete_and_removal_hurts():
+    r = L.load_roar()
+    n = len(r["seeds"])
+    assert n >= 5 and set(r["accuracy"]) == set(L.ROAR_MAPS)
+    for m in L.ROAR_MAPS:
+        for q in r["fractions"]:
+            acc = np.array(r["accuracy"][m][str(q)])
+            assert acc.shape == (n,) and (acc < np.array(r["none"])).all()    # removing pixels never helps here
+
+
+def test_roar_maps_subset_is_the_same_random_map():
+    from course_lib import data
+    split = data.shapes(n=60, size=8, seed=0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    full, only = L.roar_maps(model, split, steps=2), L.roar_maps(model, split, names=["random"])
+    assert list(only) == ["random"] and all(torch.equal(full["random"][p], only["random"][p]) for p in only["random"])
+    assert torch.equal(full["|x|"]["test"], split.X_test.abs())
+    with pytest.raises(ValueError, match="names"):
+        L.roar_maps(model, split, names=["saliency"])
