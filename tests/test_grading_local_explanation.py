@@ -1,6 +1,7 @@
 """Chapter 05's graders accept the reference and reject the stub and the wrong answers learners write."""
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -491,3 +492,114 @@ def test_check_returns_learner_function_on_pass_and_reference_on_fail(capsys):
     assert "PASS" in capsys.readouterr().out
     assert grading.check("saliency", sal_no_abs, seed=3) is L.saliency
     assert "FAIL" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- lime_tabular's f is a black box
+def test_lime_target_is_a_bounded_black_box_in_the_notebook_too():
+    """The f that check() and the grader's expected values use: no readable parameter, the same checks and the
+    same budget as the one the zygote evaluates for a graded child."""
+    from course_lib.grader import exercises
+    case = grading.make_cases("lime_tabular", 0)[2]
+    (f, x, _), _ = exercises.get("lime_tabular").build(case)
+    for name in ("a", "freq", "w", "b", "kind", "seed", "f_seed", "__dict__"):
+        assert not hasattr(f, name), name
+    assert np.isscalar(f(x)) and f(np.stack([x, x])).shape == (2,)
+    with pytest.raises(ValueError, match="shape"):
+        f(np.zeros((3, len(x) + 1)))
+    with pytest.raises(ValueError, match="rows a call"):
+        f(np.zeros((exercises.MAX_CALL_ROWS + 1, len(x))))
+    for _ in range(exercises.MAX_CASE_CALLS - 2):
+        f(x)
+    with pytest.raises(ValueError, match="call it once on all"):
+        f(x)
+    remote = exercises.remote_blackbox(2)
+    with pytest.raises(TypeError):
+        __import__("pickle").dumps(remote)
+    assert not hasattr(remote, "__dict__") and "kind" not in exercises.get("lime_tabular").blackbox(case)[0]
+
+
+LIME_ATTACKS = Path(__file__).resolve().parent / "fixtures" / "attacks"
+# written from the instructions alone: samples drawn as N(x, scale), weighted normal equations
+LIME_INDEPENDENT = '''
+import numpy as np
+
+
+def lime_tabular(f, x, scale, n_samples=2000, kernel_width=0.75, seed=0):
+    x = np.asarray(x, dtype=float)
+    M = x.shape[0]
+    s = np.ones(M) * np.asarray(scale, dtype=float)
+    if n_samples <= M or np.any(s <= 0) or kernel_width <= 0:
+        raise ValueError("invalid arguments")
+    z = np.random.default_rng(seed).normal(x, s, size=(n_samples, M))
+    d2 = (((z - x) / s) ** 2).mean(axis=1)
+    w = np.exp(-(d2 - d2.min()) / kernel_width ** 2)
+    A = np.hstack([np.ones((n_samples, 1)), z])
+    y = f(z)
+    return np.linalg.solve(A.T @ (A * w[:, None]), A.T @ (w * y))[1:]
+'''
+LIME_BYPASS = '''
+import time
+import numpy as np
+from course_lib.grader import codec, exercises
+
+
+def lime_tabular(f, x, scale, n_samples=2000, kernel_width=0.75, seed=0):
+    """{what}"""
+    ch = exercises._channel
+    cells = dict(zip(ch.__code__.co_freevars, (c.cell_contents for c in ch.__closure__)))
+    current, send = cells["current"], cells["send"]
+    {body}
+'''
+
+
+def test_lime_f_cannot_be_read_in_the_sandbox_and_honest_versions_pass(tmp_path):
+    """Graded as a class (--jobs 2): the reference and an independent version pass; reading f's parameters
+    (attributes, __dict__, closures, gc, inspect, pickle, frames) finds nothing and fails, though the same
+    attack passes in the notebook's unconfined check (the control); a per-row caller is told to batch; a child
+    that asks for 20,000 values and stops reading, or sends a call the grader cannot read, holds up nothing."""
+    import inspect
+    import runpy
+    from pathlib import Path as _P
+
+    from course_lib.grader import cli
+    from course_lib.grader.sandbox import SandboxLimits
+
+    attack = LIME_ATTACKS / "lime_introspect.py"
+    control = runpy.run_path(str(attack))["lime_tabular"]
+    passed, _ = grade("lime_tabular", control, 0)
+    assert passed, "the attack must work where the parameters are reachable, or this test proves nothing"
+    sources = {
+        "reference.py": ("from collections.abc import Callable\n\nimport numpy as np\n\n"
+                         "from course_lib.validation import check_float, check_int\n\n\n"
+                         + inspect.getsource(L.lime_tabular)),
+        "independent.py": LIME_INDEPENDENT,
+        "introspect.py": attack.read_text(),
+        "read_target.py": (LIME_ATTACKS / "lime_read_target.py").read_text(),
+        "per_row.py": "import numpy as np\n\n\ndef lime_tabular(f, x, scale, n_samples=2000, kernel_width=0.75, "
+                      "seed=0):\n    return np.array([f(z) for z in np.tile(x, (n_samples, 1))])[:len(x)] * 0.0\n",
+        "stops_reading.py": LIME_BYPASS.format(what="asks for 20,000 values, never reads them", body=(
+            "send(t='call', i=current['i'], nonce=current['nonce'], z=codec.array_text(np.zeros((20000, len(x)))))"
+            "\n    time.sleep(60)")),
+        "forged_call.py": LIME_BYPASS.format(what="a call whose array claims 10^9 rows", body=(
+            "import base64\n    header = b\"{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000, 2), }\"\n"
+            "    npy = b'\\x93NUMPY\\x01\\x00' + len(header).to_bytes(2, 'little') + header\n"
+            "    send(t='call', i=current['i'], nonce=current['nonce'], z=base64.b64encode(npy).decode())\n"
+            "    time.sleep(60)")),
+    }
+    paths = []
+    for name, source in sources.items():
+        (tmp_path / name).write_text(source)
+        paths.append(tmp_path / name)
+    import time
+    start = time.perf_counter()
+    rows = {_P(r.submission).name: r for r in cli.grade_submissions(
+        paths, only=["lime_tabular"], limits=SandboxLimits(timeout_s=8.0), jobs=2, seed=5)}
+    seconds = time.perf_counter() - start
+    for name in ("reference.py", "independent.py"):
+        assert rows[name].passed, (name, rows[name].message)
+    assert not rows["introspect.py"].passed and "found nothing to read" in rows["introspect.py"].message
+    assert not rows["read_target.py"].passed and "no attribute" in rows["read_target.py"].message
+    assert not rows["per_row.py"].passed and "call it once on all" in rows["per_row.py"].message
+    assert not rows["stops_reading.py"].passed and "time limit" in rows["stops_reading.py"].message
+    assert not rows["forged_call.py"].passed and "cannot read" in rows["forged_call.py"].message
+    assert seconds < 120, seconds

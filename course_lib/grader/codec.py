@@ -51,11 +51,12 @@ def _array_to_text(array: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _text_to_array(text: str) -> np.ndarray:
+def _text_to_array(text: str, max_bytes: int | None = None) -> np.ndarray:
     """Read an ``.npy`` file's bytes, checking the header before anything is allocated: the shape and
-    dtype must describe exactly the bytes that follow, within :data:`MAX_ARRAY_BYTES`."""
-    if not isinstance(text, str) or len(text) > (MAX_ARRAY_BYTES + 4096) * 4 // 3 + 4:
-        raise DecodeError(f"an array must be at most {MAX_ARRAY_BYTES} bytes")
+    dtype must describe exactly the bytes that follow, within ``max_bytes`` (:data:`MAX_ARRAY_BYTES`)."""
+    max_bytes = MAX_ARRAY_BYTES if max_bytes is None else min(max_bytes, MAX_ARRAY_BYTES)
+    if not isinstance(text, str) or len(text) > (max_bytes + 4096) * 4 // 3 + 4:
+        raise DecodeError(f"an array must be at most {max_bytes} bytes")
     raw = base64.b64decode(text.encode("ascii"), validate=True)
     stream = io.BytesIO(raw)
     try:
@@ -68,11 +69,21 @@ def _text_to_array(text: str) -> np.ndarray:
     if dtype.hasobject or dtype.itemsize == 0 and dtype.kind not in "SUV":
         raise DecodeError(f"unsupported array dtype {dtype}")
     count = math.prod(shape)
-    if count * max(dtype.itemsize, 1) > MAX_ARRAY_BYTES or count * dtype.itemsize != len(raw) - stream.tell():
+    if count * max(dtype.itemsize, 1) > max_bytes or count * dtype.itemsize != len(raw) - stream.tell():
         raise DecodeError(f"the array header (shape {shape}, dtype {dtype}) does not match its "
-                          f"{len(raw) - stream.tell()} bytes of data, or exceeds {MAX_ARRAY_BYTES} bytes")
+                          f"{len(raw) - stream.tell()} bytes of data, or exceeds {max_bytes} bytes")
     array = np.frombuffer(raw, dtype=dtype, count=count, offset=stream.tell())
     return array.reshape(shape, order="F" if fortran else "C").copy()
+
+
+def array_text(array: np.ndarray) -> str:
+    """An array as text (base64 of its ``.npy`` bytes): a black-box call's rows and values."""
+    return _array_to_text(np.asarray(array))
+
+
+def text_array(text: str, max_bytes: int | None = None) -> np.ndarray:
+    """The array :func:`array_text` wrote, checked (:class:`DecodeError`) before anything is allocated."""
+    return _text_to_array(text, max_bytes)
 
 
 def encode(value: Any, _depth: int = 0) -> Any:

@@ -1,34 +1,50 @@
-"""The warm grading server: ``python -m course_lib.grader.zygote --jobs N`` (started by :mod:`course_lib.grader.sandbox`).
+"""The warm grading server: ``python -m course_lib.grader.zygote --jobs N [--preload m1,m2]`` (started by
+:class:`course_lib.grader.sandbox.Pool`).
 
-A cold ``import torch`` costs more than a second, so a fresh interpreter per graded exercise cannot
-grade a class quickly. The zygote imports the heavy libraries and the course's core once (never a
-reference module), then ``fork()``s one confined child per graded exercise.
+A cold ``import torch`` costs more than a second, so a fresh interpreter per graded exercise cannot grade a
+class quickly. The zygote imports once what the class needs (:func:`preload_for`: numpy, torch and the core it
+always needs, plus the allowed libraries the submissions import and the exercises' specs use, the compiler only
+for a ``torch.compile``'d class; never a reference module), then forks one confined child per graded exercise,
+up to ``--jobs`` at once, and serves them from one single-threaded ``selectors`` loop.
 
-Who holds what. The grader process holds the cases' expected values and every comparison; the
-zygote holds the list of cases of the running jobs; a graded child only ever holds **one case at a
-time**. For each exercise the zygote sends the child one case (with a fresh nonce), waits for exactly
-one reply frame carrying that case's index and nonce, and only then sends the next case. A child
-that dies, exits, times out, answers for the wrong case, answers twice or writes anything else on
-its reply pipe fails the exercise, and the grader is told why. The child never learns how many
-cases there are.
+Who holds what. The grader process holds the expected values and every comparison; the zygote holds the
+case lists of the running jobs; a graded child only ever holds **one case at a time**. For each exercise the
+zygote sends the child one case (with a fresh nonce), waits for exactly one reply frame carrying that case's
+index and nonce, and only then sends the next. A child that dies, exits, times out, answers for the wrong case,
+answers twice or writes anything else on its reply pipe fails the exercise, and the grader is told why. The
+child never learns how many cases there are. An exercise whose input is a function the learner may only call
+(``Exercise.blackbox``: ``lime_tabular``'s ``f``) is sent without what the function hides; the child's
+stand-in (:class:`~course_lib.grader.exercises.RemoteBlackBox`) sends each call's rows to the zygote, which
+evaluates the case's :class:`~course_lib.grader.exercises.BlackBox` here, outside the sandbox, and answers on
+the case pipe: within rows per call, rows and calls per case (checked again here, whatever the child sends),
+an ``.npy`` decoded with its size bounded before allocation, and :data:`BLACKBOX_SECONDS` of the zygote's time
+per job.
 
-Protocol with the grader (JSON lines). Request: ``{"id", "job", "exercise", "cases", "timeout_s",
-"memory_mb", "file_size_mb", "hide"}``; ``job`` is a file readable only by the grader that holds the
-submission's code: only the child that grades it ever reads it (and deletes it), so no other child's
-memory holds another student's code. The zygote answers ``{"ready": true, "isolation": {...}}``
-once, then ``{"id", "outcomes": [raw outcome JSON text, ...], "error", "kind", "printed", "seconds"}`` per
-request, in completion order; ``kind`` says what the error is (:data:`ERROR_KINDS`), so the grader never reads
-it from the message. Reports are written without blocking (a grader busy comparing one answer never holds up
-the children in flight: their replies are read and their time limits kept meanwhile). Protocol with a child: the zygote writes ``{"i", "nonce", "case"}``
-lines; the child writes ``{"t": "ready"}`` once, then ``{"t": "outcome", "i", "nonce", "outcome"}``
-per case, or ``{"t": "error", "error"}``.
+Protocol with the grader (JSON lines). Request: ``{"id", "job", "exercise", "cases", "timeout_s", "memory_mb",
+"file_size_mb", "hide"}``; ``job`` is a file readable only by the grader that holds the submission's code: only
+the child that grades it reads it (and deletes it), so no other child's memory holds another student's code.
+The zygote answers ``{"ready": true, "isolation": {...}}`` once, then ``{"id", "outcomes": [raw outcome JSON
+text, ...], "error", "kind", "printed", "seconds"}`` per request, in completion order; ``kind`` says what the
+error is (:data:`ERROR_KINDS`), so the grader never reads it from the message.
 
-Confinement of each child (see :mod:`course_lib.grader.confinement`): as root, an intermediate
-process enters new mount, network, IPC and PID namespaces and a memory cgroup, then forks the graded
-process as the PID namespace's init (its whole tree ends with it); the host is read-only there, the
-project's source tree, the other submissions and the forbidden libraries' files are hidden; the
-graded process runs under a uid slot of its own, with resource limits. Forbidden modules and
-operators are disabled before the submission's code runs (:mod:`course_lib.grader.guards`).
+Protocol with a child: the zygote writes ``{"i", "nonce", "case"}`` lines, and ``{"t": "value", "y"}`` or
+``{"t": "refused", "error"}`` answering a call; the child writes ``{"t": "ready"}`` once, then per case any
+number of ``{"t": "call", "i", "nonce", "z"}`` (one at a time, each waiting for its answer) and one ``{"t":
+"outcome", "i", "nonce", "outcome"}``, or ``{"t": "error", "error"}``.
+
+Nothing blocks the loop: the reports to the grader and the lines to each child are queued and written as the
+pipe takes them (a grader busy comparing one answer, or a child that stops reading, holds up no other job: the
+replies of the others are read and their time limits kept meanwhile); an ended child is reaped later; what
+one answer may hold is bounded (:data:`MAX_ANSWER_BYTES`, :data:`MAX_REPLY_BYTES`, the printed text).
+
+Confinement of each child (see :mod:`course_lib.grader.confinement`): as root, the child is cloned straight
+into a new PID namespace (or an intermediate process forks it after ``unshare``) and enters new mount, network
+and IPC namespaces and a memory cgroup; its root is an allow-list (:func:`confinement.child_root_plan`: the
+interpreter, the standard library, site-packages, the allowed course core, a private tmp), read-only; it runs
+under a uid slot of its own with resource limits, and forbidden modules and operators are disabled before the
+submission's code runs (:mod:`course_lib.grader.guards`). Without a PID namespace the zygote is the subreaper
+of its descendants and ends what an exercise left (:func:`confinement.end_strays`); after an exercise that did
+not end cleanly its uid's last processes are waited for before the slot is reused.
 """
 from __future__ import annotations
 
@@ -52,6 +68,7 @@ ERROR_KINDS = ("protocol", "timeout", "memory", "died", "child", "setup")
 MAX_REPLY_BYTES = 32 * 2**20     # all of one exercise's answers
 MAX_ANSWER_BYTES = 8 * 2**20     # one case's answer (bounds what json.loads builds in the grader)
 MAX_PRINTED_CHARS = 100_000
+BLACKBOX_SECONDS = 5.0           # the zygote's time answering one job's black-box calls (rows are bounded too)
 _SLACK_S = 1.0
 _COW_SLACK_MB = 128          # pages of the zygote a child copies on write are charged to its cgroup (measured: ~8 MB)
 # Imported before the first fork when the grader names no list: everything a submission of any chapter may
@@ -178,6 +195,23 @@ class _CappedText:
         return "".join(self.parts) + ("\n[output truncated]" if self.overflow else "")
 
 
+class _Lines:
+    """The lines the zygote writes on a child's case pipe (cases, and answers to black-box calls); the child
+    ends quietly when the zygote closes it."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer = fd, b""
+
+    def next(self) -> bytes:
+        while b"\n" not in self.buffer:
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                os._exit(0)
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+
 def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_namespace: bool) -> None:
     """The graded process: set up, define the submission's functions, then answer one case at a time.
     Never returns."""
@@ -255,16 +289,23 @@ def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_na
     if not callable(fn):
         fail(f"{exercise.name} is not defined as a function")
     send(t="ready")
-    cases = os.fdopen(cases_fd, "rb", buffering=0)
-    buffer = b""
+    lines = _Lines(cases_fd)
+    current: dict = {}                       # the case being answered: its index and nonce, nothing else
+
+    def call_grader(z, lock=__import__("threading").Lock()):
+        """A black-box function's call: the rows go to the zygote, which evaluates it and answers."""
+        with lock:
+            send(t="call", i=current["i"], nonce=current["nonce"], z=codec.array_text(z))
+            reply = json.loads(lines.next())
+        if reply.get("t") != "value":
+            raise ValueError(str(reply.get("error"))[:1000])
+        y = codec.text_array(reply["y"])
+        return y[()] if y.ndim == 0 else y
+
+    exercises.connect_blackbox(call_grader)
     while True:
-        while b"\n" not in buffer:
-            chunk = cases.read(1 << 16)
-            if not chunk:
-                os._exit(0)
-            buffer += chunk
-        line, buffer = buffer.split(b"\n", 1)
-        message = json.loads(line)
+        message = json.loads(lines.next())
+        current.update(i=message["i"], nonce=message["nonce"])
         try:
             args, kwargs = exercise.build(message["case"])
             outcome = codec.call(fn, args, kwargs, exercise.runner, roundtrip=False)
@@ -346,6 +387,17 @@ def _death_reason(status: int, timeout_s: float, file_size_mb: int, memory_mb: i
             "(does the code call sys.exit() or os._exit()?)")
 
 
+def _wait_gone(uid: int, seconds: float = 1.0) -> None:
+    """Wait until no process of ``uid`` is left (after an exercise that did not end cleanly), so its slot is
+    reused only once its processes are gone; kill what is still there after ``seconds``."""
+    end = time.monotonic() + seconds
+    while cf.live_processes(uid):
+        if time.monotonic() > end:
+            cf.reap_uid(uid)
+            return
+        time.sleep(0.005)
+
+
 class _Job:
     """One exercise being graded: its child, its pipes, and where it is in the case list."""
 
@@ -364,6 +416,10 @@ class _Job:
         self.start = time.monotonic()
         self.deadline = self.start + request["timeout_s"] + _SLACK_S
         self.pid = self.cases_fd = self.reply_fd = -1
+        self.to_child = bytearray()        # lines for the child not yet taken by its case pipe (never blocking)
+        self.split = None                  # the exercise's ``blackbox`` (case -> public case, BlackBox), if any
+        self.blackbox = None               # the current case's BlackBox: evaluated here, never in the child
+        self.blackbox_seconds = 0.0        # the zygote's time spent answering this job's calls
 
 
 class Server:
@@ -389,6 +445,7 @@ class Server:
         self.stdin_buffer = b""
         self.dying: list[int] = []
         self.limits_set: dict[int, int] = {}
+        self.writing: dict[int, _Job] = {}  # case pipe -> job, while lines wait for room in it
 
     def _guard_plan(self, exercise: str) -> tuple[list[str], dict]:
         """The files to hide and the kinds of the forbidden names, computed here where files are visible."""
@@ -404,6 +461,8 @@ class Server:
         job = _Job(request, slot)
         try:
             request["hide_files"], request["guard_kinds"] = self._guard_plan(request["exercise"])
+            from . import exercises
+            job.split = exercises.get(request["exercise"]).blackbox
         except Exception as exc:  # noqa: BLE001 - an unknown exercise is that job's error
             job.error, job.kind = f"cannot grade this exercise: {exc}", "setup"
             self.report(job)
@@ -437,6 +496,9 @@ class Server:
         """In a freshly forked child: drop every reference to other jobs and to the case list."""
         for other in self.running.values():
             other.cases, other.request, other.outcomes = [], {}, []
+            other.blackbox = other.split = None
+            other.to_child.clear()
+        self.writing.clear()
         self.running.clear()
         self.outbox.clear()                    # other students' reports not yet taken by the grader
         self.pending.clear()
@@ -453,13 +515,55 @@ class Server:
 
     def send_next(self, job: _Job) -> None:
         job.nonce = secrets.token_hex(8)
-        line = json.dumps({"i": job.next, "nonce": job.nonce, "case": job.cases[job.next]}) + "\n"
+        case = job.cases[job.next]
+        job.blackbox = None
+        if job.split is not None:                  # the child gets the case without what its black box hides
+            case, job.blackbox = job.split(case)
+        self.write_child(job, (json.dumps({"i": job.next, "nonce": job.nonce, "case": case}) + "\n").encode())
+
+    def write_child(self, job: _Job, data: bytes) -> None:
+        """Queue ``data`` for the child's case pipe and write what the pipe takes now, never blocking: a child
+        that stops reading holds up nothing but itself (its time limit ends it)."""
+        job.to_child += data
+        while job.to_child:
+            try:
+                written = os.write(job.cases_fd, job.to_child[:1 << 16])
+            except BlockingIOError:
+                break
+            except OSError:
+                job.to_child.clear()
+                if job.error is None:
+                    job.error, job.kind = "the graded process stopped reading its cases", "died"
+                break
+            del job.to_child[:written]
+        watched = job.cases_fd in self.writing
+        if job.to_child and not watched:
+            self.selector.register(job.cases_fd, selectors.EVENT_WRITE, "cases")
+            self.writing[job.cases_fd] = job
+        elif not job.to_child and watched:
+            self.selector.unregister(job.cases_fd)
+            del self.writing[job.cases_fd]
+
+    def answer_call(self, job: _Job, frame: dict) -> str | None:
+        """A black-box call from the child: check it, evaluate the current case's BlackBox here (bounded: rows
+        per call and per case, the zygote's time per job), answer on the case pipe. The error, if the call
+        breaks the protocol."""
+        from . import codec, exercises
+        box = job.blackbox
+        started = time.monotonic()
         try:
-            os.set_blocking(job.cases_fd, True)
-            os.write(job.cases_fd, line.encode())
-        except OSError:
-            if job.error is None:
-                job.error, job.kind = "the graded process stopped reading its cases", "died"
+            z = codec.text_array(frame.get("z"), max_bytes=exercises.MAX_CALL_ROWS * box.columns * 8)
+        except (codec.DecodeError, ValueError, TypeError) as exc:
+            return f"the graded process sent a call the grader cannot read ({str(exc)[:200]})"
+        try:
+            reply = {"t": "value", "y": codec.array_text(box(z))}
+        except ValueError as exc:                       # a wrong shape or dtype, the budget: the learner's error
+            reply = {"t": "refused", "error": str(exc)}
+        job.blackbox_seconds += time.monotonic() - started
+        if job.blackbox_seconds > BLACKBOX_SECONDS:
+            return f"its calls of the exercise's function took more than {BLACKBOX_SECONDS:g} s of the grader's time"
+        self.write_child(job, (json.dumps(reply) + "\n").encode())
+        return None
 
     def on_data(self, job: _Job) -> bool:
         """Read what the child wrote; True when the job is over."""
@@ -492,6 +596,13 @@ class Server:
             return True
         if kind == "ready" and not job.ready:
             job.ready = True
+        elif kind == "call" and job.ready and job.blackbox is not None and job.nonce and \
+                frame.get("i") == job.next and frame.get("nonce") == job.nonce and not job.data:
+            job.size -= len(line) + 1                   # calls are bounded by their rows, not by the answer's size
+            error = self.answer_call(job, frame)
+            if error is not None:
+                job.error, job.kind = error, "protocol"
+            return error is not None or job.error is not None
         elif kind == "outcome" and job.ready and job.next < len(job.cases) and \
                 frame.get("i") == job.next and frame.get("nonce") == job.nonce and \
                 isinstance(frame.get("outcome"), str) and job.nonce:
@@ -523,11 +634,17 @@ class Server:
 
     def finish(self, job: _Job, timed_out: bool = False) -> None:
         self.selector.unregister(job.reply_fd)
+        if self.writing.pop(job.cases_fd, None) is not None:
+            self.selector.unregister(job.cases_fd)
+        # An ended job may still be referenced (a local of the serve loop) when the next child is forked: it keeps
+        # no case (a black box's seed is in the full case) and no black box.
+        job.blackbox = job.split = None
         os.close(job.reply_fd)
         os.close(job.cases_fd)
         del self.running[job.reply_fd]
         complete = job.error is None and not timed_out and (
             job.next == len(job.cases) or (job.outcomes and '"NotImplementedError"' in job.outcomes[-1][:200]))
+        job.cases = job.request["cases"] = []
         if complete and self.isolation["pid_namespace"]:
             # Answered every case: end it (its PID namespace goes with it) and reap it later, so the
             # teardown of a large process never holds up the other running jobs.
@@ -560,6 +677,8 @@ class Server:
             cgroup.kill_all()
         if self.slots and not self.isolation["pid_namespace"]:
             cf.reap_uid(self.uids[job.slot])
+        elif self.slots:      # the namespace's init is gone; its last processes may still be exiting: wait for them
+            _wait_gone(self.uids[job.slot])
         if not self.isolation["pid_namespace"]:     # nothing ends its tree with it: end what it left, setsid or not
             cf.end_strays({j.pid for j in self.running.values()} | set(self.dying))
         if oom and (timed_out or not complete or job.error):
@@ -633,6 +752,11 @@ class Server:
                         self.selector.unregister(stdin)
                 elif key.data == "reports":
                     self.flush_reports()
+                elif key.data == "cases":
+                    job = self.writing[key.fd]
+                    self.write_child(job, b"")
+                    if job.error is not None:
+                        self.finish(job)
                 elif key.fd in self.running:
                     job = self.running[key.fd]
                     try:

@@ -18,7 +18,13 @@ An exercise is a pure top-level function with a fixed name. Its reference implem
 - ``derive`` (optional): ``derive(case, answer)`` runs in the grader only, on the decoded answer:
   it computes what ``compare`` sees (outputs of returned layers rebuilt from their state, the scores
   a pruning rule ranks, the truth a LIME fit is compared with). The expected value is
-  ``derive(case, runner(reference, *build(case)))``, computed in the grader.
+  ``derive(case, runner(reference, *build(case)))``, computed in the grader;
+- ``blackbox`` (optional): ``blackbox(case)`` gives ``(public_case, BlackBox)`` for an exercise whose input is
+  a function the learner may only *call* (``lime_tabular``'s ``f``). The graded child gets only the public
+  case, and ``build(public_case)`` hands the learner a :class:`RemoteBlackBox`, which holds no parameter:
+  each call travels to the zygote, which evaluates the :class:`BlackBox` (outside the sandbox) and answers.
+  In the grader and in the notebook ``build(case)`` of the full case gives the :class:`BlackBox` itself,
+  with the same checks and the same row budget, so ``check()`` and the classroom grader agree.
 
 Nothing here imports a topic module, so a grading subprocess can build inputs without ever
 holding a reference implementation or an expected result.
@@ -34,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Exercise", "get", "names", "by_chapter", "chapters", "case_rng", "keep_inputs", "inputs_changed"]
+__all__ = ["Exercise", "get", "names", "by_chapter", "chapters", "case_rng", "keep_inputs", "inputs_changed",
+           "BlackBox", "RemoteBlackBox", "remote_blackbox"]
 
 
 
@@ -51,11 +58,95 @@ class Exercise:
     max_score: float = 1.0
     runner: Callable[[Callable, tuple, dict], Any] | None = None
     derive: Callable[[dict, Any], Any] | None = None
+    blackbox: Callable[[dict], tuple[dict, "BlackBox"]] | None = None
 
     @property
     def reference_path(self) -> str:
         return f"course_lib.{self.topic}.{self.name}"
 
+
+
+# --------------------------------------------------------------------------- functions the learner may only call
+MAX_CALL_ROWS = 20_000           # rows of one call of a black-box function
+MAX_CASE_ROWS = 100_000          # rows of all calls in one case (the runner's calls together)
+MAX_CASE_CALLS = 64              # calls in one case: each is a round trip to the grader, so f takes a batch
+
+
+class BlackBox:
+    """A function of rows ``z`` (shape ``(n, columns)``, or one row ``(columns,)``) that the learner may call
+    within a budget: at most :data:`MAX_CALL_ROWS` rows a call, :data:`MAX_CASE_ROWS` rows and
+    :data:`MAX_CASE_CALLS` calls in all (the runner's calls of one case together). It runs in the
+    grader's processes only (the notebook's kernel, the grader, the zygote); a graded child gets a
+    :class:`RemoteBlackBox` instead. Inputs are converted with ``np.asarray(z, dtype=np.float64)``; a wrong shape
+    or an exhausted budget raises ``ValueError`` (the same message in the notebook and in the classroom grader).
+    ``evaluate`` takes a float64 array of shape ``(n, columns)`` and returns ``n`` values."""
+
+    __slots__ = ("_evaluate", "columns", "rows_left", "calls_left")
+
+    def __init__(self, evaluate: Callable[[np.ndarray], np.ndarray], columns: int):
+        self._evaluate, self.columns = evaluate, int(columns)
+        self.rows_left, self.calls_left = MAX_CASE_ROWS, MAX_CASE_CALLS
+
+    def rows(self, z: np.ndarray) -> np.ndarray:
+        """``z`` as a 2-D float64 array after the checks, its rows taken from the budget."""
+        if z.dtype != np.float64 or z.ndim not in (1, 2) or z.shape[-1] != self.columns:
+            raise ValueError(f"f takes a float64 array of shape (n, {self.columns}) (or one row of shape "
+                             f"({self.columns},)), got {z.dtype} of shape {tuple(z.shape)}")
+        rows = z.reshape(-1, self.columns)
+        if len(rows) > MAX_CALL_ROWS:
+            raise ValueError(f"f takes at most {MAX_CALL_ROWS:,} rows a call, got {len(rows):,}")
+        if len(rows) > self.rows_left:
+            raise ValueError(f"f was called on more than {MAX_CASE_ROWS:,} rows for one case")
+        if self.calls_left <= 0:
+            raise ValueError(f"f was called more than {MAX_CASE_CALLS} times for one case: call it once on all "
+                             f"your samples, an array of shape (n, {self.columns})")
+        self.rows_left -= len(rows)
+        self.calls_left -= 1
+        return rows
+
+    def __call__(self, z):
+        z = np.asarray(z, dtype=np.float64)
+        y = np.asarray(self._evaluate(self.rows(z)), dtype=np.float64)
+        return y[0] if z.ndim == 1 else y
+
+    def __repr__(self) -> str:
+        return f"<a function of {self.columns} inputs, hidden>"
+
+
+class RemoteBlackBox:
+    """What a graded child gets for a :class:`BlackBox`: a function that holds no parameter. Each call sends
+    ``z`` to the zygote over the child's reply pipe and waits for the values (or the ``ValueError``'s message)
+    on its case pipe: :func:`connect_blackbox` installs that channel in the child."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: int):
+        self.columns = int(columns)
+
+    def __call__(self, z):
+        if _channel is None:
+            raise RuntimeError("this function is evaluated by the grader, and no grader is connected")
+        return _channel(np.asarray(z, dtype=np.float64))
+
+    def __repr__(self) -> str:
+        return f"<a function of {self.columns} inputs, hidden>"
+
+    def __reduce__(self):
+        raise TypeError("this function cannot be pickled")
+
+
+_channel: Callable[[np.ndarray], Any] | None = None
+
+
+def connect_blackbox(channel: Callable[[np.ndarray], Any]) -> None:
+    """In a graded child: the function that sends a call to the zygote and returns its answer."""
+    global _channel
+    _channel = channel
+
+
+def remote_blackbox(columns: int) -> RemoteBlackBox:
+    """The stand-in ``build`` gives the learner for a black box when the case holds no parameter."""
+    return RemoteBlackBox(columns)
 
 
 _REGISTRY: dict[str, Exercise] = {}

@@ -11,8 +11,10 @@ attributions and ``n * k / steps`` not an integer.
 ``lime_tabular`` cannot be compared bit for bit (the sampling is the learner's choice): its runner calls
 the function twice with the same arguments; the grader (``derive``) computes the truth from the case:
 exact weights of a linear ``f`` (tolerance 1e-6); for a curved ``f``, LIME's many-sample limit in closed
-form (tolerance 0.15 in max-abs error), which is the gradient only for a small kernel, so reading the
-gradient off ``f``'s parameters does not pass; and identical results for the same seed.
+form (tolerance 0.15 in max-abs error), which is the gradient only for a small kernel; and identical
+results for the same seed. ``f`` is a black box (``blackbox``): its parameters are drawn from the grading
+seed (``f_seed``, never a fixed number in this file, which the sandbox can read), the graded child receives
+the case without ``kind`` and ``f_seed`` and calls ``f`` through the zygote, which evaluates it.
 
 ``shapley_regression`` with every coalition is graded against exact Shapley values computed here by
 enumeration (``derive``); with a given set of coalitions, against the reference's constrained weighted fit
@@ -277,69 +279,81 @@ def _shapley_describe(case: dict) -> str:
 
 
 # --------------------------------------------------------------------------- lime_tabular
-class _LimeTarget:
-    """A linear f or f(z) = sum_i a_i sin(b_i z_i). What a LIME fit is compared with (the weights, or the
-    gradient at x) is computed by :func:`_lime_truth` in the grader, never stored on f."""
+def _lime_params(case: dict) -> dict:
+    """The target's parameters, drawn from the case's ``f_seed`` (in the grader and the zygote only): a linear
+    f (weights ``w``, intercept ``b``) or f(z) = sum_i a_i sin(b_i z_i)."""
+    rng, M = np.random.default_rng(case["f_seed"]), len(case["x"])
+    if case["kind"] == "linear":
+        return {"w": np.round(rng.normal(size=M), 3), "b": float(np.round(rng.normal(), 3))}
+    return {"a": rng.uniform(0.5, 1.5, size=M), "freq": rng.uniform(1.0, 2.0, size=M)}
 
-    def __init__(self, kind: str, seed: int, x: np.ndarray):
-        rng = np.random.default_rng(seed)
-        self.kind, self.seed = kind, seed
-        M = len(x)
-        if kind == "linear":
-            self.w, self.b = np.round(rng.normal(size=M), 3), float(np.round(rng.normal(), 3))
-        else:
-            self.a, self.freq = rng.uniform(0.5, 1.5, size=M), rng.uniform(1.0, 2.0, size=M)
 
-    def __call__(self, z):
-        z = np.asarray(z, dtype=np.float64)
-        return z @ self.w + self.b if self.kind == "linear" else np.sin(z * self.freq) @ self.a
+def _lime_target(case: dict):
+    """The grader's side of ``f``: a :class:`~course_lib.grader.exercises.BlackBox` (the parameters sit in a
+    closure that runs only outside the sandbox)."""
+    from . import BlackBox
+    p = _lime_params(case)
+    if case["kind"] == "linear":
+        w, b = p["w"], p["b"]
+        return BlackBox(lambda z: z @ w + b, len(case["x"]))
+    a, freq = p["a"], p["freq"]
+    return BlackBox(lambda z: np.sin(z * freq) @ a, len(case["x"]))
 
-    def __repr__(self) -> str:
-        if self.kind == "linear":
-            return f"f(z) = z @ {self.w.tolist()} + {self.b}"
-        return f"f(z) = sum_i a_i sin(b_i z_i), a = {np.round(self.a, 3).tolist()}, b = {np.round(self.freq, 3).tolist()}"
+
+_LIME_HIDDEN = ("kind", "f_seed")        # what of a case the graded child never receives
+
+
+def _lime_blackbox(case: dict):
+    """(the case without f's kind and seed, the function the zygote evaluates for the child)."""
+    return {k: v for k, v in case.items() if k not in _LIME_HIDDEN}, _lime_target(case)
 
 
 def _lime_cases(rng: np.random.Generator) -> list[dict]:
+    # f's parameters are drawn from the grading seed, never fixed here: this file is readable in the sandbox
     fixed = [
-        ("linear", 1, [1.0, -2.0], 1.0, 500, 0.75, 0),
-        ("linear", 2, [0.5, 0.0, 2.0, -1.0], [0.5, 1.0, 2.0, 0.1], 300, 0.75, 3),   # per-feature scale
-        ("curved", 3, [0.3, 0.8], 1.5, 4000, 0.1, 0),                             # small kernel: ~ the gradient
-        ("curved", 4, [-0.4, 1.0, 0.2], 1.5, 4000, 0.1, 1),
-        ("curved", 6, [0.3, -0.8], 1.5, 4000, 0.75, 2),                           # wide kernel: far from it
-        ("curved", 7, [0.5, 0.1, -0.6], [1.0, 1.5, 2.0], 4000, 0.75, 3),
-        ("linear", 5, [1.0, 2.0], 1.0, 2, 0.75, 0),                                # n_samples <= M -> ValueError
-        ("linear", 5, [1.0, 2.0], 0.0, 100, 0.75, 0),                              # scale 0 -> ValueError
-        ("linear", 5, [1.0, 2.0], 1.0, 100, 0.0, 0),                               # kernel_width 0 -> ValueError
+        ("linear", [1.0, -2.0], 1.0, 500, 0.75, 0),
+        ("linear", [0.5, 0.0, 2.0, -1.0], [0.5, 1.0, 2.0, 0.1], 300, 0.75, 3),   # per-feature scale
+        ("curved", [0.3, 0.8], 1.5, 4000, 0.1, 0),                             # small kernel: ~ the gradient
+        ("curved", [-0.4, 1.0, 0.2], 1.5, 4000, 0.1, 1),
+        ("curved", [0.3, -0.8], 1.5, 4000, 0.75, 2),                           # wide kernel: far from it
+        ("curved", [0.5, 0.1, -0.6], [1.0, 1.5, 2.0], 4000, 0.75, 3),
+        ("linear", [1.0, 2.0], 1.0, 2, 0.75, 0),                                # n_samples <= M -> ValueError
+        ("linear", [1.0, 2.0], 0.0, 100, 0.75, 0),                              # scale 0 -> ValueError
+        ("linear", [1.0, 2.0], 1.0, 100, 0.0, 0),                               # kernel_width 0 -> ValueError
     ]
-    cases = [{"kind": k, "seed": s, "x": x, "scale": sc, "n_samples": n, "kernel_width": kw, "sample_seed": ss}
-             for k, s, x, sc, n, kw, ss in fixed]
+    cases = [{"kind": k, "f_seed": int(rng.integers(0, 2**31)), "x": x, "scale": sc, "n_samples": n,
+              "kernel_width": kw, "sample_seed": ss} for k, x, sc, n, kw, ss in fixed]
     for _ in range(2):
         M = int(rng.integers(1, 6))
-        cases.append({"kind": "linear", "seed": int(rng.integers(0, 2**31)),
+        cases.append({"kind": "linear", "f_seed": int(rng.integers(0, 2**31)),
                       "x": np.round(rng.normal(size=M), 3).tolist(), "scale": float(np.round(rng.uniform(0.2, 2), 3)),
                       "n_samples": int(rng.integers(50, 500)), "kernel_width": 0.75, "sample_seed": int(rng.integers(0, 1000))})
     return cases
 
 
 def _lime_build(case: dict):
+    """In the grader and the notebook (the full case) ``f`` is the BlackBox; in the graded child (the public
+    case) a RemoteBlackBox that holds no parameter."""
+    from . import remote_blackbox
     x = np.array(case["x"], dtype=np.float64)
     scale = np.array(case["scale"]) if isinstance(case["scale"], list) else case["scale"]
-    return (_LimeTarget(case["kind"], case["seed"], x), x, scale), \
-        {"n_samples": case["n_samples"], "kernel_width": case["kernel_width"], "seed": case["sample_seed"]}
+    f = _lime_target(case) if "f_seed" in case else remote_blackbox(len(x))
+    return (f, x, scale), {"n_samples": case["n_samples"], "kernel_width": case["kernel_width"],
+                           "seed": case["sample_seed"]}
 
 
 def _lime_describe(case: dict) -> str:
-    (f, x, scale), kw = _lime_build(case)
+    (_, x, _), kw = _lime_build(case)
+    what = "a linear f" if case["kind"] == "linear" else "a smooth nonlinear f"
     truth = "its weights" if case["kind"] == "linear" else \
         "what LIME converges to with many samples (max-abs error <= 0.15)"
-    return (f"{f!r}, x = np.array({x.tolist()}), scale = {case['scale']!r}, n_samples={kw['n_samples']}, "
+    return (f"{what} (hidden), x = np.array({x.tolist()}), scale = {case['scale']!r}, n_samples={kw['n_samples']}, "
             f"kernel_width={kw['kernel_width']}, seed={kw['seed']}; graded against {truth} = "
             f"{np.round(_lime_truth(case)[0], 4).tolist()}, called twice")
 
 
 def _lime_truth(case: dict) -> tuple[np.ndarray, float]:
-    """(truth, tolerance) for a case, computed in the grader from its seed.
+    """(truth, tolerance) for a case, computed in the grader from its ``f_seed``.
 
     For ``f(z) = sum_i a_i sin(b_i z_i)`` the truth is what LIME converges to with many samples, in
     closed form: the kernel exp(-||eps||^2 / (M w^2)) turns the N(0, 1) perturbations into independent
@@ -347,12 +361,13 @@ def _lime_truth(case: dict) -> tuple[np.ndarray, float]:
     slope is a_i b_i cos(b_i x_i) exp(-(b_i s_i sigma)^2 / 2): the gradient only for a small kernel.
     """
     x = np.array(case["x"], dtype=np.float64)
-    f = _LimeTarget(case["kind"], case["seed"], x)
+    p = _lime_params(case)
     if case["kind"] == "linear":
-        return f.w.copy(), 1e-6
+        return p["w"].copy(), 1e-6
+    a, freq = p["a"], p["freq"]
     scale = np.broadcast_to(np.asarray(case["scale"], dtype=np.float64), x.shape)
     sigma2 = 1.0 / (1.0 + 2.0 / (len(x) * case["kernel_width"] ** 2))
-    return f.a * f.freq * np.cos(f.freq * x) * np.exp(-(f.freq * scale) ** 2 * sigma2 / 2), 0.15
+    return a * freq * np.cos(freq * x) * np.exp(-(freq * scale) ** 2 * sigma2 / 2), 0.15
 
 
 def _lime_runner(fn, args: tuple, kwargs: dict):
@@ -603,10 +618,11 @@ def _regression_compare(expected: tuple, got) -> str | None:
 
 
 # --------------------------------------------------------------------------- the exercises
-def _exercise(name, make_cases, build, describe, compare, forbidden=(), runner=None, derive=None):
+def _exercise(name, make_cases, build, describe, compare, forbidden=(), runner=None, derive=None, blackbox=None):
     from . import Exercise
     return Exercise(name=name, chapter=CHAPTER, topic="local_explanation", make_cases=make_cases, build=build,
-                    describe=describe, compare=compare, forbidden=tuple(forbidden), runner=runner, derive=derive)
+                    describe=describe, compare=compare, forbidden=tuple(forbidden), runner=runner, derive=derive,
+                    blackbox=blackbox)
 
 
 # Off limits in every exercise of this chapter: the explanation libraries, whole packages.
@@ -624,7 +640,7 @@ EXERCISES = [
     _exercise("shapley_regression", _regression_cases, _regression_build, _regression_describe, _regression_compare,
               _EXPLAINERS, derive=_regression_derive),
     _exercise("lime_tabular", _lime_cases, _lime_build, _lime_describe, _lime_compare,
-              _EXPLAINERS, runner=_lime_runner, derive=_lime_derive),
+              _EXPLAINERS, runner=_lime_runner, derive=_lime_derive, blackbox=_lime_blackbox),
     _exercise("deletion_curve", _deletion_cases, _deletion_build, _deletion_describe, _curve_compare, _EXPLAINERS),
     _exercise("cascading_randomization", _cascade_cases, _cascade_build, _cascade_describe, _cascade_compare,
               _EXPLAINERS, runner=_cascade_runner),
