@@ -141,7 +141,7 @@ def show(folder: str | Path | None = None, *, chapter: str | None = None, seed: 
         return
     if claims_are_strict():
         print("progress: not graded under the test suite (COURSE_CLAIMS=strict); "
-              "run `python -m course_lib.progress` in a terminal.")
+              "run `make progress` in the course folder (or `.venv/bin/python -m course_lib.progress`).")
         return
     if folder is None:
         here = Path.cwd()

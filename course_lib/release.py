@@ -33,7 +33,8 @@ BANNER = ("> **Generated from `solutions/{name}` by `make release`: do not edit 
           "Work in your own copy, `work/{name}`: "
           "`make lab` makes it and opens it, and no tool ever overwrites it (the copy in `chapters/` is "
           "regenerated). Your work goes in the cells marked `raise NotImplementedError`; run each cell's "
-          "`check(...)` to grade it, and `python -m course_lib.progress` for all your chapters.")
+          "`check(...)` to grade it, and `make progress` in the course folder (or "
+          "`.venv/bin/python -m course_lib.progress`) for all your chapters.")
 BACKUP = Path("build") / "replaced-chapters"
 _DEF = re.compile(r"^\s*def\s+(\w+)\s*\(")
 
