@@ -48,7 +48,12 @@ ATTACKS = {
                     found.append(name)
                     value.clear()                           # try to cut the case list short
             frame = frame.f_back
-        for obj in gc.get_objects():
+        # gc.get_objects() walks every object of a child that has torch loaded: on the first two calls only
+        # (a case list held by the child would be there from the start), so that a busy machine does not
+        # turn the attack's own slowness into a time-out.
+        calls = globals().setdefault("_calls", [0])
+        calls[0] += 1
+        for obj in gc.get_objects() if calls[0] <= 2 else ():
             if isinstance(obj, list) and len(obj) > 1 and all(isinstance(v, dict) and "model" in v for v in obj):
                 found.append("gc")
                 obj.clear()
