@@ -20,14 +20,14 @@ from torch.nn import functional as F
 
 from . import stats
 from .transformer import KVCache, TinyGPT
-from .validation import check_float, check_int
+from .validation import check_float, check_int, check_module, check_tensor
 
 __all__ = ["quantize_groupwise", "smoothquant_scales", "attention_rollout", "group_codes", "pack_int4", "unpack_int4",
            "stored_bytes", "block_linears", "linear_inputs", "gptq_quantize", "quantize_weights", "answer_metrics",
            "plant_outliers", "w8a8", "smooth", "kv_cache_bytes", "head_importance", "prune_heads",
            "token_attributions", "hit_rate", "randomized", "weight_quantization_sweep", "head_pruning_study",
            "QuantizedKVCache", "cached_decode", "kv_cache_study", "DequantLinear", "dequantizing_model",
-           "dequant_latency", "awq_scales", "awq_search", "awq"]
+           "dequant_latency", "awq_scales", "awq_search", "awq", "quantize_keep_salient"]
 
 
 # ----------------------------------------------------------------------------- exercises (references)
@@ -674,3 +674,93 @@ def awq(model: TinyGPT, calibration: Tensor, bits: int, group_size: int | None =
         lin.weight *= s
         chosen[lin_name] = found["alpha"]
     return quantize_weights(out, bits, group_size), chosen
+
+
+# ----------------------------------------------------------------------------- AWQ's mixed-precision contrast
+def _n_kept(keep: int | float, in_f: int) -> int:
+    """Columns kept of ``in_f``: an int is a count, a float a fraction rounded with ``round`` (at least 1 if > 0)."""
+    if isinstance(keep, int):
+        if keep > in_f:
+            raise ValueError(f"keep must be at most in_features = {in_f} columns, got {keep!r}")
+        return keep
+    return 0 if keep == 0 else max(1, round(keep * in_f))
+
+
+@torch.no_grad()
+def quantize_keep_salient(model: TinyGPT, bits: int, group_size: int | None, keep: int | float, *,
+                          by: str = "activation", calibration: Tensor | None = None,
+                          seed: int = 0) -> tuple[TinyGPT, dict[str, Tensor]]:
+    """RTN copy of ``model`` with a few input columns of every block Linear kept in float (AWQ, section 2.1).
+
+    For each block Linear :math:`W` ``(out, in)`` the ``n`` columns with the largest score are kept:
+
+    .. math:: \\hat W_{:,j} = W_{:,j} \\;(j \\in K), \\qquad \\hat W_{:,j} = Q(W)_{:,j} \\;(j \\notin K),
+
+    with :math:`Q` = :func:`quantize_groupwise` of the **whole** weight (group scales as in plain RTN, so
+    every other weight equals its RTN value) and the score, per ``by``: ``"activation"``, the mean
+    :math:`\\overline{|X_j|}` of the Linear's input on ``calibration`` (float model, as :func:`awq`);
+    ``"weight"``, the column norm :math:`\\lVert W_{:,j} \\rVert_2`; ``"random"``, a uniform draw
+    (``torch.randperm``, one ``torch.Generator`` seeded with ``seed`` walked through the Linears in order).
+
+    Parameters
+    ----------
+    model : TinyGPT
+    bits : int in [2, 8]
+    group_size : int dividing every block Linear's in_features, or None (per channel)
+    keep : int >= 0 (columns per Linear) or float in [0, 1] (fraction of each Linear's columns)
+        A fraction gives ``round(keep * in)`` columns, at least 1 when ``keep > 0``: here 1 % keeps
+        1 of 64 and 1 of 128 columns. ``keep=0`` is plain RTN (bit for bit).
+    by : {"activation", "weight", "random"}, default="activation"
+    calibration : int64 token tensor (N, T), required for ``by="activation"``
+    seed : int >= 0, default=0
+
+    Returns
+    -------
+    the quantized copy, and ``{linear name: kept column indices}`` (largest score first; ties to the
+    lower index).
+
+    Raises TypeError / ValueError naming the argument.
+
+    References
+    ----------
+    J. Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and Acceleration",
+    MLSys 2024, section 2.1 and Table 1.
+
+    Taught in: 08_transformer §3
+    """
+    check_module("model", model)
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"bits must be an int in [2, 8], got {bits!r}")
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
+    layers = block_linears(model)
+    if group_size is not None:
+        check_int("group_size", group_size, 1)
+        if any(l.in_features % group_size for l in layers.values()):
+            raise ValueError(f"group_size must divide every block Linear's in_features "
+                             f"{sorted({l.in_features for l in layers.values()})} or be None, got {group_size!r}")
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)):
+        raise TypeError(f"keep must be a float in [0, 1] or a non-negative int, got {keep!r}")
+    if (isinstance(keep, int) and keep < 0) or (isinstance(keep, float) and not 0 <= keep <= 1):
+        raise ValueError(f"keep must be a float in [0, 1] or a non-negative int, got {keep!r}")
+    if by not in ("activation", "weight", "random"):
+        raise ValueError(f"by must be 'activation', 'weight' or 'random', got {by!r}")
+    if by == "activation" and calibration is None:
+        raise ValueError("calibration must be an int64 token tensor (N, T) for by='activation', got None")
+    if calibration is not None:
+        check_tensor("calibration", calibration)
+    seed = check_int("seed", seed, 0)
+    inputs = linear_inputs(model, calibration, list(layers)) if by == "activation" else {}
+    gen = torch.Generator().manual_seed(seed)
+    out, kept = copy.deepcopy(model).eval(), {}
+    for name, layer in block_linears(out).items():
+        w, n = layer.weight.detach().clone(), _n_kept(keep, layer.in_features)    # (out, in)
+        if by == "random":
+            score = torch.zeros(layer.in_features)
+            score[torch.randperm(layer.in_features, generator=gen)[:n]] = 1.0
+        else:
+            score = inputs[name].abs().mean(0) if by == "activation" else w.norm(dim=0)   # (in,)
+        kept[name] = torch.argsort(score, descending=True, stable=True)[:n]
+        layer.weight.copy_(quantize_groupwise(w, bits, group_size or layer.in_features))
+        layer.weight[:, kept[name]] = w[:, kept[name]]
+    return out, kept

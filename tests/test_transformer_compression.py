@@ -263,3 +263,91 @@ def test_awq_scales_and_search_undo_a_planted_outlier():
         torch.testing.assert_close(q.sequence_logits(X), model.sequence_logits(X), rtol=0.05, atol=0.05)
     with pytest.raises(ValueError, match="alpha must be"):
         TC.awq_scales(torch.ones(3), -0.1)
+
+
+# ----------------------------------------------------------------------------- AWQ's mixed-precision contrast
+def test_quantize_keep_salient_keep_zero_is_plain_rtn_bit_for_bit():
+    model, X = _model(), _data().X_train[:16]
+    for bits, G in ((2, 32), (3, None)):
+        rtn = TC.quantize_weights(model, bits, G)
+        for by in ("activation", "weight", "random"):
+            q, kept = TC.quantize_keep_salient(model, bits, G, 0, by=by, calibration=X)
+            assert all(k.numel() == 0 for k in kept.values())
+            for (n, p), (_, r) in zip(q.named_parameters(), rtn.named_parameters()):
+                assert torch.equal(p, r), (by, n)
+
+
+def test_quantize_keep_salient_kept_columns_are_float_the_rest_rtn():
+    model, X = _model(), _data().X_train[:16]
+    q, kept = TC.quantize_keep_salient(model, 2, 32, 0.05, by="activation", calibration=X)
+    rtn = TC.quantize_weights(model, 2, 32)
+    for name, layer in TC.block_linears(q).items():
+        w, r = TC.block_linears(model)[name].weight, TC.block_linears(rtn)[name].weight
+        rest = torch.ones(layer.in_features, dtype=torch.bool)
+        rest[kept[name]] = False
+        assert torch.equal(layer.weight[:, kept[name]], w[:, kept[name]])       # float, exactly
+        assert torch.equal(layer.weight[:, rest], r[:, rest])                   # RTN's values, exactly
+        assert not torch.equal(w[:, kept[name]], r[:, kept[name]])              # RTN would have changed them
+    assert torch.equal(q.wte.weight, model.wte.weight) and torch.equal(q.h[0].ln_1.bias, model.h[0].ln_1.bias)
+    everything, _ = TC.quantize_keep_salient(model, 2, 32, 1.0, by="weight")
+    for (n, p), (_, f) in zip(everything.named_parameters(), model.named_parameters()):
+        assert torch.equal(p, f), n                                              # keep=1.0: all columns float
+
+
+def test_quantize_keep_salient_counts_kept_columns():
+    model = _model()                                                             # in_features 64 and 128
+    widths = {n: l.in_features for n, l in TC.block_linears(model).items()}
+    for keep, per_width in ((0.01, {64: 1, 128: 1}), (0.05, {64: 3, 128: 6}), (0.001, {64: 1, 128: 1}),
+                            (2, {64: 2, 128: 2}), (1.0, {64: 64, 128: 128})):
+        _, kept = TC.quantize_keep_salient(model, 4, None, keep, by="weight")
+        for name, idx in kept.items():
+            assert idx.numel() == per_width[widths[name]] == len(set(idx.tolist())), (keep, name)
+
+
+def test_quantize_keep_salient_activation_finds_planted_channels_weight_does_not():
+    model, X = _model(), _data().X_train[:32]
+    planted = TC.plant_outliers(model, [5, 20, 33], 100.0)          # inputs x100, weight columns /100
+    _, by_act = TC.quantize_keep_salient(planted, 2, 32, 3, by="activation", calibration=X)
+    _, by_w = TC.quantize_keep_salient(planted, 2, 32, 3, by="weight")
+    assert set(by_act["h.0.attn.c_attn"].tolist()) == {5, 20, 33}
+    assert not set(by_w["h.0.attn.c_attn"].tolist()) & {5, 20, 33}
+    # weight: the largest column norms, hand-made
+    with torch.no_grad():
+        model.h[1].mlp.c_proj.weight[:, [7, 100]] *= 50.0
+    _, kept = TC.quantize_keep_salient(model, 2, 32, 2, by="weight")
+    assert set(kept["h.1.mlp.c_proj"].tolist()) == {7, 100}
+
+
+def test_quantize_keep_salient_random_choice_is_seeded():
+    model = _model()
+    a = TC.quantize_keep_salient(model, 3, 32, 0.05, by="random", seed=4)
+    b = TC.quantize_keep_salient(model, 3, 32, 0.05, by="random", seed=4)
+    c = TC.quantize_keep_salient(model, 3, 32, 0.05, by="random", seed=5)
+    assert all(torch.equal(a[1][n], b[1][n]) for n in a[1])
+    assert all(torch.equal(p, r) for p, r in zip(a[0].parameters(), b[0].parameters()))
+    assert any(not torch.equal(a[1][n], c[1][n]) for n in a[1])
+    for idx in a[1].values():
+        assert len(set(idx.tolist())) == idx.numel() in (3, 6)                  # distinct; 5 % of 64 or 128
+
+
+def test_quantize_keep_salient_errors_name_the_argument():
+    model, X = _model(), _data().X_train[:8]
+    cases = [(dict(bits=1), ValueError, "bits must be an int in \\[2, 8\\]"),
+             (dict(bits=4.0), TypeError, "bits must be an int"),
+             (dict(group_size=24), ValueError, "group_size must divide"),
+             (dict(group_size=0), ValueError, "group_size must be an int >= 1"),
+             (dict(keep=1.5), ValueError, "keep must be a float in \\[0, 1\\] or a non-negative int"),
+             (dict(keep=-1), ValueError, "keep must be"),
+             (dict(keep=True), TypeError, "keep must be"),
+             (dict(keep="1%"), TypeError, "keep must be"),
+             (dict(keep=65), ValueError, "keep must be at most in_features = 64"),
+             (dict(by="gradient"), ValueError, "by must be 'activation', 'weight' or 'random'"),
+             (dict(by="activation", calibration=None), ValueError, "calibration must be"),
+             (dict(calibration=[[1, 2]]), TypeError, "calibration must be a torch.Tensor"),
+             (dict(seed=-1), ValueError, "seed must be an int >= 0")]
+    for change, error, match in cases:
+        kw = dict(bits=2, group_size=32, keep=0.01, by="random", calibration=X, seed=0) | change
+        with pytest.raises(error, match=match):
+            TC.quantize_keep_salient(model, kw.pop("bits"), kw.pop("group_size"), kw.pop("keep"), **kw)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        TC.quantize_keep_salient("model", 2, 32, 0.01, by="weight")
