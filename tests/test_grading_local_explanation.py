@@ -1,6 +1,8 @@
 """Chapter 05's graders accept the reference and reject the stub and the wrong answers learners write."""
 import itertools
+import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -547,7 +549,7 @@ def lime_tabular(f, x, scale, n_samples=2000, kernel_width=0.75, seed=0):
     """{what}"""
     ch = exercises._channel
     cells = dict(zip(ch.__code__.co_freevars, (c.cell_contents for c in ch.__closure__)))
-    current, send = cells["current"], cells["send"]
+    current, ask = cells["current"], cells["ask"]
     {body}
 '''
 
@@ -556,7 +558,8 @@ def test_lime_f_cannot_be_read_in_the_sandbox_and_honest_versions_pass(tmp_path)
     """Graded as a class (--jobs 2): the reference and an independent version pass; reading f's parameters
     (attributes, __dict__, closures, gc, inspect, pickle, frames) finds nothing and fails, though the same
     attack passes in the notebook's unconfined check (the control); a per-row caller is told to batch; a child
-    that asks for 20,000 values and stops reading, or sends a call the grader cannot read, holds up nothing."""
+    that asks for 20,000 values and stops reading, sends a call the grader cannot read or names a black box
+    it was not given, holds up nothing and fails."""
     import inspect
     import runpy
     from pathlib import Path as _P
@@ -578,13 +581,15 @@ def test_lime_f_cannot_be_read_in_the_sandbox_and_honest_versions_pass(tmp_path)
         "per_row.py": "import numpy as np\n\n\ndef lime_tabular(f, x, scale, n_samples=2000, kernel_width=0.75, "
                       "seed=0):\n    return np.array([f(z) for z in np.tile(x, (n_samples, 1))])[:len(x)] * 0.0\n",
         "stops_reading.py": LIME_BYPASS.format(what="asks for 20,000 values, never reads them", body=(
-            "send(t='call', i=current['i'], nonce=current['nonce'], z=codec.array_text(np.zeros((20000, len(x)))))"
+            "ask(t='call', box=current['box'], z=codec.array_text(np.zeros((20000, len(x)))))"
             "\n    time.sleep(60)")),
         "forged_call.py": LIME_BYPASS.format(what="a call whose array claims 10^9 rows", body=(
             "import base64\n    header = b\"{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000, 2), }\"\n"
             "    npy = b'\\x93NUMPY\\x01\\x00' + len(header).to_bytes(2, 'little') + header\n"
-            "    send(t='call', i=current['i'], nonce=current['nonce'], z=base64.b64encode(npy).decode())\n"
+            "    ask(t='call', box=current['box'], z=base64.b64encode(npy).decode())\n"
             "    time.sleep(60)")),
+        "other_token.py": LIME_BYPASS.format(what="a call with a token of no case it was given", body=(
+            "ask(t='call', box='0' * 32, z=codec.array_text(np.zeros((3, len(x)))))\n    time.sleep(60)")),
     }
     paths = []
     for name, source in sources.items():
@@ -602,4 +607,102 @@ def test_lime_f_cannot_be_read_in_the_sandbox_and_honest_versions_pass(tmp_path)
     assert not rows["per_row.py"].passed and "call it once on all" in rows["per_row.py"].message
     assert not rows["stops_reading.py"].passed and "time limit" in rows["stops_reading.py"].message
     assert not rows["forged_call.py"].passed and "cannot read" in rows["forged_call.py"].message
+    assert not rows["other_token.py"].passed and "unexpected on its channel" in rows["other_token.py"].message
     assert seconds < 120, seconds
+
+
+def _seed_patterns(values) -> "re.Pattern":
+    """What an ``f_seed`` value leaves in a process's memory: the request's JSON text, or the int object's
+    size and digits (CPython's layout: one or two 30-bit digits for a value below 2^31)."""
+    import re
+    import sys
+    forms = []
+    for value in values:
+        forms.append(f'"f_seed": {value}'.encode())
+        n = 1 if value < 2**30 else 2
+        size = (n << 3 if sys.version_info >= (3, 12) else n).to_bytes(8, sys.byteorder)
+        digits = b"".join(((value >> (30 * k)) & (2**30 - 1)).to_bytes(4, sys.byteorder) for k in range(n))
+        forms.append(size + digits)
+    return re.compile(b"|".join(map(re.escape, forms)))
+
+
+def _found_in_memory(pid: int, pattern) -> list[bytes]:
+    """Every match of ``pattern`` in the writable memory of process ``pid`` (its heap and anonymous maps)."""
+    found = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            parts = line.split()
+            start, end = (int(v, 16) for v in parts[0].split("-"))
+            if not parts[1].startswith("rw") or (len(parts) > 5 and parts[5] != "[heap]") or end - start > 2**30:
+                continue
+            for at in range(start, end, 1 << 24):
+                try:
+                    mem.seek(at)
+                    chunk = mem.read(min(1 << 24, end - at))
+                except OSError:
+                    break
+                found += [m.group(0) for m in pattern.finditer(chunk)]
+    return found
+
+
+SLOW_LIME = """
+import time
+import numpy as np
+
+
+def lime_tabular(f, x, scale, n_samples=2000, kernel_width=0.75, seed=0):
+    f(np.asarray(x, dtype=np.float64))
+    time.sleep(30)
+"""
+
+
+def test_the_zygote_never_holds_f_seed_or_fs_parameters(tmp_path):
+    """No process a graded child is forked from holds f's seed: while two lime_tabular jobs run (each has
+    called f), the zygote's writable memory holds none of the class's f_seed values, neither as the
+    request's text nor as int objects; the grader's requests carry the public case and a token only."""
+    import threading
+    import time
+
+    from course_lib.grader.sandbox import Pool, SandboxLimits
+    if os.geteuid() != 0:
+        pytest.skip("reading another process's memory needs root")
+    cases = grading.make_cases("lime_tabular", 5)
+    seeds = [c["f_seed"] for c in cases]
+    pattern = _seed_patterns(seeds)
+    assert pattern.search(json.dumps(cases[0]).encode())          # the patterns find the text form
+    with Pool(2, SandboxLimits(timeout_s=6.0)) as pool:
+        sent: list[str] = []
+        write = pool._write
+        pool._write = lambda text: (sent.append(text), write(text))[1]
+        results = []
+        runner = threading.Thread(target=lambda: results.extend(
+            pool.run([(SLOW_LIME, "lime_tabular", cases), (SLOW_LIME, "lime_tabular", cases)])))
+        runner.start()
+        time.sleep(4.0)                        # both children started, called f and sleep
+        found = _found_in_memory(pool._process.pid, pattern)
+        runner.join()
+    assert found == [], f"{len(found)} traces of f_seed in the zygote, e.g. {found[:3]}"
+    assert sent and "f_seed" not in "".join(sent) and '"_box"' in "".join(sent)
+    assert [r.kind for _, r in results] == ["timeout", "timeout"], results
+
+
+def test_a_scan_of_the_childs_own_memory_finds_no_f_seed(tmp_path):
+    """A hostile submission reads every writable region of its own process and tries every int there as f's
+    seed (checking it against f on a few rows); graded after an honest classmate (one job at a time, so its
+    zygote has served a lime_tabular job before), it finds its canary and no f_seed."""
+    from pathlib import Path as _P
+
+    from course_lib.grader import cli
+    from course_lib.grader.sandbox import SandboxLimits
+    attack = LIME_ATTACKS / "lime_scan_memory.py"
+    (tmp_path / "a_honest.py").write_text(LIME_INDEPENDENT)
+    (tmp_path / "b_scan.py").write_text(attack.read_text())
+    rows = {_P(r.submission).name: r for r in cli.grade_submissions(
+        [tmp_path / "a_honest.py", tmp_path / "b_scan.py"], only=["lime_tabular"],
+        limits=SandboxLimits(timeout_s=30.0), jobs=1, seed=5)}
+    assert rows["a_honest.py"].passed, rows["a_honest.py"].message
+    message = rows["b_scan.py"].message
+    assert not rows["b_scan.py"].passed and "found no f_seed" in message and "canary found: True" in message, \
+        message
+    scanned = int(message.split(" bytes")[0].split()[-1])
+    assert scanned > 50 * 2**20, message                   # it read the process's heap, not a corner of it

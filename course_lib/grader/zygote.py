@@ -12,13 +12,21 @@ case lists of the running jobs; a graded child only ever holds **one case at a t
 zygote sends the child one case (with a fresh nonce), waits for exactly one reply frame carrying that case's
 index and nonce, and only then sends the next. A child that dies, exits, times out, answers for the wrong case,
 answers twice or writes anything else on its reply pipe fails the exercise, and the grader is told why. The
-child never learns how many cases there are. An exercise whose input is a function the learner may only call
-(``Exercise.blackbox``: ``lime_tabular``'s ``f``) is sent without what the function hides; the child's
-stand-in (:class:`~course_lib.grader.exercises.RemoteBlackBox`) sends each call's rows to the zygote, which
-evaluates the case's :class:`~course_lib.grader.exercises.BlackBox` here, outside the sandbox, and answers on
-the case pipe: within rows per call, rows and calls per case (checked again here, whatever the child sends),
-an ``.npy`` decoded with its size bounded before allocation, and :data:`BLACKBOX_SECONDS` of the zygote's time
-per job.
+child never learns how many cases there are.
+
+Where a black box is evaluated. An exercise whose input is a function the learner may only call
+(``Exercise.blackbox``: ``lime_tabular``'s ``f``) reaches the zygote already split by the grader: each case
+without what the function hides (``f_seed``, its kind), with an opaque token (``"_box"``) instead. So the
+zygote, which every graded child is forked from, never holds ``f``'s seed or parameters, and neither does any
+child, whatever it reads of its own memory. For such a job the zygote makes a socket pair, hands one end to the
+grader (over the ``--oracle`` socket, with the request's id) and the other to the child, and keeps neither: it
+never reads a call or an answer. The child's stand-in (:class:`~course_lib.grader.exercises.RemoteBlackBox`)
+sends each call's rows with the current case's token on that socket; the grader
+(:class:`course_lib.grader.sandbox._Oracle`, a thread of the process that computes the expected values and forks
+no graded child) evaluates the case's :class:`~course_lib.grader.exercises.BlackBox` and answers there: within
+rows per call, rows and calls per case, an ``.npy`` decoded with its size bounded before allocation, and
+``exercises.BLACKBOX_SECONDS`` of the grader's time per job. A call that breaks a rule fails the job: the grader
+sends ``{"cancel": id, "error"}`` on the zygote's stdin, and the zygote ends that job with the error.
 
 Protocol with the grader (JSON lines). Request: ``{"id", "job", "exercise", "cases", "timeout_s", "memory_mb",
 "file_size_mb", "hide"}``; ``job`` is a file readable only by the grader that holds the submission's code: only
@@ -27,10 +35,10 @@ The zygote answers ``{"ready": true, "isolation": {...}}`` once, then ``{"id", "
 text, ...], "error", "kind", "printed", "seconds"}`` per request, in completion order; ``kind`` says what the
 error is (:data:`ERROR_KINDS`), so the grader never reads it from the message.
 
-Protocol with a child: the zygote writes ``{"i", "nonce", "case"}`` lines, and ``{"t": "value", "y"}`` or
-``{"t": "refused", "error"}`` answering a call; the child writes ``{"t": "ready"}`` once, then per case any
-number of ``{"t": "call", "i", "nonce", "z"}`` (one at a time, each waiting for its answer) and one ``{"t":
-"outcome", "i", "nonce", "outcome"}``, or ``{"t": "error", "error"}``.
+Protocol with a child: the zygote writes ``{"i", "nonce", "case"}`` lines; the child writes ``{"t": "ready"}``
+once, then one ``{"t": "outcome", "i", "nonce", "outcome"}`` per case, or ``{"t": "error", "error"}``. Its
+black-box calls, ``{"t": "call", "box", "z"}`` (one at a time, each waiting for ``{"t": "value", "y"}`` or
+``{"t": "refused", "error"}``), go on its own socket to the grader, never on these pipes.
 
 Nothing blocks the loop: the reports to the grader and the lines to each child are queued and written as the
 pipe takes them (a grader busy comparing one answer, or a child that stops reading, holds up no other job: the
@@ -53,6 +61,7 @@ import os
 import secrets
 import selectors
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterable
@@ -68,7 +77,6 @@ ERROR_KINDS = ("protocol", "timeout", "memory", "died", "child", "setup")
 MAX_REPLY_BYTES = 32 * 2**20     # all of one exercise's answers
 MAX_ANSWER_BYTES = 8 * 2**20     # one case's answer (bounds what json.loads builds in the grader)
 MAX_PRINTED_CHARS = 100_000
-BLACKBOX_SECONDS = 5.0           # the zygote's time answering one job's black-box calls (rows are bounded too)
 _SLACK_S = 1.0
 _COW_SLACK_MB = 128          # pages of the zygote a child copies on write are charged to its cgroup (measured: ~8 MB)
 # Imported before the first fork when the grader names no list: everything a submission of any chapter may
@@ -212,9 +220,10 @@ class _Lines:
         return line
 
 
-def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_namespace: bool) -> None:
-    """The graded process: set up, define the submission's functions, then answer one case at a time.
-    Never returns."""
+def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_namespace: bool,
+            oracle_fd: int | None) -> None:
+    """The graded process: set up, define the submission's functions, then answer one case at a time; a
+    black box's calls go to the grader on ``oracle_fd`` (None: the exercise has no black box). Never returns."""
     import ast
 
     import torch
@@ -243,10 +252,11 @@ def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_na
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        keep = sorted({cases_fd, reply_fd})
-        os.closerange(3, keep[0])
-        os.closerange(keep[0] + 1, keep[1])
-        os.closerange(keep[1] + 1, 65536)
+        low = 3
+        for fd in sorted({cases_fd, reply_fd} | ({oracle_fd} if oracle_fd is not None else set())):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, 65536)
         exercise = exercises.get(request["exercise"])
         guards.install(exercise.forbidden, request.get("guard_kinds"))
         sys.stdout = sys.stderr = printed
@@ -290,13 +300,22 @@ def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_na
         fail(f"{exercise.name} is not defined as a function")
     send(t="ready")
     lines = _Lines(cases_fd)
-    current: dict = {}                       # the case being answered: its index and nonce, nothing else
+    answers = _Lines(oracle_fd) if oracle_fd is not None else None
+    current: dict = {}                       # the case being answered: its index, nonce and black-box token
+
+    def ask(**frame) -> None:
+        data = (json.dumps(frame) + "\n").encode()
+        while data:
+            data = data[os.write(oracle_fd, data):]
 
     def call_grader(z, lock=__import__("threading").Lock()):
-        """A black-box function's call: the rows go to the zygote, which evaluates it and answers."""
+        """A black-box function's call: the rows go straight to the grader, which evaluates it and answers (the
+        zygote never sees them)."""
+        if answers is None or current.get("box") is None:
+            raise RuntimeError("this function is evaluated by the grader, and no grader is connected")
         with lock:
-            send(t="call", i=current["i"], nonce=current["nonce"], z=codec.array_text(z))
-            reply = json.loads(lines.next())
+            ask(t="call", box=current["box"], z=codec.array_text(z))
+            reply = json.loads(answers.next())
         if reply.get("t") != "value":
             raise ValueError(str(reply.get("error"))[:1000])
         y = codec.text_array(reply["y"])
@@ -305,7 +324,7 @@ def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_na
     exercises.connect_blackbox(call_grader)
     while True:
         message = json.loads(lines.next())
-        current.update(i=message["i"], nonce=message["nonce"])
+        current.update(i=message["i"], nonce=message["nonce"], box=message["case"].pop("_box", None))
         try:
             args, kwargs = exercise.build(message["case"])
             outcome = codec.call(fn, args, kwargs, exercise.runner, roundtrip=False)
@@ -330,7 +349,8 @@ def _graded(request: dict, cases_fd: int, reply_fd: int, uid: int | None, pid_na
 
 
 def _confined(request: dict, cases_fd: int, reply_fd: int, uid: int | None, isolation: dict,
-              cgroup: cf.MemoryCgroup | None, held_fds: list[int], in_pid_namespace: bool) -> None:
+              cgroup: cf.MemoryCgroup | None, held_fds: list[int], in_pid_namespace: bool,
+              oracle_fd: int | None) -> None:
     """Runs in the forked process; never returns. As root: cgroup and namespaces here; the graded process
     is the init of a PID namespace of its own (so its whole tree ends with it): this very process when
     the zygote cloned it into one (``in_pid_namespace``), else a child forked after ``unshare``."""
@@ -348,21 +368,23 @@ def _confined(request: dict, cases_fd: int, reply_fd: int, uid: int | None, isol
             cf.enter_namespaces(request.get("hide", []) + request.get("hide_files", []), _project_root(),
                                 request["file_size_mb"], new_pid_namespace=not in_pid_namespace)
         if in_pid_namespace:
-            _graded(request, cases_fd, reply_fd, uid, True)
+            _graded(request, cases_fd, reply_fd, uid, True, oracle_fd)
         if isolation["pid_namespace"]:
             pid = os.fork()
             if pid == 0:
                 cf.die_with_parent()
-                _graded(request, cases_fd, reply_fd, uid, True)
+                _graded(request, cases_fd, reply_fd, uid, True, oracle_fd)
             os.close(cases_fd)
             os.close(reply_fd)
+            if oracle_fd is not None:
+                os.close(oracle_fd)
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
             if code < 0:
                 signal.signal(-code, signal.SIG_DFL)
                 os.kill(os.getpid(), -code)
             os._exit(code)
-        _graded(request, cases_fd, reply_fd, uid, False)
+        _graded(request, cases_fd, reply_fd, uid, False, oracle_fd)
     except BaseException as exc:  # noqa: BLE001
         try:
             os.write(reply_fd, (json.dumps({"t": "error", "error": f"the grading sandbox could not be set up: "
@@ -417,13 +439,10 @@ class _Job:
         self.deadline = self.start + request["timeout_s"] + _SLACK_S
         self.pid = self.cases_fd = self.reply_fd = -1
         self.to_child = bytearray()        # lines for the child not yet taken by its case pipe (never blocking)
-        self.split = None                  # the exercise's ``blackbox`` (case -> public case, BlackBox), if any
-        self.blackbox = None               # the current case's BlackBox: evaluated here, never in the child
-        self.blackbox_seconds = 0.0        # the zygote's time spent answering this job's calls
 
 
 class Server:
-    def __init__(self, jobs: int):
+    def __init__(self, jobs: int, oracle_fd: int | None = None):
         self.isolation = cf.probe()
         self.slots = cf.SlotPool(jobs) if self.isolation["uid_drop"] else None
         self.uids = self.slots.uids if self.slots else [None] * jobs
@@ -446,6 +465,8 @@ class Server:
         self.dying: list[int] = []
         self.limits_set: dict[int, int] = {}
         self.writing: dict[int, _Job] = {}  # case pipe -> job, while lines wait for room in it
+        self.oracle_fd = oracle_fd         # a SOCK_SEQPACKET socket to the grader: each job's call channel goes there
+        self.cancelled: dict[int, str] = {}  # request id -> why the grader ended it (its black box's calls)
 
     def _guard_plan(self, exercise: str) -> tuple[list[str], dict]:
         """The files to hide and the kinds of the forbidden names, computed here where files are visible."""
@@ -462,7 +483,7 @@ class Server:
         try:
             request["hide_files"], request["guard_kinds"] = self._guard_plan(request["exercise"])
             from . import exercises
-            job.split = exercises.get(request["exercise"]).blackbox
+            has_blackbox = exercises.get(request["exercise"]).blackbox is not None
         except Exception as exc:  # noqa: BLE001 - an unknown exercise is that job's error
             job.error, job.kind = f"cannot grade this exercise: {exc}", "setup"
             self.report(job)
@@ -477,26 +498,48 @@ class Server:
             cgroup.mark()
         cases_read, cases_write = os.pipe()
         reply_read, reply_write = os.pipe()
+        oracle_child = self.connect_oracle(request["id"]) if has_blackbox else None
         held = self.slots.fds() if self.slots else []
         cloned = self.isolation["pid_namespace"] and self.isolation["namespaces"] and cf.single_threaded()
         pid = cf.fork_into_new_pid_namespace() if cloned else os.fork()
         if pid == 0:
             os.close(cases_write)
             os.close(reply_read)
+            if self.oracle_fd is not None:
+                os.close(self.oracle_fd)
             self._forget_other_jobs(job)
-            _confined(request, cases_read, reply_write, self.uids[slot], self.isolation, cgroup, held, cloned)
+            _confined(request, cases_read, reply_write, self.uids[slot], self.isolation, cgroup, held, cloned,
+                      oracle_child)
         os.close(cases_read)
         os.close(reply_write)
+        if oracle_child is not None:
+            os.close(oracle_child)
         os.set_blocking(cases_write, False)
         job.pid, job.cases_fd, job.reply_fd = pid, cases_write, reply_read
         self.running[reply_read] = job
         self.selector.register(reply_read, selectors.EVENT_READ, "child")
 
+    def connect_oracle(self, request_id) -> int | None:
+        """A fresh socket pair for one job's black-box calls: one end goes to the grader (with the request's id,
+        over the oracle socket), the other to the child; the zygote keeps neither and never reads a call or an
+        answer. None without an oracle (the child's calls then fail: no grader is connected)."""
+        if self.oracle_fd is None:
+            return None
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        control = socket.socket(fileno=self.oracle_fd)
+        try:       # a few bytes on a socket the grader's oracle thread always reads: never held up for long
+            socket.send_fds(control, [json.dumps({"id": request_id}).encode()], [theirs.fileno()])
+        except OSError:
+            pass                                 # the grader is gone: the child's calls end at end of file
+        finally:
+            control.detach()
+            theirs.close()
+        return mine.detach()
+
     def _forget_other_jobs(self, job: _Job) -> None:
         """In a freshly forked child: drop every reference to other jobs and to the case list."""
         for other in self.running.values():
             other.cases, other.request, other.outcomes = [], {}, []
-            other.blackbox = other.split = None
             other.to_child.clear()
         self.writing.clear()
         self.running.clear()
@@ -510,15 +553,26 @@ class Server:
         chunk = os.read(sys.stdin.fileno(), 1 << 20)
         self.stdin_buffer += chunk
         *lines, self.stdin_buffer = self.stdin_buffer.split(b"\n")
-        self.pending += [json.loads(line) for line in lines if line.strip()]
+        for line in lines:
+            if line.strip():
+                request = json.loads(line)
+                if "cancel" in request:             # the grader ended a job (its black box's calls broke a rule)
+                    self.cancelled[request["cancel"]] = str(request.get("error"))[:4000]
+                else:
+                    self.pending.append(request)
         return bool(chunk)
+
+    def apply_cancellations(self) -> None:
+        """End the running jobs the grader cancelled (a job that already ended is reported as it ended)."""
+        for job in [j for j in self.running.values() if j.request.get("id") in self.cancelled]:
+            if job.error is None:
+                job.error, job.kind = self.cancelled[job.request["id"]], "protocol"
+            self.finish(job)
+        self.cancelled = {}
 
     def send_next(self, job: _Job) -> None:
         job.nonce = secrets.token_hex(8)
         case = job.cases[job.next]
-        job.blackbox = None
-        if job.split is not None:                  # the child gets the case without what its black box hides
-            case, job.blackbox = job.split(case)
         self.write_child(job, (json.dumps({"i": job.next, "nonce": job.nonce, "case": case}) + "\n").encode())
 
     def write_child(self, job: _Job, data: bytes) -> None:
@@ -543,27 +597,6 @@ class Server:
         elif not job.to_child and watched:
             self.selector.unregister(job.cases_fd)
             del self.writing[job.cases_fd]
-
-    def answer_call(self, job: _Job, frame: dict) -> str | None:
-        """A black-box call from the child: check it, evaluate the current case's BlackBox here (bounded: rows
-        per call and per case, the zygote's time per job), answer on the case pipe. The error, if the call
-        breaks the protocol."""
-        from . import codec, exercises
-        box = job.blackbox
-        started = time.monotonic()
-        try:
-            z = codec.text_array(frame.get("z"), max_bytes=exercises.MAX_CALL_ROWS * box.columns * 8)
-        except (codec.DecodeError, ValueError, TypeError) as exc:
-            return f"the graded process sent a call the grader cannot read ({str(exc)[:200]})"
-        try:
-            reply = {"t": "value", "y": codec.array_text(box(z))}
-        except ValueError as exc:                       # a wrong shape or dtype, the budget: the learner's error
-            reply = {"t": "refused", "error": str(exc)}
-        job.blackbox_seconds += time.monotonic() - started
-        if job.blackbox_seconds > BLACKBOX_SECONDS:
-            return f"its calls of the exercise's function took more than {BLACKBOX_SECONDS:g} s of the grader's time"
-        self.write_child(job, (json.dumps(reply) + "\n").encode())
-        return None
 
     def on_data(self, job: _Job) -> bool:
         """Read what the child wrote; True when the job is over."""
@@ -596,13 +629,6 @@ class Server:
             return True
         if kind == "ready" and not job.ready:
             job.ready = True
-        elif kind == "call" and job.ready and job.blackbox is not None and job.nonce and \
-                frame.get("i") == job.next and frame.get("nonce") == job.nonce and not job.data:
-            job.size -= len(line) + 1                   # calls are bounded by their rows, not by the answer's size
-            error = self.answer_call(job, frame)
-            if error is not None:
-                job.error, job.kind = error, "protocol"
-            return error is not None or job.error is not None
         elif kind == "outcome" and job.ready and job.next < len(job.cases) and \
                 frame.get("i") == job.next and frame.get("nonce") == job.nonce and \
                 isinstance(frame.get("outcome"), str) and job.nonce:
@@ -637,8 +663,7 @@ class Server:
         if self.writing.pop(job.cases_fd, None) is not None:
             self.selector.unregister(job.cases_fd)
         # An ended job may still be referenced (a local of the serve loop) when the next child is forked: it keeps
-        # no case (a black box's seed is in the full case) and no black box.
-        job.blackbox = job.split = None
+        # no case.
         os.close(job.reply_fd)
         os.close(job.cases_fd)
         del self.running[job.reply_fd]
@@ -766,6 +791,8 @@ class Server:
                         job.kind = "protocol"
                     if over:
                         self.finish(job)
+            if self.cancelled:
+                self.apply_cancellations()
             for job in [j for j in self.running.values() if time.monotonic() > j.deadline]:
                 self.finish(job, timed_out=True)
             self.reap()
@@ -777,7 +804,7 @@ class Server:
                 cgroup.remove()
 
 
-def serve(jobs: int, preload: Iterable[str] | None = None) -> None:
+def serve(jobs: int, preload: Iterable[str] | None = None, oracle_fd: int | None = None) -> None:
     """Import once (:data:`_BASE` and ``preload``, of the allowed modules; every module of :data:`_PRELOAD`
     when ``preload`` is None), then read requests on stdin and answer each when its child is done."""
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -804,7 +831,7 @@ def serve(jobs: int, preload: Iterable[str] | None = None) -> None:
     cf.not_dumpable()
     cf.become_subreaper()
     sys.stdout = sys.stderr
-    Server(jobs).serve()
+    Server(jobs, oracle_fd).serve()
 
 
 if __name__ == "__main__":
@@ -814,5 +841,8 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--preload", default=None,
                         help="comma-separated modules to import besides the base (default: every allowed module)")
+    parser.add_argument("--oracle", type=int, default=None,
+                        help="an inherited SOCK_SEQPACKET socket to the grader, which evaluates the black boxes")
     args = parser.parse_args()
-    serve(max(1, args.jobs), None if args.preload is None else [m for m in args.preload.split(",") if m])
+    serve(max(1, args.jobs), None if args.preload is None else [m for m in args.preload.split(",") if m],
+          args.oracle)

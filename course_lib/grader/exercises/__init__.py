@@ -22,7 +22,9 @@ An exercise is a pure top-level function with a fixed name. Its reference implem
 - ``blackbox`` (optional): ``blackbox(case)`` gives ``(public_case, BlackBox)`` for an exercise whose input is
   a function the learner may only *call* (``lime_tabular``'s ``f``). The graded child gets only the public
   case, and ``build(public_case)`` hands the learner a :class:`RemoteBlackBox`, which holds no parameter:
-  each call travels to the zygote, which evaluates the :class:`BlackBox` (outside the sandbox) and answers.
+  each call travels to the grader process, which evaluates the :class:`BlackBox` and answers. The grader
+  splits the case before it sends it, so the zygote the child is forked from never holds the parameters
+  either (:class:`course_lib.grader.sandbox._Oracle`).
   In the grader and in the notebook ``build(case)`` of the full case gives the :class:`BlackBox` itself,
   with the same checks and the same row budget, so ``check()`` and the classroom grader agree.
 
@@ -70,13 +72,14 @@ class Exercise:
 MAX_CALL_ROWS = 20_000           # rows of one call of a black-box function
 MAX_CASE_ROWS = 100_000          # rows of all calls in one case (the runner's calls together)
 MAX_CASE_CALLS = 64              # calls in one case: each is a round trip to the grader, so f takes a batch
+BLACKBOX_SECONDS = 5.0           # the grader's time evaluating one graded job's calls (rows are bounded too)
 
 
 class BlackBox:
     """A function of rows ``z`` (shape ``(n, columns)``, or one row ``(columns,)``) that the learner may call
     within a budget: at most :data:`MAX_CALL_ROWS` rows a call, :data:`MAX_CASE_ROWS` rows and
     :data:`MAX_CASE_CALLS` calls in all (the runner's calls of one case together). It runs in the
-    grader's processes only (the notebook's kernel, the grader, the zygote); a graded child gets a
+    grader's processes only (the notebook's kernel, the grader; never the zygote); a graded child gets a
     :class:`RemoteBlackBox` instead. Inputs are converted with ``np.asarray(z, dtype=np.float64)``; a wrong shape
     or an exhausted budget raises ``ValueError`` (the same message in the notebook and in the classroom grader).
     ``evaluate`` takes a float64 array of shape ``(n, columns)`` and returns ``n`` values."""
@@ -115,8 +118,8 @@ class BlackBox:
 
 class RemoteBlackBox:
     """What a graded child gets for a :class:`BlackBox`: a function that holds no parameter. Each call sends
-    ``z`` to the zygote over the child's reply pipe and waits for the values (or the ``ValueError``'s message)
-    on its case pipe: :func:`connect_blackbox` installs that channel in the child."""
+    ``z`` to the grader over the job's own socket and waits for the values (or the ``ValueError``'s message)
+    on it: :func:`connect_blackbox` installs that channel in the child."""
 
     __slots__ = ("columns",)
 
@@ -139,7 +142,7 @@ _channel: Callable[[np.ndarray], Any] | None = None
 
 
 def connect_blackbox(channel: Callable[[np.ndarray], Any]) -> None:
-    """In a graded child: the function that sends a call to the zygote and returns its answer."""
+    """In a graded child: the function that sends a call to the grader and returns its answer."""
     global _channel
     _channel = channel
 

@@ -14,7 +14,8 @@ exact weights of a linear ``f`` (tolerance 1e-6); for a curved ``f``, LIME's man
 form (tolerance 0.15 in max-abs error), which is the gradient only for a small kernel; and identical
 results for the same seed. ``f`` is a black box (``blackbox``): its parameters are drawn from the grading
 seed (``f_seed``, never a fixed number in this file, which the sandbox can read), the graded child receives
-the case without ``kind`` and ``f_seed`` and calls ``f`` through the zygote, which evaluates it.
+the case without ``kind`` and ``f_seed`` (the grader splits it before the zygote sees it) and calls ``f``
+through the grader process, which evaluates it.
 
 ``shapley_regression`` with every coalition is graded against exact Shapley values computed here by
 enumeration (``derive``); with a given set of coalitions, against the reference's constrained weighted fit
@@ -280,7 +281,7 @@ def _shapley_describe(case: dict) -> str:
 
 # --------------------------------------------------------------------------- lime_tabular
 def _lime_params(case: dict) -> dict:
-    """The target's parameters, drawn from the case's ``f_seed`` (in the grader and the zygote only): a linear
+    """The target's parameters, drawn from the case's ``f_seed`` (in the grader only): a linear
     f (weights ``w``, intercept ``b``) or f(z) = sum_i a_i sin(b_i z_i)."""
     rng, M = np.random.default_rng(case["f_seed"]), len(case["x"])
     if case["kind"] == "linear":
@@ -304,7 +305,7 @@ _LIME_HIDDEN = ("kind", "f_seed")        # what of a case the graded child never
 
 
 def _lime_blackbox(case: dict):
-    """(the case without f's kind and seed, the function the zygote evaluates for the child)."""
+    """(the case without f's kind and seed, the function the grader evaluates for the child)."""
     return {k: v for k, v in case.items() if k not in _LIME_HIDDEN}, _lime_target(case)
 
 
