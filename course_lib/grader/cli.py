@@ -18,7 +18,7 @@ Examples
 --------
     python -m course_lib.grade class/*.ipynb --out grades.csv
     python -m course_lib.grade alice.py --exercise conv2d_macs --timeout 5
-    python -m course_lib.grade class/*.ipynb --gradebook book.csv --roster roster.csv --seed 2027 --jobs 2
+    python -m course_lib.grade class/*.ipynb --gradebook book.csv --roster roster.csv --jobs 2
     python -m course_lib.grade class/*/03_low_rank.ipynb --weights weights.toml --partial-credit \
         --feedback feedback/ --mistakes mistakes.md --canvas canvas.csv --deadline 2026-12-01T23:59
 """
