@@ -11,7 +11,9 @@ Taught in: 08_transformer
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import re
 
 import numpy as np
 import torch
@@ -27,7 +29,8 @@ __all__ = ["quantize_groupwise", "smoothquant_scales", "attention_rollout", "gro
            "plant_outliers", "w8a8", "smooth", "kv_cache_bytes", "head_importance", "prune_heads",
            "token_attributions", "hit_rate", "randomized", "weight_quantization_sweep", "head_pruning_study",
            "QuantizedKVCache", "cached_decode", "kv_cache_study", "DequantLinear", "dequantizing_model",
-           "dequant_latency", "awq_scales", "awq_search", "awq", "quantize_keep_salient"]
+           "dequant_latency", "awq_scales", "awq_search", "awq", "quantize_keep_salient", "import_torchao",
+           "torchao_weight_only"]
 
 
 # ----------------------------------------------------------------------------- exercises (references)
@@ -113,15 +116,33 @@ def attention_rollout(attentions: list[Tensor]) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- bytes and packing
-def group_codes(weight: Tensor, bits: int, group_size: int) -> tuple[Tensor, Tensor]:
-    """The int8 codes ``(out, in)`` and float16 scales ``(out, in / G)`` behind :func:`quantize_groupwise`."""
-    qmax = 2 ** (bits - 1) - 1
+def group_codes(weight: Tensor, bits: int, group_size: int, *, full_range: bool = False,
+                scale_dtype: torch.dtype = torch.float16) -> tuple[Tensor, Tensor]:
+    """The int8 codes ``(out, in)`` and scales ``(out, in / G)`` behind :func:`quantize_groupwise`.
+
+    ``full_range=False`` (the course's convention): :math:`s = \\max|W_g| / (2^{b-1} - 1)`, codes
+    :math:`\\mathrm{round}(W / s)` in :math:`[-(2^{b-1} - 1), 2^{b-1} - 1]`, exactly :func:`quantize_groupwise`.
+
+    ``full_range=True`` (torchao's and ``torch.ao`` observers' symmetric convention): the two's-complement
+    range :math:`[-2^{b-1}, 2^{b-1} - 1]` with :math:`s = \\max|W_g| / ((q_{max} - q_{min}) / 2)
+    = \\max|W_g| / (2^{b-1} - \\tfrac12)` (127.5 at int8, 7.5 at int4), and codes
+    :math:`\\mathrm{clamp}(\\mathrm{round}(W \\cdot \\mathrm{fl}(1/s)), q_{min}, q_{max})`: multiplied by the
+    float reciprocal, as torchao's ``quantize_affine`` does. That reciprocal moves :math:`W/s` by at most an
+    ulp, which flips a code only where :math:`W/s` sits on a rounding boundary, mostly at a group's most
+    negative weight (:math:`W/s = -(2^{b-1} - \\tfrac12)` in exact arithmetic): it gets :math:`-2^{b-1}` or
+    :math:`-2^{b-1} + 1` by the last bit. A group of zeros gets ``s = 1`` either way (torchao: ``s = eps``;
+    the codes are 0 in both). Scales are returned in ``scale_dtype`` (float16: what :func:`stored_bytes`
+    counts; the weight's dtype to dequantize exactly).
+    """
     out_f, in_f = weight.shape
-    w = weight.detach().reshape(out_f, in_f // group_size, group_size)
-    scale = w.abs().amax(dim=2, keepdim=True) / qmax
+    w = weight.detach().reshape(out_f, in_f // group_size, group_size)        # (out, groups, G)
+    qmax = 2 ** (bits - 1) - 1
+    qmin, denominator = (-qmax - 1, qmax + 0.5) if full_range else (-qmax, qmax)   # (qmax - qmin) / 2 or qmax
+    scale = w.abs().amax(dim=2, keepdim=True) / denominator
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    codes = torch.round(w / scale).clamp(-qmax, qmax).to(torch.int8).reshape(out_f, in_f)
-    return codes, scale.squeeze(2).half()
+    q = torch.round(w * (1.0 / scale)) if full_range else torch.round(w / scale)
+    codes = q.clamp(qmin, qmax).to(torch.int8).reshape(out_f, in_f)
+    return codes, scale.squeeze(2).to(scale_dtype)
 
 
 def pack_int4(codes: Tensor) -> Tensor:
@@ -210,22 +231,31 @@ def gptq_quantize(weight: Tensor, H: Tensor, bits: int, group_size: int, damp: f
 
 @torch.no_grad()
 def quantize_weights(model: TinyGPT, bits: int, group_size: int | None = None, *, method: str = "rtn",
-                     calibration: Tensor | None = None) -> TinyGPT:
+                     calibration: Tensor | None = None, full_range: bool = False) -> TinyGPT:
     """A copy of ``model`` whose block Linears hold ``bits``-bit group-wise weights (dequantized).
 
     ``method``: ``"rtn"`` (round to nearest, :func:`quantize_groupwise`) or ``"gptq"`` (:func:`gptq_quantize`,
     Hessians from the float model's inputs on ``calibration``). ``group_size=None``: per channel.
+    ``full_range=True`` (RTN only): torchao's symmetric convention instead, codes in
+    :math:`[-2^{b-1}, 2^{b-1} - 1]` and :math:`s = \\max|W_g| / (2^{b-1} - 1/2)` (see :func:`group_codes`);
+    the weights are ``codes * s`` in the weight's dtype, as torchao dequantizes them.
     """
     if method not in ("rtn", "gptq"):
         raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
     if method == "gptq" and calibration is None:
         raise ValueError("calibration must be given for method='gptq', got None")
+    if full_range and method != "rtn":
+        raise ValueError(f"full_range=True is implemented for method='rtn' only, got method={method!r}")
     out = copy.deepcopy(model).eval()
     layers = block_linears(out)
     inputs = linear_inputs(model, calibration, list(layers)) if method == "gptq" else {}
     for name, layer in layers.items():
         g = group_size or layer.in_features
-        if method == "rtn":
+        if full_range:
+            codes, scale = group_codes(layer.weight, bits, g, full_range=True, scale_dtype=layer.weight.dtype)
+            w = codes.to(scale.dtype).reshape(scale.shape[0], scale.shape[1], g) * scale[:, :, None]
+            layer.weight.copy_(w.reshape(layer.weight.shape))
+        elif method == "rtn":
             layer.weight.copy_(quantize_groupwise(layer.weight, bits, g))
         else:
             x = inputs[name].double()
@@ -605,6 +635,72 @@ def dequant_latency(model: TinyGPT, X: Tensor, settings: list[tuple[int, int | N
     runs = timing.compare({str(k): f for k, f in fns.items()}, rounds=rounds, repeats=repeats)
     out = {k: runs[str(k)] for k in names}
     out["slowdown"] = {k: timing.speedup(out[k], out["float32"]) for k in names if k != "float32"}
+    return out
+
+
+# ----------------------------------------------------------------------------- the industry library: torchao
+_TORCHAO_NOISE = {  # logger: the one message of its that torchao's import emits on a CPU-only machine
+    "torchao": re.compile(r"Failed to load \S*[/\\]torchao[/\\]_C\w*\.\S*so: "),   # its CUDA-only kernel libraries
+    "torch.utils._pytree": re.compile(r"<enum 'KernelPreference'> is an Enum subclass "),   # torchao's Enum
+}
+
+
+class _Drop(logging.Filter):
+    """Drops the records whose message matches ``pattern`` (at its start); lets every other record through."""
+
+    def __init__(self, pattern: re.Pattern):
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+def import_torchao():
+    """``import torchao``, without the log lines its import prints on a CPU-only machine.
+
+    torchao 0.18's wheel ships CUDA kernel libraries (``_C_mxfp8``, ``_C_cutlass_90a``) and logs a warning
+    ``Failed to load .../torchao/_C....so`` for each on a machine without CUDA; it also registers an Enum
+    with ``torch.utils._pytree.register_constant``, which torch 2.13 logs as deprecated. Neither affects
+    the CPU paths used here. A :class:`logging.Filter` on exactly those two loggers, matching exactly those
+    messages, is installed for the import and removed after it: any other warning (from these loggers too)
+    still prints, and nothing is filtered later. Returns the ``torchao`` module.
+    """
+    filters = [(logging.getLogger(name), _Drop(pattern)) for name, pattern in _TORCHAO_NOISE.items()]
+    for logger, f in filters:
+        logger.addFilter(f)
+    try:
+        import torchao
+        import torchao.quantization                                            # noqa: F401
+    finally:
+        for logger, f in filters:
+            logger.removeFilter(f)
+    return torchao
+
+
+@torch.no_grad()
+def torchao_weight_only(model: TinyGPT, bits: int, group_size: int | None = None) -> TinyGPT:
+    """A copy of ``model`` whose block Linears torchao quantized weight-only (``torchao.quantization.quantize_``).
+
+    ``bits=8, group_size=None``: ``Int8WeightOnlyConfig()`` (one scale per output row); otherwise
+    ``IntxWeightOnlyConfig(weight_dtype=torch.int<bits>, granularity=PerGroup(group_size))``, symmetric with
+    zero point 0 (``group_size=None``: ``PerAxis(0)``). Each quantized weight is a torchao tensor subclass
+    holding ``qdata`` (int8 codes) and ``scale`` (float32); its forward runs on the CPU. Compare with
+    :func:`quantize_weights` ``(..., full_range=True)``.
+    """
+    check_int("bits", bits, 1)
+    import_torchao()
+    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    if bits == 8 and group_size is None:
+        config = Int8WeightOnlyConfig()
+    else:
+        config = IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"),
+                                      granularity=PerGroup(group_size) if group_size else PerAxis(0))
+    out = copy.deepcopy(model).eval()
+    names = set(block_linears(out))
+    quantize_(out, config, filter_fn=lambda module, fqn: fqn in names)
     return out
 
 

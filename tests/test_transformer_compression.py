@@ -351,3 +351,106 @@ def test_quantize_keep_salient_errors_name_the_argument():
             TC.quantize_keep_salient(model, kw.pop("bits"), kw.pop("group_size"), kw.pop("keep"), **kw)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         TC.quantize_keep_salient("model", 2, 32, 0.01, by="weight")
+
+
+# ----------------------------------------------------------------------------- the industry library: torchao
+# torchao 0.18 (pinned) is the oracle for weight-only quantization: its codes, scales, dequantized weights and the
+# quantized models' outputs must be the course's full-range RTN, bit for bit, on the chapter's own model.
+SETTINGS = [(8, None), (4, 32), (3, 32)]        # Int8WeightOnlyConfig per row; IntxWeightOnlyConfig, groups of 32
+
+
+@pytest.fixture(scope="module")
+def recall_gpt():
+    from course_lib import checkpoints
+    return checkpoints.load("recall_gpt").eval(), checkpoints.dataset("recall_gpt")
+
+
+@pytest.mark.parametrize("bits, group", SETTINGS)
+def test_full_range_group_codes_are_torchaos_codes_and_scales(recall_gpt, bits, group):
+    model, _ = recall_gpt
+    tao = TC.torchao_weight_only(model, bits, group)
+    qmin, qmax = -2 ** (bits - 1), 2 ** (bits - 1) - 1
+    used_qmin = differ_from_course = 0
+    for name, layer in TC.block_linears(tao).items():
+        w, ref = model.get_submodule(name).weight, layer.weight
+        G = group or w.shape[1]
+        assert ref.qdata.dtype == torch.int8 and (ref.zero_point == 0).all()               # symmetric, zero point 0
+        codes, scale = TC.group_codes(w, bits, G, full_range=True, scale_dtype=torch.float32)
+        assert torch.equal(codes, ref.qdata), name                                          # every code
+        assert torch.equal(scale, ref.scale.reshape(scale.shape)), name                    # every scale, bit for bit
+        amax = w.detach().reshape(w.shape[0], -1, G).abs().amax(2)
+        torch.testing.assert_close(scale, amax / (qmax + 0.5), rtol=0, atol=0)             # 127.5, 7.5, 3.5
+        used_qmin += int((codes == qmin).sum())
+        assert int(codes.max()) <= qmax and int(codes.min()) >= qmin
+        differ_from_course += int((TC.group_codes(w, bits, G, scale_dtype=torch.float32)[0] != codes).sum())
+    assert used_qmin > 0                          # the extra negative code is used (the course's range has no -2^(b-1))
+    assert differ_from_course > 0                 # so the course's own convention would fail this comparison
+
+
+@pytest.mark.parametrize("bits, group", SETTINGS)
+def test_full_range_rtn_weights_are_torchaos_dequantized_weights(recall_gpt, bits, group):
+    model, _ = recall_gpt
+    tao, mine = TC.torchao_weight_only(model, bits, group), TC.quantize_weights(model, bits, group, full_range=True)
+    course = TC.quantize_weights(model, bits, group)
+    for name, layer in TC.block_linears(tao).items():
+        assert torch.equal(mine.get_submodule(name).weight, layer.weight.dequantize()), name
+    assert any(not torch.equal(course.get_submodule(n).weight, l.weight.dequantize())
+               for n, l in TC.block_linears(tao).items())
+
+
+def test_dividing_instead_of_multiplying_by_the_reciprocal_explains_the_remaining_codes(recall_gpt):
+    """torchao rounds w * fl(1/s); rounding w / s instead changes a code only where w / s lies within one float32
+    ulp of a half-integer, by one code, and mostly at a group's most negative weight (w / s = -(qmax + 1/2))."""
+    model, _ = recall_gpt
+    for bits, group in SETTINGS:
+        qmin, qmax = -2 ** (bits - 1), 2 ** (bits - 1) - 1
+        n_off = n_at_negative_amax = 0
+        for name, layer in TC.block_linears(model).items():
+            w = layer.weight.detach()
+            G = group or w.shape[1]
+            codes, scale = TC.group_codes(w, bits, G, full_range=True, scale_dtype=torch.float32)
+            wg = w.reshape(w.shape[0], -1, G)
+            ratio = wg / scale[:, :, None]
+            divided = torch.round(ratio).clamp(qmin, qmax).reshape(w.shape)
+            off = divided != codes
+            half_ulp_from_tie = ((ratio - ratio.floor() - 0.5).abs() <= torch.finfo(torch.float32).eps * ratio.abs())
+            assert (half_ulp_from_tie.reshape(w.shape)[off]).all(), name
+            assert ((divided - codes).abs()[off] == 1).all(), name
+            negative_amax = (wg == -wg.abs().amax(2, keepdim=True)).reshape(w.shape)
+            n_off += int(off.sum())
+            n_at_negative_amax += int((off & negative_amax).sum())
+        assert 0 < n_off < 0.005 * sum(l.weight.numel() for l in TC.block_linears(model).values())
+        assert n_at_negative_amax >= 0.9 * n_off
+
+
+@pytest.mark.parametrize("bits, group", SETTINGS)
+def test_torchao_and_full_range_rtn_models_give_the_same_outputs(recall_gpt, bits, group):
+    model, split = recall_gpt
+    X, y = split.X_test[:500], split.y_test[:500]
+    tao, mine = TC.torchao_weight_only(model, bits, group), TC.quantize_weights(model, bits, group, full_range=True)
+    with torch.no_grad():
+        a, b = tao(X), mine(X)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)          # int8 matmuls in torchao's order: 1e-5 apart
+    assert np.array_equal(TC.answer_metrics(tao, X, y)["correct"], TC.answer_metrics(mine, X, y)["correct"])
+
+
+def test_full_range_is_rtn_only():
+    with pytest.raises(ValueError, match="full_range=True is implemented for method='rtn' only"):
+        TC.quantize_weights(_model(), 4, 32, method="gptq", calibration=_data().X_train[:8], full_range=True)
+
+
+def test_import_torchao_drops_only_the_cuda_library_lines():
+    import subprocess
+    import sys
+
+    def stderr_of(code):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stderr
+
+    bare = stderr_of("import torchao")
+    if torch.version.cuda is None:                                      # the course's CPU wheel: the CUDA libraries fail
+        assert "Failed to load" in bare and "_C_" in bare               # what the helper is for
+    quiet = stderr_of("import logging\nfrom course_lib import transformer_compression as TC\nTC.import_torchao()\n"
+                      "logging.getLogger('torchao').warning('Failed to load weights.pt')\n"
+                      "logging.getLogger('torchao').warning('a real warning')")
+    assert "_C_" not in quiet and "Enum subclass" not in quiet
+    assert "Failed to load weights.pt" in quiet and "a real warning" in quiet   # filters are narrow and removed
