@@ -15,7 +15,8 @@ def test_requirements_pin_every_package_exactly():
     pins = _pins("\n".join(lines))
     for package in ["torch", "jupyterlab", "ipywidgets", "ipykernel", "nbval", "pytest", "nbclient", "nbformat",
                     "numpy", "scipy", "scikit-learn", "scikit-image", "pandas", "matplotlib", "tqdm", "shap",
-                    "lime", "captum", "sphinx", "myst-nb", "sphinx-book-theme", "sphinx-mathjax-offline", "playwright"]:
+                    "lime", "captum", "sphinx", "myst-nb", "sphinx-book-theme", "sphinx-mathjax-offline", "playwright",
+                    "torchao"]:
         assert package in pins, f"{package} is not pinned in requirements.txt"
 
 
