@@ -26,7 +26,7 @@ from .validation import check_float, check_int, check_module, check_tensor
 
 __all__ = ["quantize_groupwise", "smoothquant_scales", "attention_rollout", "group_codes", "pack_int4", "unpack_int4",
            "stored_bytes", "block_linears", "linear_inputs", "gptq_quantize", "quantize_weights", "answer_metrics",
-           "plant_outliers", "w8a8", "smooth", "kv_cache_bytes", "head_importance", "prune_heads",
+           "plant_outliers", "w8a8", "smooth", "kv_cache_bytes", "head_gradients", "head_importance", "prune_heads",
            "token_attributions", "hit_rate", "randomized", "weight_quantization_sweep", "head_pruning_study",
            "QuantizedKVCache", "cached_decode", "kv_cache_study", "DequantLinear", "dequantizing_model",
            "dequant_latency", "awq_scales", "awq_search", "awq", "quantize_keep_salient", "import_torchao",
@@ -444,12 +444,41 @@ def kv_cache_study(model: TinyGPT, X: Tensor, y: Tensor, bits: tuple[int, ...] =
     return rows
 
 
+def head_gradients(model: TinyGPT, X: Tensor, y: Tensor) -> Tensor:
+    """Per-example gate gradients :math:`g_{x,h} = \\partial L(x) / \\partial \\xi_h` at ``xi = 1``,
+    ``(N, n_layer, n_head)``, ``L(x)`` the cross-entropy of example ``x``.
+
+    One backward pass: the head's output :math:`y_h(x)` enters the loss as :math:`\\xi_h\\, y_h(x)`, so
+    :math:`g_{x,h} = \\langle y_h(x), \\partial L / \\partial (\\xi_h y_h)(x) \\rangle`, and the gradient of the
+    summed loss with respect to example ``x``'s head outputs is that of ``L(x)`` alone (examples do not interact).
+    """
+    model.eval()
+    outs: list[Tensor] = []
+
+    def keep(_module, args):
+        args[0].retain_grad()
+        outs.append(args[0])
+
+    hooks = [block.attn.c_proj.register_forward_pre_hook(keep) for block in model.h]
+    try:
+        with torch.enable_grad():
+            xi = torch.ones(model.n_layer, model.n_head, requires_grad=True)        # outputs need grads
+            loss = F.cross_entropy(model(X, head_mask=xi), y, reduction="sum")
+            loss.backward(inputs=outs)
+    finally:
+        for h in hooks:
+            h.remove()
+    N, T, C = outs[0].shape
+    per = [(z * z.grad).view(N, T, model.n_head, C // model.n_head).sum((1, 3)) for z in outs]
+    return torch.stack(per, 1).detach()                                            # (N, L, H)
+
+
 def head_importance(model: TinyGPT, X: Tensor, y: Tensor) -> Tensor:
-    """Michel et al. (2019): :math:`I_h = |\\partial L / \\partial \\xi_h|` at ``head_mask`` ``xi = 1``,
-    the first-order loss change of removing head ``h``; ``(n_layer, n_head)``."""
-    xi = torch.ones(model.n_layer, model.n_head, requires_grad=True)
-    loss = F.cross_entropy(model(X, head_mask=xi), y)
-    return torch.autograd.grad(loss, xi)[0].abs()
+    """Michel et al. (2019): :math:`I_h = \\mathbb E_x \\left|\\partial L(x) / \\partial \\xi_h\\right|` at
+    ``head_mask`` ``xi = 1``: the absolute value of each example's gate gradient (:func:`head_gradients`),
+    then averaged over ``(X, y)``, so gradients of opposite sign do not cancel (which
+    :math:`|\\mathbb E_x\\, \\partial L(x) / \\partial \\xi_h|` would let them); ``(n_layer, n_head)``."""
+    return head_gradients(model, X, y).abs().mean(0)
 
 
 @torch.no_grad()

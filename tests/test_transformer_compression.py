@@ -166,18 +166,42 @@ def test_attention_rollout_hand_cases():
         TC.attention_rollout([])
 
 
-def test_head_importance_is_the_gradient_of_the_gate():
+def test_head_gradients_equal_a_per_example_loop_and_finite_differences():
     model, s = _model(), _data()
-    X, y = s.X_train[:64], s.y_train[:64]
-    imp = TC.head_importance(model, X, y)
+    X, y = s.X_train[:24], s.y_train[:24]
+    g = TC.head_gradients(model, X, y)
+    assert g.shape == (24, 2, 4)
+    for i in range(24):                                    # brute force: one backward per example
+        xi = torch.ones(2, 4, requires_grad=True)
+        loss = F.cross_entropy(model(X[i:i + 1], head_mask=xi), y[i:i + 1])
+        torch.testing.assert_close(g[i], torch.autograd.grad(loss, xi)[0], rtol=1e-4, atol=1e-6)
     eps = 1e-3
-    for l, h in ((0, 1), (1, 2)):
+    for l, h in ((0, 1), (1, 2)):                          # and the gate's finite difference
         mask = torch.ones(2, 4)
         mask[l, h] += eps
-        up = F.cross_entropy(model(X, head_mask=mask), y)
+        up = F.cross_entropy(model(X[:1], head_mask=mask), y[:1])
         mask[l, h] -= 2 * eps
-        down = F.cross_entropy(model(X, head_mask=mask), y)
-        assert abs(abs(float((up - down).detach())) / (2 * eps) - float(imp[l, h])) < 1e-3
+        down = F.cross_entropy(model(X[:1], head_mask=mask), y[:1])
+        assert abs(float((up - down).detach()) / (2 * eps) - float(g[0, l, h])) < 1e-3
+
+
+def test_head_importance_averages_absolute_per_example_gradients():
+    model, s = _model(), _data()
+    X, y = s.X_train[:64], s.y_train[:64]
+    g = TC.head_gradients(model, X, y)
+    torch.testing.assert_close(TC.head_importance(model, X, y), g.abs().mean(0))
+    # a constructed case where the mean gradient cancels: two examples whose gate gradients for
+    # one head have opposite signs
+    l, h = 0, int(((g[:, 0] > 0).any(0) & (g[:, 0] < 0).any(0)).nonzero()[0])
+    i, j = int((g[:, l, h] > 0).nonzero()[0]), int((g[:, l, h] < 0).nonzero()[0])
+    pair_X, pair_y = X[[i, j]], y[[i, j]]
+    imp = TC.head_importance(model, pair_X, pair_y)
+    xi = torch.ones(2, 4, requires_grad=True)
+    mean_grad = torch.autograd.grad(F.cross_entropy(model(pair_X, head_mask=xi), pair_y), xi)[0]
+    gi, gj = float(g[i, l, h]), float(g[j, l, h])
+    assert float(imp[l, h]) == pytest.approx((abs(gi) + abs(gj)) / 2, rel=1e-4)
+    assert float(mean_grad[l, h].abs()) == pytest.approx(abs(gi + gj) / 2, rel=1e-4, abs=1e-7)
+    assert float(imp[l, h]) > float(mean_grad[l, h].abs()) + min(abs(gi), abs(gj)) * 0.99
 
 
 def test_integrated_gradients_completeness_and_hit_rate_chance():
