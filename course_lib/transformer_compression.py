@@ -610,8 +610,9 @@ class DequantLinear(nn.Module):
 
     int4 codes are packed two per byte (:func:`pack_int4`); other widths are held one per int8 byte.
     ``forward`` unpacks (int4), casts the codes to float32, multiplies each group by its scale and calls
-    ``F.linear``: the weight-only path available in plain PyTorch on a CPU, without an int4 kernel. Its
-    output equals the Linear with :func:`quantize_groupwise` weights (up to float16 scale rounding).
+    ``F.linear``: the simplest weight-only path, ordinary tensor operations and no fused kernel (PyTorch
+    also ships fused CPU kernels, ``aten._weight_int4pack_mm_for_cpu`` and ``aten._weight_int8pack_mm``,
+    which this class does not use). Its output equals the Linear with :func:`quantize_groupwise` weights (up to float16 scale rounding).
     """
 
     def __init__(self, linear: nn.Linear, bits: int, group_size: int):
