@@ -29,7 +29,8 @@ __all__ = ["quantize_groupwise", "smoothquant_scales", "attention_rollout", "gro
            "plant_outliers", "w8a8", "smooth", "kv_cache_bytes", "head_gradients", "head_importance", "prune_heads",
            "token_attributions", "hit_rate", "randomized", "weight_quantization_sweep", "head_pruning_study",
            "QuantizedKVCache", "cached_decode", "kv_cache_study", "DequantLinear", "dequantizing_model",
-           "dequant_latency", "awq_scales", "awq_search", "awq", "quantize_keep_salient", "import_torchao",
+           "dequant_latency", "awq_scales", "awq_search", "awq", "quantize_keep_salient", "keep_salient_study",
+           "import_torchao",
            "torchao_weight_only"]
 
 
@@ -890,3 +891,23 @@ def quantize_keep_salient(model: TinyGPT, bits: int, group_size: int | None, kee
         layer.weight.copy_(quantize_groupwise(w, bits, group_size or layer.in_features))
         layer.weight[:, kept[name]] = w[:, kept[name]]
     return out, kept
+
+
+def keep_salient_study(model: TinyGPT, X: Tensor, y: Tensor, calibration: Tensor, bits: int,
+                       group_size: int | None, keep: int | float, *, draws: int = 5) -> dict:
+    """AWQ's contrast for one setting: which columns kept in float (:func:`quantize_keep_salient`) help most?
+
+    Scores, on ``(X, y)``, the per-example ``correct`` (0/1) of the copies that keep the columns chosen by
+    ``"activation"`` (on ``calibration``), by ``"weight"`` norm, and by ``draws`` random draws (seeds
+    ``0 .. draws - 1``), for paired comparisons with :mod:`course_lib.stats`. Returns ``{"activation": (N,),
+    "weight": (N,), "random": (draws, N), "kept": {...}, "kept weight": {...}, "kept random": [{...}, ...]}``,
+    the ``kept`` entries being :func:`quantize_keep_salient`'s column indices per Linear.
+    """
+    check_int("draws", draws, 1)
+    correct = lambda m: answer_metrics(m, X, y)["correct"]                       # noqa: E731
+    q_act, kept = quantize_keep_salient(model, bits, group_size, keep, calibration=calibration)
+    q_w, kept_w = quantize_keep_salient(model, bits, group_size, keep, by="weight")
+    rnd = [quantize_keep_salient(model, bits, group_size, keep, by="random", seed=s) for s in range(draws)]
+    return {"activation": correct(q_act), "weight": correct(q_w),
+            "random": np.array([correct(q) for q, _ in rnd]), "kept": kept, "kept weight": kept_w,
+            "kept random": [k for _, k in rnd]}

@@ -354,6 +354,20 @@ def test_quantize_keep_salient_random_choice_is_seeded():
         assert len(set(idx.tolist())) == idx.numel() in (3, 6)                  # distinct; 5 % of 64 or 128
 
 
+def test_keep_salient_study_scores_the_three_choices_on_the_same_examples():
+    model, data = _model(), _data(200)
+    X, y, calib = data.X_test[:40], data.y_test[:40], data.X_train[:20]
+    study = TC.keep_salient_study(model, X, y, calib, 2, 32, 0.05, draws=3)
+    assert study["random"].shape == (3, 40) and study["activation"].shape == study["weight"].shape == (40,)
+    q, kept = TC.quantize_keep_salient(model, 2, 32, 0.05, by="random", seed=2)
+    np.testing.assert_array_equal(study["random"][2], TC.answer_metrics(q, X, y)["correct"])
+    assert all(torch.equal(study["kept random"][2][n], kept[n]) for n in kept)
+    q, kept = TC.quantize_keep_salient(model, 2, 32, 0.05, calibration=calib)
+    np.testing.assert_array_equal(study["activation"], TC.answer_metrics(q, X, y)["correct"])
+    with pytest.raises(ValueError, match="draws"):
+        TC.keep_salient_study(model, X, y, calib, 2, 32, 0.05, draws=0)
+
+
 def test_quantize_keep_salient_errors_name_the_argument():
     model, X = _model(), _data().X_train[:8]
     cases = [(dict(bits=1), ValueError, "bits must be an int in \\[2, 8\\]"),
